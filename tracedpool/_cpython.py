@@ -1,0 +1,500 @@
+"""Every use of CPython-private names lives here, and nowhere else in the package.
+
+``concurrent.futures.process`` keeps its machinery in private classes whose details change
+between (and within) minor versions. This module feature-probes what it needs once, at
+import, citing the CPython change each branch follows, and exposes three hooks to the
+rest of tracedpool:
+
+* ``TracedCallQueue``: the call queue's class, swapped in on the instance (never
+  constructed: ``_SafeQueue.__init__``'s signature changed within 3.12.x and 3.13.x,
+  gh-125451). Gives the enqueue moment, feeder pickling faults, and in the worker the
+  call item's unpickling.
+* ``TracedResultQueue``: the result queue's class, swapped likewise. In the worker it
+  attaches stage timings to the result item and locates sendback pickling faults.
+* ``TracedManagerThread``: the manager thread, a subclass started by our own
+  ``_start_executor_manager_thread``. Gives manager wakes, result delivery, broken-pool
+  forensics, and the fixes for gh-116685 and gh-136655.
+
+Each hook hands plain facts to an ``observer`` (the executor's ``_PoolState``) and
+never raises: an exception escaping a manager or feeder hook would kill that thread and
+hang every pending future.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures.process as _cfp
+import inspect
+import multiprocessing.queues as _mpq
+import pickle
+import pickletools
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _wire
+
+time_ns = time.time_ns
+
+# -- feature probes ----------------------------------------------------------------------
+_REQUIRED = (
+    "_ExecutorManagerThread",
+    "_SafeQueue",
+    "_CallItem",
+    "_ResultItem",
+    "_WorkItem",
+    "_RemoteTraceback",
+    "_process_chunk",
+    "_threads_wakeups",
+)
+_MANAGER_METHODS = (
+    "wait_result_broken_or_wakeup",
+    "process_result_item",
+    "terminate_broken",
+    "flag_executor_shutting_down",
+    "add_call_item_to_queue",
+)
+
+#: True when every internal the stage hooks rely on is present (3.10 to 3.14 and main
+#: as read in 2026). On an unknown layout tracedpool degrades to what the public API
+#: shows (submit, completion, worker-side timings) and warns once.
+HOOKS_AVAILABLE: bool = all(hasattr(_cfp, n) for n in _REQUIRED) and all(
+    hasattr(getattr(_cfp, "_ExecutorManagerThread", object), m) for m in _MANAGER_METHODS
+)
+
+#: bpo-44733 (3.11) added ``max_tasks_per_child`` and ``_ResultItem.exit_pid``.
+HAS_MAX_TASKS_PER_CHILD: bool = (
+    "max_tasks_per_child" in inspect.signature(_cfp.ProcessPoolExecutor.__init__).parameters
+)
+
+#: GH-140900 (main, 3.15) replaces dead or retired workers from the manager thread with
+#: ``_replace_dead_worker``; the gh-115634 and gh-119592 workarounds must then stand down.
+HAS_REPLACE_DEAD_WORKER: bool = hasattr(
+    getattr(_cfp, "_ExecutorManagerThread", object), "_replace_dead_worker"
+)
+
+if HOOKS_AVAILABLE:
+    _CallItem: Any = _cfp._CallItem
+    _ResultItem: Any = _cfp._ResultItem
+    _process_chunk: Any = _cfp._process_chunk
+    _ManagerBase: Any = _cfp._ExecutorManagerThread
+    _SafeQueueBase: Any = _cfp._SafeQueue
+    RemoteTraceback: Any = _cfp._RemoteTraceback
+else:  # pragma: no cover - only on an unknown future layout
+    _CallItem = _ResultItem = _process_chunk = None
+    _ManagerBase = threading.Thread
+    _SafeQueueBase = _mpq.Queue
+
+    class RemoteTraceback(Exception):  # type: ignore[no-redef]
+        def __init__(self, tb: str) -> None:
+            self.tb = tb
+
+        def __str__(self) -> str:
+            return str(self.tb)
+
+
+def remote_traceback(text: str) -> BaseException:
+    """The stdlib's carrier for a traceback text, used as an exception's ``__cause__``."""
+    return RemoteTraceback(f"\n'''\n{text}'''")  # type: ignore[no-any-return]
+
+
+def map_user_function(fn: Any) -> Any:
+    """For ``map()``'s ``partial(_process_chunk, user_fn)``, the user's function; else None."""
+    func = getattr(fn, "func", None)
+    if func is not None and func is _process_chunk:
+        args = fn.args
+        return args[0] if args else None
+    return None
+
+
+def interpreter_shutting_down() -> bool:
+    return bool(getattr(_cfp, "_global_shutdown", False))
+
+
+WORKER = _wire.WORKER
+
+
+# -- call queue ---------------------------------------------------------------------------------
+class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
+    """The call queue's class, swapped onto the stdlib instance (never constructed).
+
+    Parent side: ``put`` on the manager thread marks the enqueue stage;
+    ``_on_queue_feeder_error`` on the feeder thread locates pickling faults. Worker side
+    (the class travels with the queue to every worker): ``get`` locates a call item
+    that fails to unpickle and reports it before the worker dies as the stdlib makes it.
+    """
+
+    # Class-level defaults: under spawn the worker's copy is rebuilt by __setstate__,
+    # which restores only the stdlib's own state.
+    _tp_observer: Any = None
+    _tp_buf: Any = None
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        observer = self._tp_observer
+        if observer is not None and obj is not None:
+            try:
+                observer.on_enqueue(obj.fn, time_ns())
+            except BaseException:  # a hook must never fail the manager thread
+                observer.internal_error("enqueue")
+        super().put(obj, block, timeout)
+
+    def _on_queue_feeder_error(self, e: BaseException, obj: Any) -> None:
+        observer = self._tp_observer
+        if observer is not None and isinstance(obj, _CallItem):
+            try:
+                observer.on_feeder_error(e, obj.fn)
+            except BaseException:
+                observer.internal_error("feeder-error")
+        super()._on_queue_feeder_error(e, obj)
+
+    def _start_thread(self) -> None:
+        super()._start_thread()
+        thread = self._thread
+        if thread is not None and self._tp_observer is not None:
+            # Thread.run() deletes its target and args when it ends, before the
+            # excepthook runs: keep them to restart a feeder that a BaseException killed.
+            _FEEDERS[thread] = (self, thread._target, thread._args)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        # Worker side. The stdlib unpickles the call item inside Queue.get, outside any
+        # try: a failure kills the worker with no word to the parent. Keep the raw bytes
+        # (a reference, no copy) so a failure can be located and reported first.
+        recv = self._recv_bytes
+        if not getattr(recv, "_tp_wrapped", False):
+            self._recv_bytes = _keep_last_buffer(self, recv)
+        self._tp_buf = None
+        try:
+            obj = super().get(block, timeout)
+        except BaseException as e:
+            buf = self._tp_buf
+            self._tp_buf = None
+            if buf is not None:
+                _wire.report_worker_unpickle_failure(WORKER.status_fd, buf, e)
+            raise
+        self._tp_buf = None
+        return obj
+
+
+_FEEDERS: weakref.WeakKeyDictionary[threading.Thread, tuple[Any, Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_previous_excepthook: Any = None
+_guard_lock = threading.Lock()
+
+
+def install_feeder_guard() -> None:
+    """Keep a call-queue feeder alive when pickling raises a non-``Exception``.
+
+    ``Queue._feed`` catches only ``Exception``: an argument whose ``__reduce__`` raises
+    ``SystemExit`` (or any other ``BaseException``) ends the feeder thread silently, and
+    every later task of the pool waits for ever. ``threading.excepthook`` still sees the
+    dying thread, with its thread-locals: fail that one task with a ``PicklingError``
+    naming the part, release the queue slot as ``_feed`` does for an ``Exception``, and
+    start a new feeder on the same buffer. Other threads go to the previous hook.
+    """
+    global _previous_excepthook
+    with _guard_lock:
+        if _previous_excepthook is not None:
+            return
+        _previous_excepthook = threading.excepthook
+        threading.excepthook = _feeder_excepthook
+
+
+def _feeder_excepthook(args: Any) -> None:
+    entry = _FEEDERS.pop(args.thread, None) if args.thread is not None else None
+    if entry is None:
+        _previous_excepthook(args)
+        return
+    queue, target, targs = entry
+    try:
+        _recover_feeder(queue, target, targs, args.exc_value)
+    except BaseException:
+        _previous_excepthook(args)
+
+
+def _recover_feeder(queue: Any, target: Any, targs: Any, exc: BaseException | None) -> None:
+    task = _wire.feeder_task()
+    _wire.clear_feeder_task()
+    if task is not None and exc is not None:
+        work_id = next(
+            (k for k, w in list(queue.pending_work_items.items()) if w.fn is task), None
+        )
+        if work_id is not None:
+            target_name, typename, _ = _wire.probe_parts(task)
+            err = pickle.PicklingError(
+                f"Could not pickle {target_name} ({typename}): pickling it raised "
+                f"{type(exc).__name__}({exc}), which would have killed the pool's feeder "
+                "thread"
+            )
+            err.__context__ = exc
+            queue._sem.release()
+            queue._on_queue_feeder_error(err, _CallItem(work_id, task, (), {}))
+    feeder = threading.Thread(target=target, args=targs, name="QueueFeederThread", daemon=True)
+    _FEEDERS[feeder] = (queue, target, targs)
+    feeder.start()
+    queue._thread = feeder
+
+
+def _keep_last_buffer(queue: TracedCallQueue, recv: Callable[..., Any]) -> Callable[..., Any]:
+    def recv_bytes(*args: Any) -> Any:
+        buf = recv(*args)
+        queue._tp_buf = buf
+        WORKER.last_recv_ns = time_ns()
+        return buf
+
+    recv_bytes._tp_wrapped = True  # type: ignore[attr-defined]
+    return recv_bytes
+
+
+# -- result queue -------------------------------------------------------------------------------
+class TracedResultQueue(_mpq.SimpleQueue):
+    """The result queue's class, swapped onto the stdlib instance.
+
+    Worker side only: attaches the task's stage timings (and worker-side spans) to the
+    ``_ResultItem`` as an extra attribute the stdlib ignores, and, when pickling the
+    result or exception fails, says which one and for which task before the stdlib's
+    own fallback sends the pickling error instead (the stdlib outcome is kept).
+    """
+
+    def put(self, obj: Any) -> None:
+        is_item = type(obj) is _ResultItem
+        if is_item:
+            meta = WORKER.pending_meta
+            if meta is not None:
+                meta[_wire.M_SEND0] = time_ns()
+                obj.tracedpool = meta
+        try:
+            super().put(obj)
+        except BaseException as e:
+            if is_item:
+                target = "exception" if obj.exception is not None else "result"
+                failed = obj.exception if obj.exception is not None else obj.result
+                failed = getattr(failed, "exc", failed)  # unwrap _ExceptionWithTraceback
+                _wire.annotate_fault(e, "sendback", target, type(failed), WORKER.current_seq)
+                obj.__dict__.pop("tracedpool", None)
+            raise
+        if is_item:
+            WORKER.pending_meta = None
+
+
+# -- installing the hooks on an executor ----------------------------------------------------------
+def install_queue_hooks(executor: Any, observer: Any) -> bool:
+    """Swap the queue classes on a freshly constructed executor; False if not possible."""
+    if not HOOKS_AVAILABLE:
+        return False
+    call_queue = executor._call_queue
+    result_queue = executor._result_queue
+    if type(call_queue) is not _SafeQueueBase or type(result_queue) is not _mpq.SimpleQueue:
+        return False
+    call_queue.__class__ = TracedCallQueue
+    call_queue._tp_observer = observer
+    result_queue.__class__ = TracedResultQueue
+    # Queue._start_thread binds _send_bytes into the feeder at the first put, so the
+    # wrapper must be in place before any submit.
+    call_queue._send_bytes = observer.wrap_send_bytes(call_queue._send_bytes)
+    reader = result_queue._reader
+    reader._recv_bytes = observer.wrap_recv_bytes(reader._recv_bytes)
+    return True
+
+
+def shutdown_requested(executor: Any) -> bool:
+    return bool(executor._shutdown_thread)
+
+
+def feeder_thread(executor: Any) -> threading.Thread | None:
+    call_queue = executor._call_queue
+    return getattr(call_queue, "_thread", None) if call_queue is not None else None
+
+
+def pending_count(executor: Any) -> int:
+    return len(executor._pending_work_items)
+
+
+# -- locating a result that failed to unpickle ------------------------------------------------------
+def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
+    """Read, without executing it, which work id and which part a result message held.
+
+    A ``_ResultItem`` pickles as its ``__dict__``: ``work_id`` first, then
+    ``exception`` and ``result``. ``pickletools.genops`` walks the opcodes only, so a
+    message whose unpickling raised can still be attributed safely.
+    """
+    work_id: int | None = None
+    target = "result"
+    expect: str | None = None
+    try:
+        data = buf.getvalue() if hasattr(buf, "getvalue") else bytes(buf)
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if expect is not None:
+                if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    continue
+                if expect == "work_id" and isinstance(arg, int) and work_id is None:
+                    work_id = arg
+                elif expect == "exception":
+                    target = "result" if name == "NONE" else "exception"
+                    break
+                expect = None
+            if isinstance(arg, str) and arg in ("work_id", "exception") and "UNICODE" in name:
+                expect = arg
+    except Exception:
+        pass
+    return work_id, target
+
+
+# -- the manager thread -------------------------------------------------------------------------------
+class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
+    """The stdlib manager thread with observation points and two stdlib fixes."""
+
+    def __init__(self, executor: Any, observer: Any) -> None:
+        super().__init__(executor)
+        self._tp_observer = observer
+        self._tp_wait_start = 0
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            try:
+                self._tp_observer.on_manager_exit()
+            except BaseException:
+                pass
+
+    def wait_result_broken_or_wakeup(self) -> Any:
+        observer = self._tp_observer
+        t0 = time_ns()
+        observer.on_wait_start(t0)
+        result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+        try:
+            replaced = observer.on_wake(t0, time_ns(), result_item, is_broken, cause, self)
+        except BaseException:
+            observer.internal_error("manager-wake")
+            replaced = None
+        if replaced is not None:
+            # The observer rescued a result that failed to unpickle (opt-in): only its
+            # own future fails, as a result item carrying the error.
+            work_id, exc = replaced
+            return _ResultItem(work_id, exception=exc), False, None
+        return result_item, is_broken, cause
+
+    def process_result_item(self, result_item: Any) -> None:
+        if type(result_item) is _ResultItem:
+            meta = result_item.__dict__.pop("tracedpool", None)
+            work_item = self.pending_work_items.get(result_item.work_id)
+            if work_item is not None:
+                try:
+                    self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
+                except BaseException:
+                    self._tp_observer.internal_error("result")
+        super().process_result_item(result_item)
+
+    def terminate_broken(self, cause: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            failures = self._tp_observer.on_broken(self, cause)
+        except BaseException:
+            self._tp_observer.internal_error("broken")
+            failures = None
+        if failures:
+            # Each future gets its own exception naming its part in the breakage; the
+            # stdlib then finds nothing left to fail (and shares one exception, which
+            # cannot say which task ran where).
+            pending = self.pending_work_items
+            for work_id, work_item in list(pending.items()):
+                exc = failures.get(work_id)
+                if exc is None:
+                    continue
+                try:
+                    work_item.future.set_exception(exc)
+                except BaseException:  # InvalidStateError: cancelled meanwhile
+                    pass
+                pending.pop(work_id, None)
+        super().terminate_broken(cause, *args, **kwargs)
+
+    def flag_executor_shutting_down(self) -> None:
+        executor = self.executor_reference()
+        original = executor._pending_work_items if executor is not None else None
+        before = self.pending_work_items
+        super().flag_executor_shutting_down()
+        after = self.pending_work_items
+        if after is before:
+            return
+        # gh-116685: with cancel_futures the stdlib rebinds the manager's dict, while
+        # _SafeQueue._on_queue_feeder_error keeps popping from the executor's original
+        # one; a task whose pickling fails then stays pending here for ever and
+        # shutdown(wait=True) hangs. Fold the survivors back into the shared dict.
+        if original is not None and original is not after:
+            for work_id in [k for k in original if k not in after]:
+                original.pop(work_id, None)
+            self.pending_work_items = original
+        # gh-136655: cancel() moved the futures to CANCELLED without notifying waiters,
+        # so as_completed() and wait() never return. Notify them.
+        for work_item in before.values():
+            future = work_item.future
+            if future.cancelled():
+                try:
+                    future.set_running_or_notify_cancel()
+                except BaseException:
+                    pass
+
+    # -- read-only views for forensics --------------------------------------------------------
+    def pending_items(self) -> list[tuple[int, Any]]:
+        return list(self.pending_work_items.items())
+
+    def worker_processes(self) -> dict[int, Any]:
+        return dict(self.processes) if self.processes is not None else {}
+
+
+class InternalsMixin(_cfp.ProcessPoolExecutor):
+    """The executor-level overrides of private methods, kept at this boundary."""
+
+    _tp_state: Any = None
+
+    def _start_executor_manager_thread(self) -> None:
+        state = self._tp_state
+        if state is None or not state.hooked or self._executor_manager_thread is not None:
+            super()._start_executor_manager_thread()  # type: ignore[misc]
+            return
+        # The stdlib's own steps (identical in 3.10 to 3.14 and main), building our
+        # manager class instead of the stdlib's.
+        if not self._safe_to_dynamically_spawn_children:  # type: ignore[attr-defined]
+            self._launch_processes()  # type: ignore[attr-defined]
+        manager = TracedManagerThread(self, state)
+        manager.start()
+        self._executor_manager_thread = manager  # type: ignore[attr-defined]
+        _cfp._threads_wakeups[manager] = self._executor_manager_thread_wakeup  # type: ignore[attr-defined]
+
+    def _adjust_process_count(self) -> None:
+        if (
+            HAS_MAX_TASKS_PER_CHILD
+            and not HAS_REPLACE_DEAD_WORKER
+            and isinstance(threading.current_thread(), TracedManagerThread)
+        ):
+            # Called from the manager thread only to replace a worker that retired at
+            # max_tasks_per_child. gh-115634: the idle semaphore counts completions, not
+            # idle workers, so the stdlib may skip the replacement and strand the
+            # backlog for ever. gh-119592/gh-132969: after shutdown(wait=False) the
+            # executor's references are None and the stdlib raises TypeError in the
+            # manager. Replace the worker here whenever there is room.
+            self._replace_retired_worker()
+            return
+        super()._adjust_process_count()  # type: ignore[misc]
+
+    def _replace_retired_worker(self) -> None:
+        manager = threading.current_thread()
+        processes = manager.processes  # type: ignore[attr-defined]
+        if processes is None or len(processes) >= self._max_workers:  # type: ignore[attr-defined]
+            return
+        if self._processes is not None:  # type: ignore[has-type]
+            self._spawn_process()  # type: ignore[attr-defined]
+            return
+        # shutdown(wait=False) cleared the executor's references, but work is still
+        # pending: restore them for the duration of one spawn, from the manager's own.
+        saved = (self._call_queue, self._result_queue)  # type: ignore[has-type]
+        try:
+            self._processes = processes
+            self._call_queue = manager.call_queue  # type: ignore[attr-defined]
+            self._result_queue = self._tp_state.result_queue
+            self._spawn_process()  # type: ignore[attr-defined]
+        finally:
+            self._processes = None
+            self._call_queue, self._result_queue = saved

@@ -1,0 +1,444 @@
+"""The emitter thread: the only place tracedpool calls into span processors.
+
+The manager and feeder threads must never call the SDK (a slow processor there would
+stall every future), so the hooks only fill in timestamps on a ``TaskRecord`` and the
+done-callback queues it here. One emitter thread per pool drains the queue and turns each
+record into span specs for the pool's sink. It starts after the pool's first submit (so
+under fork it never exists when workers are forked), sleeps on an event when idle (no
+polling) and finishes when the manager thread exits. Any failure inside a sink is
+logged once and swallowed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import traceback
+import weakref
+from collections import deque
+from time import time_ns
+from typing import Any
+
+from . import _names as N
+from ._forensics import role_of
+from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, fault_of, qualname
+
+log = logging.getLogger("tracedpool")
+
+INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = range(5)
+_MAX_REPR = 256
+
+
+class TaskRecord:
+    """Stage timestamps of one sampled task; filled in by the hooks, read by the emitter."""
+
+    __slots__ = (
+        "arg_types",
+        "args_repr",
+        "chunksize",
+        "exc",
+        "fault",
+        "flags",
+        "fn",
+        "future",
+        "kwarg_names",
+        "meta",
+        "outcome",
+        "parent",
+        "payload_bytes",
+        "result_bytes",
+        "result_type",
+        "seq",
+        "span_id",
+        "state",
+        "submit_thread",
+        "t_done",
+        "t_enqueue",
+        "t_read",
+        "t_ser0",
+        "t_ser1",
+        "t_submit0",
+        "t_submit1",
+        "t_written",
+        "trace_id",
+        "trace_state",
+        "worker_span_id",
+    )
+
+    def __init__(self, state: Any, seq: int, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
+        self.state = state
+        self.seq = seq
+        self.fn = fn
+        self.t_submit0 = t0
+        self.trace_id, self.span_id, self.flags, self.trace_state, self.parent = sampled
+        self.worker_span_id = 0
+        self.t_submit1 = self.t_enqueue = self.t_ser0 = self.t_ser1 = self.t_written = 0
+        self.t_read = self.t_done = 0
+        self.payload_bytes = self.result_bytes = -1
+        self.meta: list[Any] | None = None
+        self.outcome = ""
+        self.exc: BaseException | None = None
+        self.fault: tuple[str, str, str] | None = None
+        self.chunksize = -1
+        self.arg_types: tuple[type, ...] = ()
+        self.kwarg_names: tuple[str, ...] = ()
+        self.result_type: type | None = None
+        self.args_repr: str | None = None
+        self.future: Any = None
+        self.submit_thread = ""
+
+    def __call__(self, future: Any) -> None:
+        """The future's done-callback, on whichever thread completed it."""
+        self.t_done = time_ns()
+        try:
+            if future.cancelled():
+                self.outcome = "cancelled"
+            else:
+                exc = future.exception()
+                if exc is None:
+                    self.outcome = "result"
+                    self.result_type = type(future.result())
+                else:
+                    self.outcome = "exception"
+                    self.exc = exc
+        except BaseException:
+            self.outcome = "unknown"
+        self.state.emitter.push(self)
+
+
+class WakeRecord:
+    __slots__ = ("idle_ns", "reason", "served", "t_end", "t_ready")
+
+    def __init__(self, t_ready: int, idle_ns: int, reason: str) -> None:
+        self.t_ready = t_ready
+        self.idle_ns = idle_ns
+        self.reason = reason
+        self.t_end = 0
+        self.served: list[TaskRecord] = []
+
+
+_emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
+_atexit_registered = False
+_atexit_lock = threading.Lock()
+
+
+def _flush_at_exit() -> None:
+    # Registered after the SDK's provider (LIFO), so pending spans reach its processors
+    # before the provider's own exit-time shutdown flushes them.
+    for emitter in list(_emitters):
+        emitter.finish(timeout=2.0)
+
+
+class Emitter:
+    def __init__(self, state: Any) -> None:
+        self._state = weakref.proxy(state)
+        self._queue: deque[Any] = deque()
+        self._event = threading.Event()
+        self._idle = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+        self.emitted = 0
+
+    def push(self, item: Any) -> None:
+        self._queue.append(item)
+        if self._idle:
+            self._idle = False
+            self._event.set()
+
+    def start(self) -> None:
+        global _atexit_registered
+        with self._lock:
+            if self._thread is not None or self._stopping:
+                return
+            name = f"tracedpool-emitter-{self._state.pool_id}"
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+        _emitters.add(self)
+        with _atexit_lock:
+            if not _atexit_registered:
+                atexit.register(_flush_at_exit)
+                _atexit_registered = True
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Emit what is queued, then stop; waits at most ``timeout`` seconds."""
+        self._stopping = True
+        self._event.set()
+        thread = self._thread
+        if thread is None:
+            self._drain()  # never started (no traced submit reached it): nothing queued
+            return
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        queue, event = self._queue, self._event
+        while True:
+            self._drain()
+            self._idle = True
+            if queue:
+                self._idle = False
+                continue
+            if self._stopping:
+                self._drain()
+                return
+            event.wait()
+            event.clear()
+            self._idle = False
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                return
+            try:
+                self._state.emit(item)
+                self.emitted += 1
+            except ReferenceError:
+                queue.clear()
+                return
+            except BaseException:
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "tracedpool: emitting spans failed; the pool keeps working, "
+                        "further span errors are not logged:\n%s",
+                        traceback.format_exc(),
+                    )
+
+
+# -- span specs ---------------------------------------------------------------------------------
+def _exception_event(exc: BaseException, t: int, messages: bool, extra: dict[str, Any]) -> tuple[Any, ...]:
+    attrs: dict[str, Any] = {"exception.type": qualname(type(exc))}
+    if messages:
+        attrs["exception.message"] = str(exc)
+        cause = exc.__cause__
+        tb = getattr(cause, "tb", None)
+        if isinstance(tb, str):  # the worker's traceback, as the stdlib carries it
+            attrs["exception.stacktrace"] = tb.strip().strip("'\"").strip()
+        else:
+            attrs["exception.stacktrace"] = "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)
+            )
+    attrs.update(extra)
+    return ("exception", t, attrs)
+
+
+def _bounded_repr(value: Any, redact: Any) -> str:
+    try:
+        text = repr(value)
+    except BaseException as e:
+        text = f"<repr failed: {type(e).__name__}>"
+    if len(text) > _MAX_REPR:
+        text = text[:_MAX_REPR] + "..."
+    if redact is not None:
+        try:
+            text = str(redact(text))
+        except BaseException:
+            text = "<redaction failed>"
+    return text
+
+
+def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
+    """The task span and its stage spans, as specs for the sink."""
+    new_id = st.sink.new_span_id
+    tid = f"{st.pool_id}:{rec.seq}"
+    fname = qualname(rec.fn)
+    messages = st.record_exception_messages
+    common = {N.ATTR_TASK_ID: tid}
+    t_done = rec.t_done or time_ns()
+    specs: list[tuple[Any, ...]] = []
+    exc = rec.exc
+    fault = fault_of(exc)
+    stage_fault = fault[0] if fault else (rec.fault[0] if rec.fault else None)
+    broken = st.break_info if rec.outcome == "exception" and st.is_broken_exc(exc) else None
+    parent_pid = st.parent_pid
+
+    def fault_attrs() -> dict[str, Any]:
+        f = fault or ((*rec.fault, rec.seq) if rec.fault else None)
+        if not f:
+            return {}
+        return {N.ATTR_FAULT_STAGE: f[0], N.ATTR_FAULT_TARGET: f[1], N.ATTR_FAULT_TYPE: f[2]}
+
+    # submit
+    specs.append(
+        (
+            N.SPAN_SUBMIT,
+            new_id(),
+            rec.span_id,
+            PRODUCER,
+            rec.t_submit0,
+            rec.t_submit1 or t_done,
+            {**common, N.ATTR_THREAD_NAME: rec.submit_thread, N.ATTR_PROCESS_PID: parent_pid},
+            (),
+            None,
+            (),
+        )
+    )
+    if rec.t_enqueue:
+        specs.append(
+            (
+                N.SPAN_ENQUEUE,
+                new_id(),
+                rec.span_id,
+                INTERNAL,
+                # The first submit starts the manager, which may enqueue before submit()
+                # returns: then the wait began when submit did.
+                rec.t_submit1 if 0 < rec.t_submit1 <= rec.t_enqueue else rec.t_submit0,
+                rec.t_enqueue,
+                {**common, N.ATTR_THREAD_NAME: st.manager_name, N.ATTR_PROCESS_PID: parent_pid},
+                (),
+                None,
+                (),
+            )
+        )
+    if rec.t_ser0:
+        attrs = {**common, N.ATTR_THREAD_NAME: "QueueFeederThread", N.ATTR_PROCESS_PID: parent_pid}
+        if rec.payload_bytes >= 0:
+            attrs[N.ATTR_PAYLOAD_BYTES] = rec.payload_bytes
+        events: tuple[Any, ...] = ()
+        status = None
+        end = rec.t_written or rec.t_ser1 or t_done
+        if stage_fault == "feeder-serialize" and exc is not None:
+            attrs.update(fault_attrs())
+            events = (_exception_event(exc, end, messages, fault_attrs()),)
+            status = (True, f"{type(exc).__name__} while pickling {attrs.get(N.ATTR_FAULT_TARGET)}")
+        specs.append(
+            (N.SPAN_FEEDER_SERIALIZE, new_id(), rec.span_id, INTERNAL, rec.t_ser0, end, attrs, events, status, ())
+        )
+    meta = rec.meta
+    worker_fault = broken.fault if broken is not None and broken.fault and broken.fault.get("seq") == rec.seq else None
+    if meta is not None:
+        run0 = meta[M_RECV] or meta[M_RUN0]
+        attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID], N.ATTR_CODE_FUNCTION: fname}
+        events = ()
+        status = None
+        if rec.outcome == "exception" and exc is not None and stage_fault is None and broken is None:
+            events = (_exception_event(exc, meta[M_RUN1], messages, {}),)
+            status = (True, type(exc).__name__)
+        specs.append(
+            (N.SPAN_WORKER_RUN, rec.worker_span_id, rec.span_id, CONSUMER, run0, meta[M_RUN1], attrs, events, status, ())
+        )
+        if meta[M_SEND0]:
+            attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID]}
+            if rec.result_bytes >= 0:
+                attrs[N.ATTR_RESULT_BYTES] = rec.result_bytes
+            events = ()
+            status = None
+            if stage_fault == "sendback" and exc is not None:
+                attrs.update(fault_attrs())
+                events = (_exception_event(exc, rec.t_read or t_done, messages, fault_attrs()),)
+                status = (True, f"{type(exc).__name__} while pickling the {attrs.get(N.ATTR_FAULT_TARGET)}")
+            specs.append(
+                (N.SPAN_SENDBACK, new_id(), rec.span_id, PRODUCER, meta[M_SEND0], rec.t_read or t_done, attrs, events, status, ())
+            )
+        if meta[M_SPANS]:
+            st.sink.emit_foreign(meta[M_SPANS])
+    elif worker_fault is not None:
+        # The call never ran: it failed to unpickle in the worker. The worker-run span
+        # is where that happened.
+        t = worker_fault.get("t_ns") or t_done
+        f_attrs = {
+            N.ATTR_FAULT_STAGE: "worker-unpickle",
+            N.ATTR_FAULT_TARGET: worker_fault.get("target", "call"),
+        }
+        ev_attrs: dict[str, Any] = {"exception.type": worker_fault.get("exc_type", "")}
+        if messages:
+            ev_attrs["exception.message"] = worker_fault.get("message", "")
+            ev_attrs["exception.stacktrace"] = worker_fault.get("traceback", "")
+        ev_attrs.update(f_attrs)
+        specs.append(
+            (
+                N.SPAN_WORKER_RUN,
+                rec.worker_span_id,
+                rec.span_id,
+                CONSUMER,
+                t,
+                t,
+                {**common, N.ATTR_PROCESS_PID: worker_fault.get("pid", 0), N.ATTR_CODE_FUNCTION: fname, **f_attrs},
+                (("exception", t, ev_attrs),),
+                (True, f"{worker_fault.get('exc_type')} while unpickling {f_attrs[N.ATTR_FAULT_TARGET]}"),
+                (),
+            )
+        )
+
+    # the task span itself
+    attrs = {
+        **common,
+        N.ATTR_CODE_FUNCTION: fname,
+        N.ATTR_POOL_ID: st.pool_id,
+        N.ATTR_TASK_OUTCOME: "broken" if broken is not None else rec.outcome,
+    }
+    if st.name:
+        attrs[N.ATTR_POOL_NAME] = st.name
+    if rec.chunksize >= 0:
+        attrs[N.ATTR_MAP_CHUNKSIZE] = rec.chunksize
+    if rec.arg_types:
+        attrs[N.ATTR_ARG_TYPES] = [t.__qualname__ for t in rec.arg_types]
+    if rec.kwarg_names:
+        attrs[N.ATTR_KWARG_NAMES] = list(rec.kwarg_names)
+    if rec.result_type is not None:
+        attrs[N.ATTR_RESULT_TYPE] = rec.result_type.__qualname__
+    if rec.args_repr is not None:
+        attrs[N.ATTR_ARGS_REPR] = rec.args_repr
+    if rec.future is not None and rec.outcome == "result":
+        attrs[N.ATTR_RESULT_REPR] = _bounded_repr(rec.future.result(), st.redact)
+    events_list: list[tuple[Any, ...]] = []
+    status = None
+    if rec.outcome == "exception" and exc is not None:
+        attrs[N.ATTR_ERROR_TYPE] = qualname(type(exc))
+        status = (True, type(exc).__name__)
+        if stage_fault == "result-unpickle":
+            events_list.append(_exception_event(exc, t_done, messages, fault_attrs()))
+        if broken is not None:
+            events_list.append(("tracedpool.pool-broken", t_done, st.broken_attrs(rec.seq)))
+            if broken.reason == "result-unpickle-failed" and rec.seq in broken.culprits:
+                f = broken.fault or {}
+                events_list.append(
+                    (
+                        "exception",
+                        t_done,
+                        {
+                            "exception.type": f.get("exc_type", "UnpicklingError"),
+                            **({"exception.message": f.get("message", "")} if messages else {}),
+                            N.ATTR_FAULT_STAGE: "result-unpickle",
+                            N.ATTR_FAULT_TARGET: f.get("target", "result"),
+                        },
+                    )
+                )
+            attrs[N.ATTR_BROKEN_ROLE] = role_of(broken, rec.seq)
+    specs.append(
+        (N.SPAN_TASK, rec.span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, tuple(events_list), status, ())
+    )
+    return specs
+
+
+def wake_spec(w: WakeRecord, st: Any) -> tuple[Any, ...]:
+    links = [(r.trace_id, r.span_id, r.flags) for r in w.served]
+    attrs = {
+        N.ATTR_WAKE_REASON: w.reason,
+        N.ATTR_WAKE_IDLE_NS: w.idle_ns,
+        N.ATTR_WAKE_TASKS: len(w.served),
+        N.ATTR_POOL_ID: st.pool_id,
+        N.ATTR_THREAD_NAME: st.manager_name,
+    }
+    return (
+        N.SPAN_MANAGER_WAKE,
+        st.sink.new_span_id(),
+        st.pool_trace[1],
+        INTERNAL,
+        w.t_ready,
+        w.t_end or w.t_ready,
+        attrs,
+        (),
+        None,
+        links,
+    )

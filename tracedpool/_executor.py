@@ -1,0 +1,645 @@
+"""``TracedProcessPoolExecutor``: the stdlib process pool, observed at every stage.
+
+The data flow, with the six stages (S1-S6) and where tracedpool watches them::
+
+    caller thread                 manager thread                feeder thread
+    ---------------               ----------------              ---------------
+    submit(fn, *a) --S1 submit--> work id queue
+      wraps the call in _Task       |
+      samples once (caller ctx)     v
+                                  add_call_item_to_queue
+                                  TracedCallQueue.put ---S2 enqueue---> buffer
+                                                                        |
+                                                          _Task.__reduce__ (pickling
+                                                          starts) .. send_bytes wrapper
+                                                          ---S3 feeder-serialize---+
+                                                                                   |
+    worker process  <------------------------- call pipe -------------------------+
+      TracedCallQueue.get (unpickle; a failure is located and reported)
+      _Task.__call__ ---S4 worker-run--- fn(*a); task code's own spans are collected
+      TracedResultQueue.put ---S5 sendback--- result item + stage timings
+                                   |
+    result pipe  <-----------------+
+                                  wait_result_broken_or_wakeup ---S6 manager-wake--->
+                                  process_result_item -> future done -> TaskRecord
+                                                                         |
+    emitter thread  <----------------------------------------------------+
+      builds the task span and its stage spans, hands them to the span processors
+
+    status pipe (workers -> parent): "task N started on pid P", "task N failed to
+    unpickle", "the initializer failed"; read at breakage for forensics.
+
+The stall detector (a later milestone) watches the manager's wakes and the status pipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+from time import time_ns
+from typing import Any
+
+from opentelemetry import trace
+
+from . import _cpython
+from . import _names as N
+from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
+from ._errors import ResultUnpicklingError, TracedBrokenProcessPool
+from ._forensics import BreakInfo, cgroup_oom_kills, reap_dead_workers, role_of, summary
+from ._otel import Sink, resolve_sink
+from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
+
+log = logging.getLogger("tracedpool")
+
+_STDLIB_BROKEN = (
+    "A process in the process pool was terminated abruptly while the future was running "
+    "or pending."
+)
+_UNSET: Any = object()
+_POOL_END = object()
+_degraded_warned = False
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
+class _PoolState:
+    """Everything tracedpool keeps per pool; the hooks' observer."""
+
+    def __init__(
+        self,
+        executor: TracedProcessPoolExecutor,
+        provider: Any,
+        name: str | None,
+        record_values: bool,
+        redact: Any,
+        record_exception_messages: bool,
+        rescue: bool,
+        status: StatusReader,
+        status_writer: Any,
+    ) -> None:
+        self.executor_ref = weakref.ref(executor)
+        self.pool_id = os.urandom(4).hex()
+        self.name = name
+        self.provider_arg = provider
+        self.record_values = record_values
+        self.redact = redact
+        self.record_exception_messages = record_exception_messages
+        self.rescue = rescue
+        self.status = status
+        self.status_writer = status_writer
+        self.seq = itertools.count()
+        self.hooked = False
+        self.sink: Sink | None = None
+        self._sink_provider: Any = _UNSET
+        self.pool_trace: tuple[int, int, int, Any] | None = None
+        self.emitter = Emitter(self)
+        self.t_created = time_ns()
+        self.parent_pid = os.getpid()
+        self.manager_name = ""
+        self.result_queue = executor._result_queue  # type: ignore[attr-defined]
+        self.break_info: BreakInfo | None = None
+        self.oom_before = cgroup_oom_kills()
+        self._wake: WakeRecord | None = None
+        self._wakes = 0
+        self._last_buf: Any = None
+        self._last_read_t = 0
+        self._last_read_n = -1
+        self._feeder_error = False
+        self._internal_warned = False
+        self._broken_excs: weakref.WeakSet[BaseException] = weakref.WeakSet()
+
+    # -- sink ----------------------------------------------------------------------------------
+    def current_sink(self) -> Sink | None:
+        provider = self.provider_arg
+        if provider is None:
+            provider = trace.get_tracer_provider()
+        if provider is self._sink_provider:
+            return self.sink
+        return self._refresh_sink(provider)
+
+    def _refresh_sink(self, provider: Any) -> Sink | None:
+        try:
+            sink = resolve_sink(provider)
+        except Exception:
+            self.internal_error("sink")
+            sink = None
+        if sink is not None and self.pool_trace is None:
+            try:
+                self.pool_trace = sink.new_trace(N.SPAN_POOL)
+            except Exception:
+                self.internal_error("sink")
+        self.sink = sink
+        self._sink_provider = provider
+        return sink
+
+    def internal_error(self, where: str) -> None:
+        if not self._internal_warned:
+            self._internal_warned = True
+            log.warning(
+                "tracedpool: instrumentation failed in %s; the pool is unaffected and "
+                "further instrumentation errors are not logged",
+                where,
+                exc_info=True,
+            )
+
+    # -- hooks: feeder thread --------------------------------------------------------------------
+    def wrap_send_bytes(self, send: Any) -> Any:
+        from ._wire import clear_feeder_task, feeder_task
+
+        def send_bytes(buf: Any) -> None:
+            task = feeder_task()
+            rec = task.rec if task is not None else None
+            if rec is None:
+                send(buf)
+                return
+            rec.t_ser1 = time_ns()
+            rec.payload_bytes = len(buf)
+            try:
+                send(buf)
+            finally:
+                rec.t_written = time_ns()
+                clear_feeder_task()
+
+        return send_bytes
+
+    def on_feeder_error(self, e: BaseException, task: Any) -> None:
+        if type(task) is not _Task:
+            return
+        self._feeder_error = True
+        target, typename, _ = probe_parts(task)
+        annotate_fault(e, "feeder-serialize", target, typename, task.seq)
+        rec = task.rec
+        if rec is not None:
+            rec.fault = ("feeder-serialize", target, typename)
+            rec.t_ser1 = time_ns()
+
+    # -- hooks: manager thread -------------------------------------------------------------------
+    def on_enqueue(self, task: Any, t: int) -> None:
+        rec = getattr(task, "rec", None)
+        if rec is not None:
+            rec.t_enqueue = t
+            w = self._wake
+            if w is not None:
+                w.served.append(rec)
+
+    def wrap_recv_bytes(self, recv: Any) -> Any:
+        def recv_bytes(*args: Any) -> Any:
+            buf = recv(*args)
+            # A reference, not a copy, kept until the message is known to unpickle: a
+            # message that fails can then be attributed (see on_wake).
+            self._last_buf = buf
+            self._last_read_t = time_ns()
+            try:
+                self._last_read_n = buf.getbuffer().nbytes  # Connection gives a BytesIO
+            except Exception:
+                self._last_read_n = -1
+            return buf
+
+        return recv_bytes
+
+    def on_wait_start(self, t0: int) -> None:
+        w = self._wake
+        if w is not None:
+            self._wake = None
+            w.t_end = t0
+            self.emitter.push(w)
+
+    def on_wake(
+        self, t0: int, t1: int, result_item: Any, is_broken: bool, cause: Any, manager: Any
+    ) -> tuple[int, BaseException] | None:
+        self._wakes += 1
+        if not self._wakes & 63:
+            # Keep the status pipe from filling: ~1 record per task, 64 KiB of room.
+            self.status.drain()
+        replaced = None
+        if result_item is not None:
+            reason = "result"
+        elif is_broken:
+            reason = "result-read-error" if cause is not None else "worker-died"
+            if cause is not None and self.rescue:
+                replaced = self._rescue(manager, cause)
+        else:
+            reason = self._wakeup_reason()
+        if replaced is None and not is_broken:
+            self._last_buf = None
+        if self.sink is not None and self.pool_trace is not None:
+            self._wake = WakeRecord(t1, t1 - t0, "result-unpickle-rescued" if replaced else reason)
+        if not self.manager_name:
+            self.manager_name = manager.name
+        return replaced
+
+    def _wakeup_reason(self) -> str:
+        executor = self.executor_ref()
+        if _cpython.interpreter_shutting_down():
+            return "exit"
+        if executor is None:
+            return "collected"
+        if _cpython.shutdown_requested(executor):
+            return "shutdown"
+        if self._feeder_error:
+            self._feeder_error = False
+            return "feeder-error"
+        return "submit"
+
+    def _rescue(self, manager: Any, cause: Any) -> tuple[int, BaseException] | None:
+        work_id, target = _cpython.locate_result_in_message(self._last_buf)
+        self._last_buf = None
+        items = dict(manager.pending_items())
+        work_item = items.get(work_id) if work_id is not None else None
+        if work_item is None:
+            return None
+        task = work_item.fn
+        text = "".join(cause)
+        last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+        tid = f"{self.pool_id}:{task.seq}" if type(task) is _Task else str(work_id)
+        exc = ResultUnpicklingError(
+            f"The {target} of task {tid} ({self._task_name(task)}) could not be unpickled "
+            f"in the parent: {last}. Only this future fails (rescue_unpicklable_results)."
+        )
+        exc.__cause__ = _cpython.remote_traceback(text)
+        annotate_fault(exc, "result-unpickle", target, "", getattr(task, "seq", -1))
+        rec = getattr(task, "rec", None)
+        if rec is not None:
+            rec.fault = ("result-unpickle", target, "")
+            rec.t_read = self._last_read_t
+            rec.result_bytes = self._last_read_n
+        return work_id, exc
+
+    def on_result(self, task: Any, meta: Any, exc: Any) -> None:
+        rec = getattr(task, "rec", None)
+        if rec is None:
+            return
+        rec.meta = meta
+        rec.t_read = self._last_read_t
+        rec.result_bytes = self._last_read_n
+        w = self._wake
+        if w is not None:
+            w.served.append(rec)
+
+    def on_broken(self, manager: Any, cause: Any) -> dict[int, BaseException]:
+        processes = manager.worker_processes()
+        dead = reap_dead_workers(processes, self.oom_before)
+        self.status.drain()
+        tasks: dict[int, Any] = {}
+        seq_of: dict[int, int] = {}
+        for work_id, work_item in manager.pending_items():
+            task = work_item.fn
+            if type(task) is _Task:
+                tasks[task.seq] = task
+                seq_of[work_id] = task.seq
+        running_on = {seq: pid for pid, (seq, _t) in self.status.started.items() if seq in tasks}
+        info = BreakInfo(reason="unknown", dead=dead, running_on=running_on, lost=sorted(tasks))
+        dead_pids = {d.pid for d in dead}
+        faults = [f for f in self.status.faults if f.get("seq") in tasks]
+        if cause is not None:
+            text = "".join(cause)
+            info.cause_text = text
+            work_id, target = _cpython.locate_result_in_message(self._last_buf)
+            seq = seq_of.get(work_id) if work_id is not None else None
+            if seq is not None:
+                info.reason = "result-unpickle-failed"
+                info.culprits.add(seq)
+                last = text.strip().splitlines()[-1] if text.strip() else ""
+                exc_type, _, message = last.partition(": ")
+                info.fault = {
+                    "seq": seq,
+                    "stage": "result-unpickle",
+                    "target": target,
+                    "exc_type": exc_type,
+                    "message": message,
+                    "pid": None,
+                }
+                rec = tasks[seq].rec
+                if rec is not None:
+                    rec.t_read = self._last_read_t
+                    rec.result_bytes = self._last_read_n
+            else:
+                info.reason = "result-read-failed"
+        elif self.status.init_failures:
+            info.reason = "initializer-failed"
+            info.init_failure = self.status.init_failures[-1]
+        elif faults:
+            info.reason = "worker-unpickle-failed"
+            info.fault = faults[-1]
+            info.culprits.add(info.fault["seq"])
+        elif dead:
+            info.reason = "worker-died"
+        if info.reason in ("worker-died", "worker-unpickle-failed"):
+            info.culprits.update(s for s, pid in running_on.items() if pid in dead_pids)
+        self._last_buf = None
+        self.break_info = info
+
+        tids = {seq: f"{self.pool_id}:{seq}" for seq in tasks}
+        names = {seq: self._task_name(t) for seq, t in tasks.items()}
+        text = summary(info, tids, names)
+        failures: dict[int, BaseException] = {}
+        for work_id, seq in seq_of.items():
+            role = role_of(info, seq)
+            worker = info.dead_worker(running_on.get(seq)) or info.primary()
+            own = {
+                "culprit": "this task caused it or ran on that worker",
+                "bystander": f"this task was running on worker pid {running_on.get(seq)}",
+                "queued": "this task had not started",
+            }[role]
+            exc = TracedBrokenProcessPool(
+                f"{_STDLIB_BROKEN} {text} Task {tids[seq]} ({names[seq]}): {own}.",
+                reason=info.reason,
+                worker_pid=worker.pid if worker else None,
+                exitcode=worker.exitcode if worker else None,
+                signal=worker.signal if worker else None,
+                oom_suspected=worker.oom_suspected if worker else False,
+                task_id=tids[seq],
+                task_role=role,
+                lost_tasks=[tids[s] for s in info.lost],
+                fault=info.fault or info.init_failure,
+            )
+            if info.cause_text is not None:
+                exc.__cause__ = _cpython.remote_traceback(info.cause_text)
+            elif info.fault is not None and info.fault.get("traceback"):
+                exc.__cause__ = _cpython.remote_traceback(info.fault["traceback"])
+            elif info.init_failure is not None and info.init_failure.get("traceback"):
+                exc.__cause__ = _cpython.remote_traceback(info.init_failure["traceback"])
+            self._broken_excs.add(exc)
+            failures[work_id] = exc
+        return failures
+
+    def on_manager_exit(self) -> None:
+        self.on_wait_start(time_ns())
+        try:
+            self.status.drain()
+        except Exception:
+            pass
+        if self.sink is not None and self.pool_trace is not None and self.emitter.started:
+            self.emitter.push(_POOL_END)
+        self.emitter.finish(timeout=0)
+
+    # -- forensics for callers -------------------------------------------------------------------
+    def is_broken_exc(self, exc: BaseException | None) -> bool:
+        return exc is not None and exc in self._broken_excs
+
+    def broken_on_submit(self, e: BrokenProcessPool) -> BrokenProcessPool:
+        info = self.break_info
+        if info is None:
+            return e
+        d = info.primary()
+        text = summary(info, {s: f"{self.pool_id}:{s}" for s in info.lost}, {})
+        return TracedBrokenProcessPool(
+            f"{e} {text}",
+            reason=info.reason,
+            worker_pid=d.pid if d else None,
+            exitcode=d.exitcode if d else None,
+            signal=d.signal if d else None,
+            oom_suspected=d.oom_suspected if d else False,
+            lost_tasks=[f"{self.pool_id}:{s}" for s in info.lost],
+            fault=info.fault or info.init_failure,
+        )
+
+    def broken_attrs(self, seq: int) -> dict[str, Any]:
+        info = self.break_info
+        if info is None:
+            return {}
+        pid = info.running_on.get(seq)
+        worker = info.dead_worker(pid) or info.primary()
+        attrs: dict[str, Any] = {
+            N.ATTR_BROKEN_REASON: info.reason,
+            N.ATTR_BROKEN_ROLE: role_of(info, seq),
+            N.ATTR_BROKEN_LOST: [f"{self.pool_id}:{s}" for s in info.lost],
+        }
+        if worker is not None:
+            attrs[N.ATTR_WORKER_PID] = worker.pid
+            if worker.exitcode is not None:
+                attrs[N.ATTR_WORKER_EXITCODE] = worker.exitcode
+            if worker.signal is not None:
+                attrs[N.ATTR_WORKER_SIGNAL] = worker.signal
+                attrs[N.ATTR_WORKER_OOM] = worker.oom_suspected
+        elif info.fault and info.fault.get("pid"):
+            attrs[N.ATTR_WORKER_PID] = info.fault["pid"]
+        return attrs
+
+    @staticmethod
+    def _task_name(task: Any) -> str:
+        fn = getattr(task, "fn", task)
+        user = _cpython.map_user_function(fn)
+        return qualname(user if user is not None else fn)
+
+    # -- emitter thread ------------------------------------------------------------------------
+    def emit(self, item: Any) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        if type(item) is TaskRecord:
+            sink.emit(item.trace_id, item.flags, item.trace_state, item.parent, task_specs(item, self))
+        elif type(item) is WakeRecord:
+            pt = self.pool_trace
+            if pt is not None:
+                sink.emit(pt[0], pt[2], pt[3], None, [wake_spec(item, self)])
+        elif item is _POOL_END:
+            pt = self.pool_trace
+            if pt is None:
+                return
+            executor = self.executor_ref()
+            attrs: dict[str, Any] = {N.ATTR_POOL_ID: self.pool_id, N.ATTR_PROCESS_PID: self.parent_pid}
+            if self.name:
+                attrs[N.ATTR_POOL_NAME] = self.name
+            if executor is not None:
+                attrs[N.ATTR_POOL_MAX_WORKERS] = executor._max_workers  # type: ignore[attr-defined]
+            spec = (N.SPAN_POOL, pt[1], 0, 0, self.t_created, time_ns(), attrs, (), None, ())
+            sink.emit(pt[0], pt[2], pt[3], None, [spec])
+
+
+class TracedProcessPoolExecutor(_cpython.InternalsMixin):
+    """A drop-in ``ProcessPoolExecutor`` that traces each task's stages and locates faults.
+
+    Takes the stdlib constructor's arguments for the running Python, plus keyword-only
+    options:
+
+    tracer_provider
+        The OpenTelemetry ``TracerProvider`` to use; None (default) means the global one,
+        read at each submit. With no SDK configured, tracing costs nothing.
+    name
+        A name for the pool, recorded on its spans.
+    record_values
+        Record bounded (256 characters) reprs of arguments and results on task spans.
+        False by default (env ``TRACEDPOOL_RECORD_VALUES``): only types, sizes and names
+        are recorded. A callable is used as the redaction hook: it receives each repr
+        and returns what to record.
+    record_exception_messages
+        Record exception messages and stack traces in ``exception`` events, as
+        OpenTelemetry instrumentations do (default True; env
+        ``TRACEDPOOL_RECORD_EXCEPTION_MESSAGES``).
+    rescue_unpicklable_results
+        When a task's result or exception cannot be unpickled in the parent, fail only
+        that future with ``ResultUnpicklingError`` instead of breaking the whole pool,
+        as the stdlib does. Off by default.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        tracer_provider: Any = None,
+        name: str | None = None,
+        record_values: Any = None,
+        record_exception_messages: bool | None = None,
+        rescue_unpicklable_results: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            raise TypeError("tracer_provider must be an OpenTelemetry TracerProvider or None")
+        if not isinstance(rescue_unpicklable_results, bool):
+            raise TypeError("rescue_unpicklable_results must be a bool")
+        if record_values is None:
+            record_values = _env_flag(N.ENV_RECORD_VALUES, False)
+        redact = None
+        if callable(record_values):
+            redact, record_values = record_values, True
+        elif not isinstance(record_values, bool):
+            raise TypeError("record_values must be a bool or a redaction callable")
+        if record_exception_messages is None:
+            record_exception_messages = _env_flag(N.ENV_RECORD_EXCEPTION_MESSAGES, True)
+        elif not isinstance(record_exception_messages, bool):
+            raise TypeError("record_exception_messages must be a bool")
+
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        try:
+            super().__init__(
+                max_workers, mp_context, worker_init, (writer, initializer, initargs), **kwargs
+            )
+        except BaseException:
+            reader.close()
+            writer.close()
+            raise
+        state = _PoolState(
+            self,
+            tracer_provider,
+            name,
+            record_values,
+            redact,
+            record_exception_messages,
+            rescue_unpicklable_results,
+            StatusReader(reader),
+            writer,
+        )
+        self._tp_state = state
+        state.hooked = _cpython.install_queue_hooks(self, state)
+        if state.hooked:
+            _cpython.install_feeder_guard()
+        else:
+            _warn_degraded()
+        weakref.finalize(self, _close_status, state.status, writer)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        st = self._tp_state
+        seq = next(st.seq)
+        sink = st.current_sink()
+        if sink is None:
+            try:
+                return super().submit(_Task(fn, args, kwargs, seq, None, None))
+            except BrokenProcessPool as e:
+                raise st.broken_on_submit(e) from None
+        return self._submit_traced(st, sink, seq, fn, args, kwargs)
+
+    def _submit_traced(
+        self, st: _PoolState, sink: Sink, seq: int, fn: Any, args: Any, kwargs: Any
+    ) -> Any:
+        t0 = time_ns()
+        try:
+            sampled = sink.sample(N.SPAN_TASK, None)
+            if sampled is not None:
+                user_fn = fn
+                chunk = -1
+                if type(fn) is functools.partial:
+                    mapped = _cpython.map_user_function(fn)
+                    if mapped is not None:
+                        user_fn = mapped
+                        chunk = len(args[0]) if args else 0
+                rec: TaskRecord | None = TaskRecord(st, seq, user_fn, t0, sampled)
+                rec.worker_span_id = sink.new_span_id()  # type: ignore[union-attr]
+                rec.chunksize = chunk  # type: ignore[union-attr]
+                if chunk < 0:
+                    rec.arg_types = tuple(map(type, args))  # type: ignore[union-attr]
+                rec.kwarg_names = tuple(kwargs)  # type: ignore[union-attr]
+                rec.submit_thread = threading.current_thread().name  # type: ignore[union-attr]
+                if st.record_values:
+                    rec.args_repr = _bounded_repr((args, kwargs), st.redact)  # type: ignore[union-attr]
+                trace_info: Any = (sampled[0], rec.worker_span_id, sampled[2])  # type: ignore[union-attr]
+            else:
+                rec = None
+                parent = trace.get_current_span().get_span_context()
+                if parent.is_valid:
+                    trace_info = (parent.trace_id, parent.span_id, 0)
+                else:
+                    trace_info = (sink.new_trace_id(), sink.new_span_id(), 0)
+        except Exception:
+            st.internal_error("submit")
+            rec, trace_info = None, None
+        try:
+            future = super().submit(_Task(fn, args, kwargs, seq, trace_info, rec))
+        except BrokenProcessPool as e:
+            raise st.broken_on_submit(e) from None
+        if rec is not None:
+            rec.t_submit1 = time_ns()
+            if st.record_values:
+                rec.future = future
+            future.add_done_callback(rec)
+            if not st.emitter.started:
+                st.emitter.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            # The manager has exited, so every task record is queued: hand them to the
+            # processors now, but never let a stuck processor hold shutdown for long.
+            self._tp_state.emitter.finish(timeout=2.0)
+
+    @property
+    def pool_id(self) -> str:
+        """This pool's id, the prefix of its task ids."""
+        return self._tp_state.pool_id  # type: ignore[no-any-return]
+
+    @property
+    def broken_info(self) -> BreakInfo | None:
+        """What broke this pool, once it is broken."""
+        return self._tp_state.break_info  # type: ignore[no-any-return]
+
+
+def _close_status(status: StatusReader, writer: Any) -> None:
+    status.close()
+    try:
+        writer.close()
+    except Exception:
+        pass
+
+
+def _warn_degraded() -> None:
+    global _degraded_warned
+    if not _degraded_warned:
+        _degraded_warned = True
+        log.warning(
+            "tracedpool: this Python's concurrent.futures internals are not the ones "
+            "tracedpool knows; only submit, completion and worker-side stages are traced "
+            "and faults are located less precisely. The pool itself is unaffected."
+        )

@@ -1,0 +1,193 @@
+"""Why a pool broke: dead workers, their exit codes and signals, and the tasks lost.
+
+Runs once, on the manager thread, when the stdlib is about to declare the pool broken.
+The stdlib gives one sentence for seven causes; this module tells them apart from the
+workers' exit codes (read only after joining the dead process: ``Process.exitcode`` is
+still None right after the sentinel fires in most fork runs), the status pipe's records
+and the result message that could not be read.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+_OOM_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def cgroup_oom_kills() -> int | None:
+    """The cgroup's ``oom_kill`` count where readable (cgroup v2, else v1)."""
+    for path in _OOM_EVENTS:
+        try:
+            with open(path, encoding="ascii") as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def signal_name(exitcode: int | None) -> str | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+@dataclass
+class DeadWorker:
+    pid: int
+    exitcode: int | None
+    signal: str | None
+    oom_suspected: bool = False
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            how = f"was killed by {self.signal} (exit code {self.exitcode})"
+            if self.oom_suspected:
+                how += "; the cgroup's oom_kill count rose, so the OOM killer is the likely cause"
+        elif self.exitcode is None:
+            how = "ended with an unknown exit code"
+        else:
+            how = f"exited with code {self.exitcode}"
+        return f"worker pid {self.pid} {how}"
+
+
+@dataclass
+class BreakInfo:
+    """Everything known about one breakage, shared by every future it fails."""
+
+    reason: str
+    dead: list[DeadWorker] = field(default_factory=list)
+    running_on: dict[int, int] = field(default_factory=dict)  # task seq -> worker pid
+    culprits: set[int] = field(default_factory=set)  # task seqs
+    fault: dict[str, Any] | None = None
+    init_failure: dict[str, Any] | None = None
+    cause_text: str | None = None
+    lost: list[int] = field(default_factory=list)  # task seqs failed by the breakage
+
+    def dead_worker(self, pid: int | None) -> DeadWorker | None:
+        for d in self.dead:
+            if d.pid == pid:
+                return d
+        return None
+
+    def primary(self) -> DeadWorker | None:
+        return self.dead[0] if self.dead else None
+
+
+def reap_dead_workers(processes: dict[int, Any], oom_before: int | None) -> list[DeadWorker]:
+    """The workers that have ended, with exit codes read after a bounded join."""
+    by_sentinel = {}
+    for pid, p in processes.items():
+        try:
+            by_sentinel[p.sentinel] = (pid, p)
+        except (ValueError, AttributeError):
+            continue
+    try:
+        ready = multiprocessing.connection.wait(list(by_sentinel), timeout=0)
+    except OSError:
+        ready = []
+    oom_now = cgroup_oom_kills() if ready else None
+    oom_rose = oom_before is not None and oom_now is not None and oom_now > oom_before
+    dead = []
+    for sentinel in ready:
+        pid, p = by_sentinel[sentinel]
+        try:
+            p.join(timeout=1.0)
+        except Exception:
+            pass
+        code = p.exitcode
+        name = signal_name(code)
+        dead.append(DeadWorker(pid, code, name, oom_suspected=oom_rose and name == "SIGKILL"))
+    return dead
+
+
+_HINTS = {
+    "initializer-failed": (
+        "The initializer raised in the worker; every worker runs it, so fix it (its "
+        "traceback is this exception's __cause__)."
+    ),
+    "worker-unpickle-failed": (
+        "The call could not be rebuilt in the worker. Under spawn and forkserver, "
+        "functions and classes must be importable by the workers (not defined only "
+        "under `if __name__ == '__main__':`). The worker's traceback is the __cause__."
+    ),
+    "result-unpickle-failed": (
+        "A task's result or exception pickled in the worker but could not be unpickled "
+        "in the parent (often an exception whose __init__ takes other arguments than "
+        "its args). Pass rescue_unpicklable_results=True to fail only that future."
+    ),
+    "result-read-failed": "Reading a result from the result pipe failed; see the __cause__.",
+}
+
+
+def hint(info: BreakInfo) -> str:
+    if info.reason in _HINTS:
+        return _HINTS[info.reason]
+    d = info.primary()
+    if d is None:
+        return "No dead worker was found; see the __cause__, if any."
+    if d.signal == "SIGKILL":
+        return (
+            "Something sent SIGKILL: check the container's memory limit and the kernel log "
+            "for the OOM killer, or a supervisor/timeout that kills processes."
+        )
+    if d.signal in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE"):
+        return (
+            "Native code crashed in the worker (an extension module). Run the task in a "
+            "single process with faulthandler enabled to see where."
+        )
+    if d.signal is not None:
+        return f"Something sent {d.signal} to the worker."
+    return "The task or a library it called ended the worker process (sys.exit/os._exit)."
+
+
+def summary(info: BreakInfo, task_ids: dict[int, str], names: dict[int, str]) -> str:
+    """One paragraph about the breakage as a whole."""
+    parts: list[str] = []
+    if info.reason == "initializer-failed" and info.init_failure:
+        f = info.init_failure
+        parts.append(
+            f"the initializer {f.get('initializer', '')} failed in worker pid {f.get('pid')}: "
+            f"{f.get('exc_type')}: {f.get('message', '')}".rstrip(": ")
+        )
+    elif info.fault is not None:
+        f = info.fault
+        seq = f.get("seq", -1)
+        who = task_ids.get(seq, "an unknown task")
+        where = "in worker pid {}".format(f["pid"]) if f.get("pid") else "in the parent"
+        verb = "unpickle" if str(f.get("stage", "")).endswith("unpickle") else "pickle"
+        parts.append(
+            f"{f.get('target', 'part')} of task {who} ({names.get(seq, '?')}) could not be "
+            f"{verb}d {where} (stage {f.get('stage')}): {f.get('exc_type')}"
+            + (f": {f['message']}" if f.get("message") else "")
+        )
+    for d in info.dead:
+        running = [s for s, pid in info.running_on.items() if pid == d.pid]
+        line = d.describe()
+        if running:
+            line += " while running task " + ", ".join(
+                f"{task_ids.get(s, s)} ({names.get(s, '?')})" for s in running
+            )
+        parts.append(line)
+    if info.lost:
+        shown = [task_ids.get(s, str(s)) for s in info.lost[:10]]
+        more = f" and {len(info.lost) - 10} more" if len(info.lost) > 10 else ""
+        parts.append(f"tasks lost: {', '.join(shown)}{more}")
+    text = "; ".join(parts) if parts else "cause unknown"
+    return f"[tracedpool] {text[:1].upper()}{text[1:]}. {hint(info)}"
+
+
+def role_of(info: BreakInfo, seq: int) -> str:
+    if seq in info.culprits:
+        return "culprit"
+    if seq in info.running_on:
+        return "bystander"
+    return "queued"

@@ -1,0 +1,287 @@
+"""Every span name, attribute key, event name and environment variable tracedpool uses.
+
+Nothing else in the package spells these strings: it imports them from here. The docs
+table (``docs/names.md``) is generated from this module with
+``python -m tracedpool._names --write docs/names.md`` and a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: str  # "span", "attribute", "event", "env"
+    value: str
+    doc: str
+
+
+REGISTRY: list[_Entry] = []
+
+
+def _reg(kind: str, value: str, doc: str) -> str:
+    REGISTRY.append(_Entry(kind, value, doc))
+    return value
+
+
+# -- spans -------------------------------------------------------------------------------
+SPAN_TASK: Final = _reg(
+    "span",
+    "tracedpool.task",
+    "One task, from `submit()` to the future's completion. Child of the span active at "
+    "`submit()` (a root when none is). The stage spans below are its children.",
+)
+SPAN_SUBMIT: Final = _reg(
+    "span", "tracedpool.submit", "The `submit()` call in the caller's thread (kind PRODUCER)."
+)
+SPAN_ENQUEUE: Final = _reg(
+    "span",
+    "tracedpool.enqueue",
+    "Waiting from submit until the manager thread moves the item into the call queue "
+    "(the future becomes RUNNING then).",
+)
+SPAN_FEEDER_SERIALIZE: Final = _reg(
+    "span",
+    "tracedpool.feeder-serialize",
+    "Pickling the call item in the queue feeder thread and writing it to the call pipe.",
+)
+SPAN_WORKER_RUN: Final = _reg(
+    "span",
+    "tracedpool.worker-run",
+    "The function running in the worker process, from unpickling the call to its return "
+    "(kind CONSUMER). Spans the task's own code creates in the worker are its children.",
+)
+SPAN_SENDBACK: Final = _reg(
+    "span",
+    "tracedpool.sendback",
+    "Pickling the result or exception in the worker and putting it on the result queue, "
+    "until the parent has read it.",
+)
+SPAN_MANAGER_WAKE: Final = _reg(
+    "span",
+    "tracedpool.manager-wake",
+    "One wake-up of the pool's manager thread, in the pool's own trace, linked to the "
+    "tasks it served.",
+)
+SPAN_POOL: Final = _reg(
+    "span",
+    "tracedpool.pool",
+    "The pool's lifetime (emitted at shutdown); parent of its `manager-wake` spans.",
+)
+
+STAGE_SPANS: Final = (
+    SPAN_SUBMIT,
+    SPAN_ENQUEUE,
+    SPAN_FEEDER_SERIALIZE,
+    SPAN_WORKER_RUN,
+    SPAN_SENDBACK,
+    SPAN_MANAGER_WAKE,
+)
+
+# -- attributes: semantic conventions ------------------------------------------------------
+ATTR_CODE_FUNCTION: Final = _reg(
+    "attribute",
+    "code.function.name",
+    "Fully qualified name of the user's function (for `map()`, the mapped function).",
+)
+ATTR_PROCESS_PID: Final = _reg(
+    "attribute", "process.pid", "Pid of the process where the stage ran."
+)
+ATTR_THREAD_NAME: Final = _reg(
+    "attribute", "thread.name", "Name of the thread where the stage ran."
+)
+ATTR_ERROR_TYPE: Final = _reg(
+    "attribute", "error.type", "Qualified type name of the exception a task ended with."
+)
+
+# -- attributes: tracedpool ------------------------------------------------------------------
+ATTR_TASK_ID: Final = _reg(
+    "attribute",
+    "tracedpool.task.id",
+    "Task id, unique across pools: `<pool id>:<sequence>`. On every task and stage span.",
+)
+ATTR_POOL_ID: Final = _reg("attribute", "tracedpool.pool.id", "The pool's unique id.")
+ATTR_POOL_NAME: Final = _reg(
+    "attribute", "tracedpool.pool.name", "The `name=` given to the executor, if any."
+)
+ATTR_POOL_MAX_WORKERS: Final = _reg(
+    "attribute", "tracedpool.pool.max_workers", "The pool's `max_workers`."
+)
+ATTR_POOL_START_METHOD: Final = _reg(
+    "attribute", "tracedpool.pool.start_method", "fork, spawn or forkserver."
+)
+ATTR_TASK_OUTCOME: Final = _reg(
+    "attribute",
+    "tracedpool.task.outcome",
+    "How the future ended: `result`, `exception`, `cancelled` or `broken`.",
+)
+ATTR_ARG_TYPES: Final = _reg(
+    "attribute",
+    "tracedpool.task.arg_types",
+    "Type names of the positional arguments (never their values).",
+)
+ATTR_KWARG_NAMES: Final = _reg(
+    "attribute", "tracedpool.task.kwarg_names", "Names of the keyword arguments."
+)
+ATTR_RESULT_TYPE: Final = _reg(
+    "attribute", "tracedpool.task.result_type", "Type name of the result (never its value)."
+)
+ATTR_ARGS_REPR: Final = _reg(
+    "attribute",
+    "tracedpool.task.args_repr",
+    "Bounded, redacted repr of the arguments. Only with `record_values=True`.",
+)
+ATTR_RESULT_REPR: Final = _reg(
+    "attribute",
+    "tracedpool.task.result_repr",
+    "Bounded, redacted repr of the result. Only with `record_values=True`.",
+)
+ATTR_MAP_CHUNKSIZE: Final = _reg(
+    "attribute",
+    "tracedpool.map.chunksize",
+    "For tasks submitted by `map()`: the number of items in this chunk.",
+)
+ATTR_PAYLOAD_BYTES: Final = _reg(
+    "attribute",
+    "tracedpool.payload.bytes",
+    "Size in bytes of the pickled call item written to the call pipe.",
+)
+ATTR_RESULT_BYTES: Final = _reg(
+    "attribute",
+    "tracedpool.result.bytes",
+    "Size in bytes of the pickled result message read from the result pipe.",
+)
+ATTR_WAKE_REASON: Final = _reg(
+    "attribute",
+    "tracedpool.wake.reason",
+    "Why the manager woke: `result`, `submit`, `shutdown`, `collected`, `exit`, "
+    "`feeder-error`, `wakeup`, `worker-died` or `result-read-error`.",
+)
+ATTR_WAKE_IDLE_NS: Final = _reg(
+    "attribute",
+    "tracedpool.wake.idle_ns",
+    "How long the manager was blocked waiting before this wake, in nanoseconds.",
+)
+ATTR_WAKE_TASKS: Final = _reg(
+    "attribute", "tracedpool.wake.tasks", "Number of tasks this wake served."
+)
+ATTR_FAULT_STAGE: Final = _reg(
+    "attribute",
+    "tracedpool.fault.stage",
+    "Where a pickling fault struck: `feeder-serialize`, `worker-unpickle`, `sendback` or "
+    "`result-unpickle`.",
+)
+ATTR_FAULT_TARGET: Final = _reg(
+    "attribute",
+    "tracedpool.fault.target",
+    "Which object failed: `fn`, `args[<i>]`, `kwargs[<name>]`, `result` or `exception`.",
+)
+ATTR_FAULT_TYPE: Final = _reg(
+    "attribute",
+    "tracedpool.fault.object_type",
+    "Type name of the object that failed to (un)pickle, where known.",
+)
+ATTR_BROKEN_REASON: Final = _reg(
+    "attribute",
+    "tracedpool.broken.reason",
+    "Why the pool broke: `worker-died`, `worker-unpickle-failed`, `result-unpickle-failed`, "
+    "`initializer-failed`, `result-read-failed` or `unknown`.",
+)
+ATTR_WORKER_PID: Final = _reg(
+    "attribute", "tracedpool.worker.pid", "Pid of the worker a broken-pool event is about."
+)
+ATTR_WORKER_EXITCODE: Final = _reg(
+    "attribute",
+    "tracedpool.worker.exitcode",
+    "The worker's exit code, multiprocessing's convention: negative for a signal.",
+)
+ATTR_WORKER_SIGNAL: Final = _reg(
+    "attribute", "tracedpool.worker.signal", "Signal name that ended the worker, e.g. SIGKILL."
+)
+ATTR_WORKER_OOM: Final = _reg(
+    "attribute",
+    "tracedpool.worker.oom_suspected",
+    "True when a SIGKILLed worker was likely killed by the OOM killer (cgroup oom_kill "
+    "count rose).",
+)
+ATTR_BROKEN_ROLE: Final = _reg(
+    "attribute",
+    "tracedpool.broken.task_role",
+    "This task's part in the breakage: `culprit` (ran on the dead worker or caused the "
+    "fault), `bystander` (running elsewhere) or `queued`.",
+)
+ATTR_BROKEN_LOST: Final = _reg(
+    "attribute", "tracedpool.broken.lost_tasks", "Ids of every task the breakage failed."
+)
+
+# -- events ---------------------------------------------------------------------------------
+EVENT_EXCEPTION: Final = _reg(
+    "event",
+    "exception",
+    "OpenTelemetry's exception event (`exception.type`, `exception.message`, "
+    "`exception.stacktrace`), on the span of the stage where a fault struck.",
+)
+EVENT_POOL_BROKEN: Final = _reg(
+    "event",
+    "tracedpool.pool-broken",
+    "On every task span a broken pool failed: reason, worker pid, exit code, signal.",
+)
+EVENT_INTERNAL_ERROR: Final = _reg(
+    "event",
+    "tracedpool.internal-error",
+    "tracedpool's own instrumentation failed for this task; the task itself was unaffected.",
+)
+
+# -- environment variables -------------------------------------------------------------------
+ENV_RECORD_VALUES: Final = _reg(
+    "env",
+    "TRACEDPOOL_RECORD_VALUES",
+    "`1` to record bounded, redacted reprs of arguments and results (default off).",
+)
+ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
+    "env",
+    "TRACEDPOOL_RECORD_EXCEPTION_MESSAGES",
+    "`0` to omit exception messages and stack traces from spans (default on).",
+)
+
+
+def render_markdown() -> str:
+    """The docs table of every name above."""
+    titles = {
+        "span": "Spans",
+        "attribute": "Attributes",
+        "event": "Events",
+        "env": "Environment variables",
+    }
+    out = [
+        "# Names",
+        "",
+        "Generated from `tracedpool/_names.py` by "
+        "`python -m tracedpool._names --write docs/names.md`; do not edit by hand.",
+        "",
+    ]
+    for kind, title in titles.items():
+        out += [f"## {title}", "", "| name | meaning |", "|---|---|"]
+        out += [f"| `{e.value}` | {e.doc} |" for e in REGISTRY if e.kind == kind]
+        out.append("")
+    return "\n".join(out)
+
+
+def _main(argv: list[str]) -> int:
+    text = render_markdown()
+    if len(argv) == 2 and argv[0] == "--write":
+        with open(argv[1], "w", encoding="utf-8") as f:
+            f.write(text)
+        return 0
+    if argv:
+        print("usage: python -m tracedpool._names [--write PATH]", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
