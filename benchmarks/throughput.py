@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
@@ -267,6 +268,18 @@ def is_placeholder(cls: type) -> bool:
     return cls.__bases__ == (ProcessPoolExecutor,) and not own
 
 
+def source_fingerprint(cls: type) -> str | None:
+    """A short hash of the traced package's sources as imported by this mode's process."""
+    if cls is IdenticalPool:
+        return None
+    package = sys.modules[cls.__module__.partition(".")[0]]
+    root = Path(package.__file__ or "").parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def traced_class(mode: str) -> type[ProcessPoolExecutor]:
     if mode == "control":
         return IdenticalPool
@@ -288,10 +301,29 @@ def expected_result(workload: Workload) -> Any:
     return PAYLOAD_BYTES if workload.key == "arg_1mb" else 1
 
 
-def timed_round(pool: Executor, workload: Workload, arg: Any, n: int) -> float:
-    """Seconds to run n tasks: submit all then wait all (or one at a time, if sequential)."""
+def settle(flush: Callable[[], None], interval: float = 0.01, max_wait: float = 3.0) -> None:
+    """Wait until this process's background threads (pool managers and feeders, span emitters
+    and processors) are idle. Without this, the traced side's leftover telemetry work runs
+    during the next stdlib round and is billed to the stdlib pool."""
+    deadline = time.perf_counter() + max_wait
+    while time.perf_counter() < deadline:
+        flush()
+        cpu = time.process_time()
+        time.sleep(interval)
+        if time.process_time() - cpu < interval / 10:  # under 10% of a core: idle
+            return
+    log(f"  (background threads still busy after {max_wait:.0f} s; measuring anyway)")
+
+
+def timed_round(
+    pool: Executor, workload: Workload, arg: Any, n: int, flush: Callable[[], None]
+) -> tuple[float, float]:
+    """Run n tasks: submit all then wait all (or one at a time, if sequential). Returns the
+    wall seconds until the last result, and this process's CPU seconds (all threads) until its
+    background work has drained: work deferred past the last result still shows there."""
     fn, expected = workload.fn, expected_result(workload)
     gc.collect()  # outside the timing: don't bill one side for the other's garbage
+    cpu = time.process_time()
     start = time.perf_counter()
     if workload.sequential:
         results = [pool.submit(fn, arg).result() for _ in range(n)]
@@ -299,9 +331,11 @@ def timed_round(pool: Executor, workload: Workload, arg: Any, n: int) -> float:
         futures = [pool.submit(fn, arg) for _ in range(n)]
         results = [f.result() for f in futures]
     elapsed = time.perf_counter() - start
+    settle(flush)
+    cpu = time.process_time() - cpu
     if results.count(expected) != n:  # a fast wrong answer must not count as throughput
         raise RuntimeError(f"{workload.key}: a task returned an unexpected result")
-    return elapsed
+    return elapsed, cpu
 
 
 def start_workers(pool: Executor, workers: int) -> None:
@@ -325,6 +359,7 @@ class ModeResult:
     mode: str
     traced_class: str
     traced_is_placeholder: bool
+    traced_source: str | None  # fingerprint of the package's sources, to catch edits mid-run
     start_method: str
     rounds: dict[str, dict[str, Any]] = field(default_factory=dict)  # workload -> n, seconds
     spans_per_task: float | None = None
@@ -362,6 +397,7 @@ def run_mode(mode: str, params: Params) -> ModeResult:
         mode=mode,
         traced_class=f"{cls.__module__}.{cls.__qualname__}",
         traced_is_placeholder=is_placeholder(cls),
+        traced_source=source_fingerprint(cls),
         start_method=multiprocessing.get_start_method(),
     )
     kwargs: dict[str, Any] = {"max_workers": params.workers}
@@ -381,22 +417,22 @@ def run_mode(mode: str, params: Params) -> ModeResult:
         for pool in (stdlib, traced):
             for w in workloads:  # one unmeasured round each: warm pickling paths and pipes
                 n_warm = min(params.n[w.key], max(10, params.n[w.key] // 5))
-                timed_round(pool, w, task_arg(w), n_warm)
-        telemetry.flush()
+                timed_round(pool, w, task_arg(w), n_warm, telemetry.flush)
         setup_counts, spans_before = snapshot(telemetry), telemetry.spans()
 
         for w in workloads:
             n, arg = params.n[w.key], task_arg(w)
-            stdlib_s: list[float] = []
-            traced_s: list[float] = []
+            times: dict[str, list[float]] = {}
             for _ in range(params.rounds):  # alternate, so noise hits both sides alike
-                stdlib_s.append(timed_round(stdlib, w, arg, n))
-                traced_s.append(timed_round(traced, w, arg, n))
-            result.rounds[w.key] = {"n": n, "stdlib_s": stdlib_s, "traced_s": traced_s}
-            ratio = statistics.median(s / t for s, t in zip(stdlib_s, traced_s, strict=True))
+                for side, pool in (("stdlib", stdlib), ("traced", traced)):
+                    wall_s, cpu_s = timed_round(pool, w, arg, n, telemetry.flush)
+                    times.setdefault(f"{side}_s", []).append(wall_s)
+                    times.setdefault(f"{side}_cpu_s", []).append(cpu_s)
+            result.rounds[w.key] = {"n": n, **times}
+            pairs = zip(times["stdlib_s"], times["traced_s"], strict=True)
+            ratio = statistics.median(s / t for s, t in pairs)
             log(f"  [{mode}] {w.key:<10} n={n:<5} median ratio {ratio:.3f}")
 
-        telemetry.flush()
         traced_tasks = params.rounds * sum(params.n.values())
         if mode.startswith("sdk-"):
             result.spans_per_task = (telemetry.spans() - spans_before) / traced_tasks

@@ -182,7 +182,7 @@ def summary(info: BreakInfo, task_ids: dict[int, str], names: dict[int, str]) ->
         more = f" and {len(info.lost) - 10} more" if len(info.lost) > 10 else ""
         parts.append(f"tasks lost: {', '.join(shown)}{more}")
     text = "; ".join(parts) if parts else "cause unknown"
-    return f"[tracedpool] {text[:1].upper()}{text[1:]}. {hint(info)}"
+    return f"[tracedpool] {text}. {hint(info)}"
 
 
 def role_of(info: BreakInfo, seq: int) -> str:

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import struct
 import sys
 import threading
@@ -214,24 +215,124 @@ def target_name(done: int, nargs: int, kwnames: tuple[str, ...]) -> str:
 def locate_call_failure(buf: Any) -> tuple[int, str] | None:
     """Which task and which part made a call message fail to unpickle.
 
-    Replays the message through the pure-Python unpickler (the worker is about to die
-    anyway) and finds our header on its stacks: the number of values completed after it
-    names the part that was being rebuilt when the error struck.
-    """
+    Two passes over the message, both after the failure (nothing on the hot path):
 
-    unpickler = pickle._Unpickler(io.BytesIO(bytes(buf)))  # type: ignore[attr-defined]
+    1. Replay it through the pure-Python unpickler, counting opcodes, to learn the index
+       of the opcode that raised (the worker is dying anyway).
+    2. Walk the opcodes statically (``pickletools``) with a model of the unpickler's
+       stack, to learn which opcode finishes each part of our flat reduce tuple
+       ``(header, fn, *args, *kwarg_values)``. The failing part is the first one not
+       finished before the failing opcode.
+    """
+    data = bytes(buf)
+    failed_at = _failing_opcode(data)
+    if failed_at is None:
+        return None  # it did not fail a second time: the part cannot be named
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:
+        return None
+    stack: list[Any] = []
+    lengths: list[int] = []  # stack size after each opcode
+    lows: list[int] = []  # stack size after its pops, before its pushes
+    header_at = header_len = -1
+    header: tuple[Any, ...] | None = None
+    tag_mark = -1
+    for i, (op, arg, _pos) in enumerate(ops):
+        lows.append(_simulate(stack, op))
+        if arg == TAG and header_at < 0 and tag_mark < 0:
+            tag_mark = max((k for k, x in enumerate(stack) if x is _MARK), default=-1)
+        elif tag_mark >= 0 and header_at < 0 and len(stack) == tag_mark + 1:
+            header_at, header_len = i, len(stack)
+        lengths.append(len(stack))
+    if header_at < 0:
+        return None
+    header = _header_values(ops, header_at)
+    if header is None:
+        return None
+    seq, nargs, kwnames = header
+    n_parts = 1 + nargs + len(kwnames)
+    # The tuple closes at the opcode that pops the header itself.
+    close = next((i for i in range(header_at + 1, len(ops)) if lows[i] < header_len), len(ops))
+    if failed_at <= header_at or failed_at >= close:
+        return seq, "call"
+    for part in range(n_parts):
+        level = header_len + part + 1
+        finished = max(
+            (i for i in range(header_at + 1, close) if lengths[i] <= level), default=-1
+        )
+        if finished >= failed_at:
+            return seq, target_name(part, nargs, kwnames)
+    return seq, "call"
+
+
+_MARK = object()
+_MEMO_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _simulate(stack: list[Any], op: Any) -> int:
+    """Apply one opcode's effect on the unpickler's stack (sizes only; marks kept);
+    return the stack size between its pops and its pushes."""
+    before = op.stack_before
+    if op.name in _MEMO_OPS:  # stores the top in the memo; pops nothing
+        return len(stack)
+    if pickletools.markobject in before:
+        below = before.index(pickletools.markobject)
+        while stack and stack[-1] is not _MARK:
+            stack.pop()
+        if stack:
+            stack.pop()
+        if below:
+            del stack[-below:]
+    elif before:
+        del stack[-len(before) :]
+    low = len(stack)
+    stack.extend(_MARK if x is pickletools.markobject else None for x in op.stack_after)
+    return low
+
+
+def _header_values(ops: list[Any], header_end: int) -> tuple[int, int, tuple[str, ...]] | None:
+    """seq, nargs and kwarg names, read from the header's literal opcodes."""
+    values: list[Any] = []
+    names: list[str] = []
+    in_kwnames = False
+    for op, arg, _pos in ops[: header_end + 1]:
+        if arg == TAG:
+            values = []
+            names = []
+            in_kwnames = False
+            continue
+        if isinstance(arg, int) and not isinstance(arg, bool) and "INT" in op.name:
+            if len(values) < 2:
+                values.append(arg)
+            continue
+        if len(values) == 2 and isinstance(arg, str) and "UNICODE" in op.name:
+            in_kwnames = True
+            names.append(arg)
+    del in_kwnames
+    if len(values) < 2:
+        return None
+    return values[0], values[1], tuple(names)
+
+
+def _failing_opcode(data: bytes) -> int | None:
+    """Replay ``data`` through the pure-Python unpickler; the index of the opcode that
+    raised, or None if it loads."""
+    unpickler = pickle._Unpickler(io.BytesIO(data))  # type: ignore[attr-defined]
+    count = [0]
+
+    def counting(fn: Any) -> Any:
+        def run(self: Any) -> Any:
+            count[0] += 1
+            return fn(self)
+
+        return run
+
+    unpickler.dispatch = {k: counting(f) for k, f in pickle._Unpickler.dispatch.items()}  # type: ignore[attr-defined]
     try:
         unpickler.load()
     except BaseException:
-        pass
-    else:
-        return None  # it did not fail a second time: the part cannot be named
-    stacks = [*getattr(unpickler, "metastack", []), getattr(unpickler, "stack", [])]
-    for stack in reversed(stacks):
-        for i, item in enumerate(stack):
-            if type(item) is tuple and len(item) == 5 and item[0] == TAG:
-                _tag, seq, nargs, kwnames, _trace = item
-                return seq, target_name(len(stack) - i - 1, nargs, kwnames)
+        return count[0] - 1
     return None
 
 

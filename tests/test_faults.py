@@ -1,0 +1,83 @@
+"""The fault table, under fork, spawn and forkserver: each fault gives the stdlib's
+exception type, located (stage and target) in the exception and as span events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tracedpool import TracedBrokenProcessPool
+from tracedpool import _names as N
+from tracedpool.testing import FaultCase, assert_pool_healthy, fault_table, spans_by_task
+
+CASES = fault_table()
+
+
+def _event_with(spans: list[Any], event_name: str, attrs: dict[str, Any]) -> tuple[Any, Any]:
+    for span in spans:
+        for event in span.events:
+            if event.name == event_name and all(event.attributes.get(k) == v for k, v in attrs.items()):
+                return span, event
+    shown = [(s.name, e.name, dict(e.attributes)) for s in spans for e in s.events]
+    raise AssertionError(f"no {event_name!r} event with {attrs}; events: {shown}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault_is_located_in_exception_and_spans(
+    case: FaultCase, start_method: str, make_pool: Any, recorder: Any, request: pytest.FixtureRequest
+) -> None:
+    """Each fault raises the stdlib's exception type and names its stage and target."""
+    if case.breaks_pool:
+        request.applymarker(pytest.mark.breaks_pool)
+    provider, exporter = recorder
+    pool = make_pool(2, start=start_method, tracer_provider=provider)
+    future = pool.submit(case.fn, *case.args, **case.kwargs)
+    with pytest.raises(case.exception) as info:
+        future.result(timeout=60)
+    exc = info.value
+
+    if case.breaks_pool:
+        assert isinstance(exc, TracedBrokenProcessPool)
+        assert exc.reason == case.reason, str(exc)
+        assert exc.task_role == "culprit", str(exc)
+        if N.ATTR_WORKER_SIGNAL in case.attrs:
+            assert exc.signal == case.attrs[N.ATTR_WORKER_SIGNAL]
+            assert exc.worker_pid is not None and str(exc.worker_pid) in str(exc)
+        if N.ATTR_WORKER_EXITCODE in case.attrs:
+            assert exc.exitcode == case.attrs[N.ATTR_WORKER_EXITCODE]
+        if N.ATTR_FAULT_TARGET in case.attrs:
+            assert exc.fault is not None and exc.fault["target"] == case.attrs[N.ATTR_FAULT_TARGET]
+            assert case.attrs[N.ATTR_FAULT_TARGET] in str(exc)
+    else:
+        located = getattr(exc, "__tracedpool_fault__", None)
+        assert located is not None, f"fault not located on {exc!r}"
+        assert (located[0], located[1]) == (
+            case.attrs[N.ATTR_FAULT_STAGE],
+            case.attrs[N.ATTR_FAULT_TARGET],
+        )
+        notes = getattr(exc, "__notes__", None)
+        if hasattr(exc, "add_note"):
+            assert notes and case.attrs[N.ATTR_FAULT_TARGET] in notes[-1]
+
+    if not case.breaks_pool:
+        assert_pool_healthy(pool)
+    pool.shutdown(wait=True)
+    spans = spans_by_task(exporter.get_finished_spans())
+    task_spans = spans[f"{pool.pool_id}:0"]
+    if case.breaks_pool:
+        broken_attrs = {N.ATTR_BROKEN_REASON: case.reason}
+        if N.ATTR_WORKER_SIGNAL in case.attrs or N.ATTR_WORKER_EXITCODE in case.attrs:
+            broken_attrs.update(case.attrs)
+        span, _ = _event_with(task_spans, N.EVENT_POOL_BROKEN, broken_attrs)
+        assert span.name == N.SPAN_TASK
+    if N.ATTR_FAULT_STAGE in case.attrs:
+        span, _ = _event_with(task_spans, N.EVENT_EXCEPTION, case.attrs)
+        expected_span = {
+            "feeder-serialize": N.SPAN_FEEDER_SERIALIZE,
+            "worker-unpickle": N.SPAN_WORKER_RUN,
+            "sendback": N.SPAN_SENDBACK,
+            "result-unpickle": N.SPAN_TASK,
+        }[case.attrs[N.ATTR_FAULT_STAGE]]
+        assert span.name == expected_span
+        assert span.status.status_code.name == "ERROR"

@@ -1,0 +1,353 @@
+"""Fault injectors, the fault table and span helpers that tracedpool's own tests use.
+
+Everything here is importable by module path, so it works in workers under fork, spawn
+and forkserver. The injectors cause real faults: real pickling errors, real
+``SystemExit`` raised inside ``__reduce__``, real signals, real segfaults.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+
+from . import _names as N
+
+# -- objects that fail at a chosen moment ------------------------------------------------------
+
+
+class ErrorAtPickle:
+    """Raises ``PicklingError``-like ``ValueError`` when pickled."""
+
+    def __reduce__(self) -> Any:
+        raise ValueError("ErrorAtPickle refuses to be pickled")
+
+
+class ExitAtPickle:
+    """Raises ``SystemExit`` when pickled: kills the stdlib's feeder thread."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(0)
+
+
+def _raise_on_load(message: str) -> Any:
+    raise ValueError(message)
+
+
+def _exit_on_load() -> Any:
+    raise SystemExit(3)
+
+
+class ErrorAtUnpickle:
+    """Pickles fine; raises ``ValueError`` when unpickled."""
+
+    def __reduce__(self) -> Any:
+        return (_raise_on_load, ("ErrorAtUnpickle cannot be rebuilt",))
+
+
+class ExitAtUnpickle:
+    """Pickles fine; raises ``SystemExit(3)`` when unpickled."""
+
+    def __reduce__(self) -> Any:
+        return (_exit_on_load, ())
+
+
+class CallableErrorAtUnpickle:
+    """A callable whose own unpickling fails in the worker (the ``fn`` target)."""
+
+    def __call__(self, *args: Any) -> Any:
+        return args
+
+    def __reduce__(self) -> Any:
+        return (_raise_on_load, ("the function cannot be rebuilt",))
+
+
+class Unpicklable:
+    """Holds a lock, so pickling raises ``TypeError``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+class NotRebuildableError(Exception):
+    """Pickles in the worker, fails to unpickle in the parent (``__init__`` signature)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+# -- task functions ------------------------------------------------------------------------------
+
+
+def identity(*args: Any, **kwargs: Any) -> Any:
+    return args[0] if len(args) == 1 and not kwargs else (args, kwargs)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def getpid(*_: Any) -> int:
+    return os.getpid()
+
+
+def sleep_then(value: Any, seconds: float) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def return_instance(cls: type) -> Any:
+    return cls()
+
+
+def return_unpicklable() -> Any:
+    return threading.Lock()
+
+
+def raise_error(message: str = "boom") -> Any:
+    raise RuntimeError(message)
+
+
+def raise_not_rebuildable() -> Any:
+    raise NotRebuildableError(42, "disk full")
+
+
+def raise_with_lock() -> Any:
+    e = ValueError("original error")
+    e.lock = threading.Lock()  # type: ignore[attr-defined]
+    raise e
+
+
+def kill_self(signum: int) -> Any:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+def segfault() -> Any:
+    faulthandler._sigsegv()  # type: ignore[attr-defined]
+
+
+def exit_with(code: int) -> Any:
+    os._exit(code)
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("bad config in initializer")
+
+
+def traced_work(x: int) -> int:
+    """Creates a span of its own with the OpenTelemetry API, inside the worker."""
+    tracer = trace.get_tracer("tracedpool.testing")
+    with tracer.start_as_current_span("user-inner") as span:
+        span.set_attribute("user.x", x)
+        with tracer.start_as_current_span("user-innermost"):
+            pass
+    return x * 2
+
+
+# -- the fault table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultCase:
+    """One fault: what to submit, where it strikes, what the caller and the spans see."""
+
+    name: str
+    stage: str  # where it strikes
+    fn: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    exception: type[BaseException] = Exception
+    # attributes expected on the fault's exception event (or broken-pool event)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    breaks_pool: bool = False
+    reason: str | None = None  # tracedpool.broken.reason when the pool breaks
+
+
+def fault_table() -> list[FaultCase]:
+    """Every stage and target kind: fn, each args position, kwargs, result, exception."""
+    import pickle
+    from concurrent.futures.process import BrokenProcessPool
+
+    feeder = "feeder-serialize"
+    return [
+        FaultCase(
+            "lambda-fn",
+            feeder,
+            lambda: None,
+            exception=(pickle.PicklingError, AttributeError),  # type: ignore[arg-type]
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "fn"},
+        ),
+        FaultCase(
+            "lock-args0",
+            feeder,
+            identity,
+            (Unpicklable(),),
+            exception=TypeError,
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[0]"},
+        ),
+        FaultCase(
+            "error-args1",
+            feeder,
+            identity,
+            (1, ErrorAtPickle()),
+            exception=ValueError,
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[1]"},
+        ),
+        FaultCase(
+            "lock-kwargs",
+            feeder,
+            identity,
+            (1,),
+            {"key": Unpicklable()},
+            exception=TypeError,
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "kwargs[key]"},
+        ),
+        FaultCase(
+            "sysexit-args1",
+            feeder,
+            identity,
+            (1, ExitAtPickle()),
+            exception=pickle.PicklingError,
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[1]"},
+        ),
+        FaultCase(
+            "unpickle-args1",
+            "worker-unpickle",
+            identity,
+            (1, ErrorAtUnpickle()),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: "args[1]"},
+            breaks_pool=True,
+            reason="worker-unpickle-failed",
+        ),
+        FaultCase(
+            "unpickle-kwargs",
+            "worker-unpickle",
+            identity,
+            (1,),
+            {"bad": ErrorAtUnpickle()},
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: "kwargs[bad]"},
+            breaks_pool=True,
+            reason="worker-unpickle-failed",
+        ),
+        FaultCase(
+            "unpickle-fn",
+            "worker-unpickle",
+            CallableErrorAtUnpickle(),
+            (1,),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: "fn"},
+            breaks_pool=True,
+            reason="worker-unpickle-failed",
+        ),
+        FaultCase(
+            "exit-unpickle-args0",
+            "worker-unpickle",
+            identity,
+            (ExitAtUnpickle(),),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: "args[0]"},
+            breaks_pool=True,
+            reason="worker-unpickle-failed",
+        ),
+        FaultCase(
+            "sendback-result",
+            "sendback",
+            return_unpicklable,
+            exception=TypeError,
+            attrs={N.ATTR_FAULT_STAGE: "sendback", N.ATTR_FAULT_TARGET: "result"},
+        ),
+        FaultCase(
+            "sendback-exception",
+            "sendback",
+            raise_with_lock,
+            exception=TypeError,
+            attrs={N.ATTR_FAULT_STAGE: "sendback", N.ATTR_FAULT_TARGET: "exception"},
+        ),
+        FaultCase(
+            "result-unpickle",
+            "result-unpickle",
+            return_instance,
+            (ErrorAtUnpickle,),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "result-unpickle", N.ATTR_FAULT_TARGET: "result"},
+            breaks_pool=True,
+            reason="result-unpickle-failed",
+        ),
+        FaultCase(
+            "exception-unpickle",
+            "result-unpickle",
+            raise_not_rebuildable,
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_FAULT_STAGE: "result-unpickle", N.ATTR_FAULT_TARGET: "exception"},
+            breaks_pool=True,
+            reason="result-unpickle-failed",
+        ),
+        FaultCase(
+            "sigkill",
+            "worker-run",
+            kill_self,
+            (signal.SIGKILL,),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_WORKER_SIGNAL: "SIGKILL", N.ATTR_WORKER_EXITCODE: -9},
+            breaks_pool=True,
+            reason="worker-died",
+        ),
+        FaultCase(
+            "segfault",
+            "worker-run",
+            segfault,
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_WORKER_SIGNAL: "SIGSEGV", N.ATTR_WORKER_EXITCODE: -11},
+            breaks_pool=True,
+            reason="worker-died",
+        ),
+        FaultCase(
+            "exit-code",
+            "worker-run",
+            exit_with,
+            (3,),
+            exception=BrokenProcessPool,
+            attrs={N.ATTR_WORKER_EXITCODE: 3},
+            breaks_pool=True,
+            reason="worker-died",
+        ),
+    ]
+
+
+# -- span helpers -----------------------------------------------------------------------------------
+
+
+def recording_provider() -> tuple[Any, Any]:
+    """A fresh SDK ``TracerProvider`` whose spans land in an in-memory exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def spans_by_task(spans: Any) -> dict[str, list[Any]]:
+    """Finished spans grouped by ``tracedpool.task.id``."""
+    out: dict[str, list[Any]] = {}
+    for s in spans:
+        tid = (s.attributes or {}).get(N.ATTR_TASK_ID)
+        if tid is not None:
+            out.setdefault(str(tid), []).append(s)
+    return out
+
+
+def assert_pool_healthy(pool: Any, timeout: float = 30) -> None:
+    """A trivial task still round-trips."""
+    assert pool.submit(square, 3).result(timeout=timeout) == 9
