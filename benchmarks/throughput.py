@@ -502,9 +502,13 @@ class Summary:
     lo: float
     hi: float
     delta_us: float  # extra wall time per task on the traced side, from the medians
+    stdlib_cpu_us: float  # median CPU of the benchmark process per task (all its threads)
+    traced_cpu_us: float
 
 
-def summarize(n: int, stdlib_s: list[float], traced_s: list[float]) -> Summary:
+def summarize(raw: dict[str, Any]) -> Summary:
+    """Statistics of one workload's alternated rounds (raw: as run_mode records them)."""
+    n, stdlib_s, traced_s = raw["n"], raw["stdlib_s"], raw["traced_s"]
     ratios = sorted(s / t for s, t in zip(stdlib_s, traced_s, strict=True))
     stdlib_tps = statistics.median(n / s for s in stdlib_s)
     traced_tps = statistics.median(n / t for t in traced_s)
@@ -520,6 +524,8 @@ def summarize(n: int, stdlib_s: list[float], traced_s: list[float]) -> Summary:
         lo=ratios[0],
         hi=ratios[-1],
         delta_us=1e6 / traced_tps - 1e6 / stdlib_tps,
+        stdlib_cpu_us=statistics.median(raw["stdlib_cpu_s"]) * 1e6 / n,
+        traced_cpu_us=statistics.median(raw["traced_cpu_s"]) * 1e6 / n,
     )
 
 
@@ -533,7 +539,7 @@ def verdict(mode: str, workload: str, ratio: float) -> tuple[str, bool]:
 
 
 HEADER: tuple[str, ...] = ("mode", "workload", "N", "stdlib/s", "traced/s", "ratio", "IQR")
-HEADER += ("min-max", "Δμs/task", "target")
+HEADER += ("min-max", "Δμs/task", "CPU μs/task", "target")
 
 
 def table_rows(modes: dict[str, Any]) -> tuple[list[tuple[str, ...]], bool]:
@@ -545,7 +551,7 @@ def table_rows(modes: dict[str, Any]) -> tuple[list[tuple[str, ...]], bool]:
             all_ok = False
             continue
         for key, raw in result["rounds"].items():
-            s = summarize(raw["n"], raw["stdlib_s"], raw["traced_s"])
+            s = summarize(raw)
             target, ok = verdict(mode, key, s.ratio)
             all_ok &= ok
             rows.append(
@@ -559,6 +565,7 @@ def table_rows(modes: dict[str, Any]) -> tuple[list[tuple[str, ...]], bool]:
                     f"{s.q1:.3f}-{s.q3:.3f}",
                     f"{s.lo:.3f}-{s.hi:.3f}",
                     f"{s.delta_us:+.1f}",
+                    f"{s.stdlib_cpu_us:.0f} → {s.traced_cpu_us:.0f}",
                     target,
                 )
             )
@@ -567,7 +574,7 @@ def table_rows(modes: dict[str, Any]) -> tuple[list[tuple[str, ...]], bool]:
 
 def text_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    left = {0, 1, 9}  # text columns; numbers align right
+    left = {0, 1, len(HEADER) - 1}  # text columns; numbers align right
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -589,7 +596,7 @@ def noise_floor_lines(modes: dict[str, Any]) -> list[str]:
         return []
     lines = []
     for key, raw in control["rounds"].items():
-        s = summarize(raw["n"], raw["stdlib_s"], raw["traced_s"])
+        s = summarize(raw)
         lines.append(
             f"{WORKLOADS_BY_KEY[key].label}: median {s.ratio:.3f}, IQR {s.q1:.3f}-{s.q3:.3f}"
             f" (±{(s.q3 - s.q1) / 2 * 100:.1f}%), min-max {s.lo:.3f}-{s.hi:.3f}"
@@ -619,13 +626,21 @@ def tracer_call_lines(modes: dict[str, Any]) -> tuple[list[str], bool]:
 
 def notes(modes: dict[str, Any]) -> list[str]:
     lines = []
-    results = [r for r in modes.values() if isinstance(r, dict)]
-    placeholder = [r for r in results if r["mode"] != "control" and r["traced_is_placeholder"]]
+    results = [r for r in modes.values() if isinstance(r, dict) and r["mode"] != "control"]
+    placeholder = [MODES[r["mode"]] for r in results if r["traced_is_placeholder"]]
     if placeholder:
         lines.append(
-            f"{placeholder[0]['traced_class']} is still a bare subclass of ProcessPoolExecutor:"
-            " every mode is an A/A comparison, so all ratios should be ~1.0."
+            f"{results[0]['traced_class']} is a bare subclass of ProcessPoolExecutor in:"
+            f" {', '.join(placeholder)}: those rows are A/A comparisons (ratios should be ~1.0)."
         )
+    sources = {r["mode"]: r["traced_source"] for r in results}
+    if len(set(sources.values())) > 1:
+        lines.append(
+            "WARNING: tracedpool's sources changed during the run; modes measured different code"
+            f" ({', '.join(f'{m}: {h}' for m, h in sources.items())}). Run again."
+        )
+    elif sources:
+        lines.append(f"tracedpool sources fingerprint: {next(iter(sources.values()))}")
     for r in results:
         if r["spans_per_task"] is not None:
             lines.append(

@@ -382,9 +382,9 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
     if rec.chunksize >= 0:
         attrs[N.ATTR_MAP_CHUNKSIZE] = rec.chunksize
     if rec.arg_types:
-        attrs[N.ATTR_ARG_TYPES] = [t.__qualname__ for t in rec.arg_types]
+        attrs[N.ATTR_ARG_TYPES] = tuple(t.__qualname__ for t in rec.arg_types)
     if rec.kwarg_names:
-        attrs[N.ATTR_KWARG_NAMES] = list(rec.kwarg_names)
+        attrs[N.ATTR_KWARG_NAMES] = rec.kwarg_names
     if rec.result_type is not None:
         attrs[N.ATTR_RESULT_TYPE] = rec.result_type.__qualname__
     if rec.args_repr is not None:

@@ -418,7 +418,7 @@ class _PoolState:
         attrs: dict[str, Any] = {
             N.ATTR_BROKEN_REASON: info.reason,
             N.ATTR_BROKEN_ROLE: role_of(info, seq),
-            N.ATTR_BROKEN_LOST: [f"{self.pool_id}:{s}" for s in info.lost],
+            N.ATTR_BROKEN_LOST: tuple(f"{self.pool_id}:{s}" for s in info.lost),
         }
         if worker is not None:
             attrs[N.ATTR_WORKER_PID] = worker.pid

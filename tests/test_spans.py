@@ -1,0 +1,320 @@
+"""Spans: names, parentage, trace ids and attributes, read through the SDK's in-memory
+exporter in the parent."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from tracedpool import _names as N
+from tracedpool.testing import identity, recording_provider, spans_by_task, square, traced_work
+
+
+def _by_name(spans: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in spans:
+        out.setdefault(s.name, s)
+    return out
+
+
+def test_task_spans_are_children_of_the_submitting_span(make_pool: Any, recorder: Any, start_method: str) -> None:
+    """Each task gets a task span under the caller's span, and its stages under it."""
+    provider, exporter = recorder
+    tracer = provider.get_tracer("test")
+    pool = make_pool(2, start=start_method, tracer_provider=provider, name="unit")
+    with tracer.start_as_current_span("request") as request:
+        assert pool.submit(square, 4).result(timeout=60) == 16
+    worker_pids = set(pool._processes)
+    pool.shutdown(wait=True)
+    spans = spans_by_task(exporter.get_finished_spans())[f"{pool.pool_id}:0"]
+    named = _by_name(spans)
+    task = named[N.SPAN_TASK]
+    req = request.get_span_context()
+    assert task.parent.span_id == req.span_id
+    for name in (N.SPAN_SUBMIT, N.SPAN_ENQUEUE, N.SPAN_FEEDER_SERIALIZE, N.SPAN_WORKER_RUN, N.SPAN_SENDBACK):
+        span = named[name]
+        assert span.context.trace_id == req.trace_id, name
+        assert span.parent.span_id == task.context.span_id, name
+        assert span.start_time <= span.end_time, name
+    assert task.attributes[N.ATTR_CODE_FUNCTION] == "tracedpool.testing.square"
+    assert task.attributes[N.ATTR_TASK_OUTCOME] == "result"
+    assert task.attributes[N.ATTR_POOL_NAME] == "unit"
+    assert task.attributes[N.ATTR_ARG_TYPES] == ("int",)
+    assert task.attributes[N.ATTR_RESULT_TYPE] == "int"
+    assert named[N.SPAN_FEEDER_SERIALIZE].attributes[N.ATTR_PAYLOAD_BYTES] > 0
+    assert named[N.SPAN_SENDBACK].attributes[N.ATTR_RESULT_BYTES] > 0
+    worker_pid = named[N.SPAN_WORKER_RUN].attributes[N.ATTR_PROCESS_PID]
+    assert worker_pid in worker_pids
+    assert named[N.SPAN_SUBMIT].kind == trace.SpanKind.PRODUCER
+    assert named[N.SPAN_WORKER_RUN].kind == trace.SpanKind.CONSUMER
+
+
+def test_task_without_active_span_is_a_root(make_pool: Any, recorder: Any) -> None:
+    """With no span active at submit, the task span is a root of its own trace."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    pool.submit(square, 2).result(timeout=60)
+    pool.shutdown(wait=True)
+    task = _by_name(spans_by_task(exporter.get_finished_spans())[f"{pool.pool_id}:0"])[N.SPAN_TASK]
+    assert task.parent is None
+
+
+def test_user_spans_in_worker_are_children_of_worker_run(make_pool: Any, recorder: Any, start_method: str) -> None:
+    """Spans the task's own code makes with the API reach the parent under worker-run,
+    with no configuration in the worker."""
+    provider, exporter = recorder
+    tracer = provider.get_tracer("test")
+    pool = make_pool(2, start=start_method, tracer_provider=provider)
+    with tracer.start_as_current_span("request"):
+        futures = [pool.submit(traced_work, i) for i in range(4)]
+        assert [f.result(timeout=60) for f in futures] == [0, 2, 4, 6]
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans}
+    inner = [s for s in spans if s.name == "user-inner"]
+    assert len(inner) == 4
+    for s in inner:
+        parent = by_id[s.parent.span_id]
+        assert parent.name == N.SPAN_WORKER_RUN
+        assert s.context.trace_id == parent.context.trace_id
+        assert s.attributes["user.x"] in range(4)
+        innermost = [x for x in spans if x.parent is not None and x.parent.span_id == s.context.span_id]
+        assert [x.name for x in innermost] == ["user-innermost"]
+    # each request's tasks stay in that request's trace, not the trace of the fork time
+    assert len({s.context.trace_id for s in inner}) == 1
+
+
+def test_map_records_function_and_chunksize(make_pool: Any, recorder: Any) -> None:
+    """map() chunks are traced with the mapped function's name and the chunk size."""
+    provider, exporter = recorder
+    pool = make_pool(2, tracer_provider=provider)
+    assert list(pool.map(square, range(10), chunksize=4)) == [i * i for i in range(10)]
+    pool.shutdown(wait=True)
+    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    assert sorted(t.attributes[N.ATTR_MAP_CHUNKSIZE] for t in tasks) == [2, 4, 4]
+    assert {t.attributes[N.ATTR_CODE_FUNCTION] for t in tasks} == {"tracedpool.testing.square"}
+
+
+def test_task_ids_are_unique_across_pools(make_pool: Any, recorder: Any) -> None:
+    """tracedpool.task.id carries the pool id, so two pools never share one."""
+    provider, exporter = recorder
+    a, b = make_pool(1, tracer_provider=provider), make_pool(1, tracer_provider=provider)
+    a.submit(square, 1).result(timeout=60)
+    b.submit(square, 1).result(timeout=60)
+    a.shutdown(wait=True)
+    b.shutdown(wait=True)
+    ids = [s.attributes[N.ATTR_TASK_ID] for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    assert len(ids) == len(set(ids)) == 2
+
+
+def test_manager_wake_spans_link_to_tasks(make_pool: Any, recorder: Any) -> None:
+    """Manager wakes live in the pool's own trace, say why they woke, and link the tasks."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    futures = [pool.submit(square, i) for i in range(5)]
+    [f.result(timeout=60) for f in futures]
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    wakes = [s for s in spans if s.name == N.SPAN_MANAGER_WAKE]
+    pool_span = next(s for s in spans if s.name == N.SPAN_POOL)
+    assert wakes
+    assert all(w.context.trace_id == pool_span.context.trace_id for w in wakes)
+    assert all(w.parent.span_id == pool_span.context.span_id for w in wakes)
+    reasons = {w.attributes[N.ATTR_WAKE_REASON] for w in wakes}
+    assert "result" in reasons and "shutdown" in reasons
+    task_span_ids = {s.context.span_id for s in spans if s.name == N.SPAN_TASK}
+    linked = {link.context.span_id for w in wakes for link in w.links}
+    assert linked & task_span_ids
+
+
+def test_no_values_recorded_by_default(make_pool: Any, recorder: Any) -> None:
+    """Spans hold types, sizes and names, never argument or result values."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    secret = "s3cr3t-value"
+    assert pool.submit(identity, secret, key=secret).result(timeout=60) == ((secret,), {"key": secret})
+    pool.shutdown(wait=True)
+    for s in exporter.get_finished_spans():
+        assert secret not in repr(dict(s.attributes)), s.name
+        for e in s.events:
+            assert secret not in repr(dict(e.attributes)), s.name
+
+
+def test_record_values_opt_in_is_bounded_and_redacted(make_pool: Any, recorder: Any) -> None:
+    """With record_values=<hook>, reprs are recorded bounded and passed through the hook."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider, record_values=lambda text: text.replace("s3cr3t", "***"))
+    pool.submit(identity, "s3cr3t" + "x" * 1000).result(timeout=60)
+    pool.shutdown(wait=True)
+    task = next(s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK)
+    args_repr = task.attributes[N.ATTR_ARGS_REPR]
+    assert "***" in args_repr and "s3cr3t" not in args_repr
+    assert len(args_repr) <= 260
+    assert N.ATTR_RESULT_REPR in task.attributes
+
+
+def test_exception_messages_can_be_omitted(make_pool: Any, recorder: Any) -> None:
+    """record_exception_messages=False keeps the type but drops message and stack."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider, record_exception_messages=False)
+    from tracedpool.testing import raise_error
+
+    with pytest.raises(RuntimeError):
+        pool.submit(raise_error, "private detail").result(timeout=60)
+    pool.shutdown(wait=True)
+    events = [e for s in exporter.get_finished_spans() for e in s.events if e.name == "exception"]
+    assert events
+    for e in events:
+        assert e.attributes["exception.type"] == "RuntimeError"
+        assert "exception.message" not in e.attributes
+        assert "exception.stacktrace" not in e.attributes
+
+
+def test_user_exception_recorded_on_worker_run(make_pool: Any, recorder: Any) -> None:
+    """A task that raises: exception event and ERROR on worker-run, ERROR on the task."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    from tracedpool.testing import raise_error
+
+    with pytest.raises(RuntimeError):
+        pool.submit(raise_error, "boom").result(timeout=60)
+    pool.shutdown(wait=True)
+    named = _by_name(exporter.get_finished_spans())
+    run = named[N.SPAN_WORKER_RUN]
+    assert run.status.status_code.name == "ERROR"
+    (event,) = [e for e in run.events if e.name == "exception"]
+    assert event.attributes["exception.message"] == "boom"
+    assert "raise_error" in event.attributes["exception.stacktrace"]
+    assert named[N.SPAN_TASK].attributes[N.ATTR_ERROR_TYPE] == "RuntimeError"
+
+
+def test_sampled_out_tasks_emit_nothing(make_pool: Any) -> None:
+    """A sampler that drops the task: no spans, and the task still runs."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    pool = make_pool(1, tracer_provider=provider)
+    assert pool.submit(traced_work, 3).result(timeout=60) == 6
+    pool.shutdown(wait=True)
+    assert [s.name for s in exporter.get_finished_spans()] == []
+
+
+class _RaisingExporter(SpanExporter):
+    def export(self, spans: Any) -> SpanExportResult:
+        raise RuntimeError("exporter down")
+
+
+class _BlockingExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.release.wait(30)
+        return SpanExportResult.SUCCESS
+
+
+def test_raising_exporter_does_not_fail_tasks(make_pool: Any) -> None:
+    """A span processor that raises never fails or stalls a task."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_RaisingExporter()))
+    pool = make_pool(2, tracer_provider=provider)
+    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+
+
+def test_blocking_exporter_does_not_stall_tasks(make_pool: Any) -> None:
+    """A span processor that blocks stalls only the emitter, never the futures."""
+    exporter = _BlockingExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    pool = make_pool(2, tracer_provider=provider)
+    t0 = time.monotonic()
+    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+    pool.shutdown(wait=True)  # bounded even though the emitter is stuck in export()
+    assert time.monotonic() - t0 < 20
+    exporter.release.set()
+
+
+def test_global_provider_used_when_none_given(make_pool: Any) -> None:
+    """tracer_provider=None reads the global provider at each submit (in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\n"
+        "from tracedpool.testing import recording_provider, square\n"
+        "from tracedpool import TracedProcessPoolExecutor\n"
+        "pool = TracedProcessPoolExecutor(1)\n"  # created before the SDK is configured
+        "provider, exporter = recording_provider()\n"
+        "trace.set_tracer_provider(provider)\n"
+        "pool.submit(square, 3).result(timeout=60)\n"
+        "pool.shutdown()\n"
+        "print(sorted({s.name for s in exporter.get_finished_spans()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert "tracedpool.task" in out.stdout and "tracedpool.worker-run" in out.stdout
+
+
+def test_no_sdk_means_no_tracer_calls() -> None:
+    """With no SDK configured, submitting tasks makes no tracer call at all."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\n"
+        "calls = []\n"
+        "for cls in (trace.ProxyTracerProvider, trace.NoOpTracerProvider):\n"
+        "    orig = cls.get_tracer\n"
+        "    def counting(self, *a, _orig=orig, **k):\n"
+        "        calls.append(1)\n"
+        "        return _orig(self, *a, **k)\n"
+        "    cls.get_tracer = counting\n"
+        "for cls in (trace.ProxyTracer, trace.NoOpTracer):\n"
+        "    orig = cls.start_span\n"
+        "    def counting_span(self, *a, _orig=orig, **k):\n"
+        "        calls.append(1)\n"
+        "        return _orig(self, *a, **k)\n"
+        "    cls.start_span = counting_span\n"
+        "from tracedpool import TracedProcessPoolExecutor\n"
+        "from tracedpool.testing import square\n"
+        "with TracedProcessPoolExecutor(2) as pool:\n"
+        "    assert [pool.submit(square, i).result() for i in range(200)] == [i*i for i in range(200)]\n"
+        "print(len(calls))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+
+
+def test_importing_prints_nothing() -> None:
+    """A fresh interpreter importing tracedpool (and using a pool) writes nothing to stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tracedpool\n"
+        "from tracedpool.testing import square\n"
+        "with tracedpool.TracedProcessPoolExecutor(1) as p:\n"
+        "    p.submit(square, 2).result()\n"
+    )
+    out = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0
+    assert out.stderr == ""
+
+
+def test_recording_provider_helper_is_isolated() -> None:
+    """Each recording provider collects only its own spans."""
+    (p1, e1), (p2, e2) = recording_provider(), recording_provider()
+    with p1.get_tracer("x").start_as_current_span("one"):
+        pass
+    assert [s.name for s in e1.get_finished_spans()] == ["one"]
+    assert e2.get_finished_spans() == ()
