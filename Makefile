@@ -41,7 +41,7 @@ bench: venv
 	$(PY) benchmarks/throughput.py
 
 docs: venv
-	$(PY) -m tracedpool._names --write docs/names.md
+	$(PY) -c 'import sys, tracedpool._names as n; sys.exit(n.main(["--write", "docs/names.md"]))'
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,9 @@ import pytest
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool.testing import assert_pool_healthy, recording_provider
 
-START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+START_METHODS = [
+    m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
+]
 
 
 @pytest.fixture(params=START_METHODS)

@@ -17,7 +17,9 @@ CASES = fault_table()
 def _event_with(spans: list[Any], event_name: str, attrs: dict[str, Any]) -> tuple[Any, Any]:
     for span in spans:
         for event in span.events:
-            if event.name == event_name and all(event.attributes.get(k) == v for k, v in attrs.items()):
+            if event.name == event_name and all(
+                event.attributes.get(k) == v for k, v in attrs.items()
+            ):
                 return span, event
     shown = [(s.name, e.name, dict(e.attributes)) for s in spans for e in s.events]
     raise AssertionError(f"no {event_name!r} event with {attrs}; events: {shown}")
@@ -25,7 +27,11 @@ def _event_with(spans: list[Any], event_name: str, attrs: dict[str, Any]) -> tup
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_fault_is_located_in_exception_and_spans(
-    case: FaultCase, start_method: str, make_pool: Any, recorder: Any, request: pytest.FixtureRequest
+    case: FaultCase,
+    start_method: str,
+    make_pool: Any,
+    recorder: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Each fault raises the stdlib's exception type and names its stage and target."""
     if case.breaks_pool:

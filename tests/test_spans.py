@@ -24,7 +24,9 @@ def _by_name(spans: list[Any]) -> dict[str, Any]:
     return out
 
 
-def test_task_spans_are_children_of_the_submitting_span(make_pool: Any, recorder: Any, start_method: str) -> None:
+def test_task_spans_are_children_of_the_submitting_span(
+    make_pool: Any, recorder: Any, start_method: str
+) -> None:
     """Each task gets a task span under the caller's span, and its stages under it."""
     provider, exporter = recorder
     tracer = provider.get_tracer("test")
@@ -38,7 +40,13 @@ def test_task_spans_are_children_of_the_submitting_span(make_pool: Any, recorder
     task = named[N.SPAN_TASK]
     req = request.get_span_context()
     assert task.parent.span_id == req.span_id
-    for name in (N.SPAN_SUBMIT, N.SPAN_ENQUEUE, N.SPAN_FEEDER_SERIALIZE, N.SPAN_WORKER_RUN, N.SPAN_SENDBACK):
+    for name in (
+        N.SPAN_SUBMIT,
+        N.SPAN_ENQUEUE,
+        N.SPAN_FEEDER_SERIALIZE,
+        N.SPAN_WORKER_RUN,
+        N.SPAN_SENDBACK,
+    ):
         span = named[name]
         assert span.context.trace_id == req.trace_id, name
         assert span.parent.span_id == task.context.span_id, name
@@ -66,7 +74,9 @@ def test_task_without_active_span_is_a_root(make_pool: Any, recorder: Any) -> No
     assert task.parent is None
 
 
-def test_user_spans_in_worker_are_children_of_worker_run(make_pool: Any, recorder: Any, start_method: str) -> None:
+def test_user_spans_in_worker_are_children_of_worker_run(
+    make_pool: Any, recorder: Any, start_method: str
+) -> None:
     """Spans the task's own code makes with the API reach the parent under worker-run,
     with no configuration in the worker."""
     provider, exporter = recorder
@@ -85,7 +95,9 @@ def test_user_spans_in_worker_are_children_of_worker_run(make_pool: Any, recorde
         assert parent.name == N.SPAN_WORKER_RUN
         assert s.context.trace_id == parent.context.trace_id
         assert s.attributes["user.x"] in range(4)
-        innermost = [x for x in spans if x.parent is not None and x.parent.span_id == s.context.span_id]
+        innermost = [
+            x for x in spans if x.parent is not None and x.parent.span_id == s.context.span_id
+        ]
         assert [x.name for x in innermost] == ["user-innermost"]
     # each request's tasks stay in that request's trace, not the trace of the fork time
     assert len({s.context.trace_id for s in inner}) == 1
@@ -110,7 +122,9 @@ def test_task_ids_are_unique_across_pools(make_pool: Any, recorder: Any) -> None
     b.submit(square, 1).result(timeout=60)
     a.shutdown(wait=True)
     b.shutdown(wait=True)
-    ids = [s.attributes[N.ATTR_TASK_ID] for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    ids = [
+        s.attributes[N.ATTR_TASK_ID] for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK
+    ]
     assert len(ids) == len(set(ids)) == 2
 
 
@@ -139,7 +153,10 @@ def test_no_values_recorded_by_default(make_pool: Any, recorder: Any) -> None:
     provider, exporter = recorder
     pool = make_pool(1, tracer_provider=provider)
     secret = "s3cr3t-value"
-    assert pool.submit(identity, secret, key=secret).result(timeout=60) == ((secret,), {"key": secret})
+    assert pool.submit(identity, secret, key=secret).result(timeout=60) == (
+        (secret,),
+        {"key": secret},
+    )
     pool.shutdown(wait=True)
     for s in exporter.get_finished_spans():
         assert secret not in repr(dict(s.attributes)), s.name
@@ -150,7 +167,9 @@ def test_no_values_recorded_by_default(make_pool: Any, recorder: Any) -> None:
 def test_record_values_opt_in_is_bounded_and_redacted(make_pool: Any, recorder: Any) -> None:
     """With record_values=<hook>, reprs are recorded bounded and passed through the hook."""
     provider, exporter = recorder
-    pool = make_pool(1, tracer_provider=provider, record_values=lambda text: text.replace("s3cr3t", "***"))
+    pool = make_pool(
+        1, tracer_provider=provider, record_values=lambda text: text.replace("s3cr3t", "***")
+    )
     pool.submit(identity, "s3cr3t" + "x" * 1000).result(timeout=60)
     pool.shutdown(wait=True)
     task = next(s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK)
@@ -227,7 +246,9 @@ def test_raising_exporter_does_not_fail_tasks(make_pool: Any) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_RaisingExporter()))
     pool = make_pool(2, tracer_provider=provider)
-    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [
+        i * i for i in range(20)
+    ]
 
 
 def test_blocking_exporter_does_not_stall_tasks(make_pool: Any) -> None:
@@ -237,7 +258,9 @@ def test_blocking_exporter_does_not_stall_tasks(make_pool: Any) -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     pool = make_pool(2, tracer_provider=provider)
     t0 = time.monotonic()
-    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+    assert [pool.submit(square, i).result(timeout=60) for i in range(20)] == [
+        i * i for i in range(20)
+    ]
     pool.shutdown(wait=True)  # bounded even though the emitter is stuck in export()
     assert time.monotonic() - t0 < 20
     exporter.release.set()
@@ -287,7 +310,8 @@ def test_no_sdk_means_no_tracer_calls() -> None:
         "from tracedpool import TracedProcessPoolExecutor\n"
         "from tracedpool.testing import square\n"
         "with TracedProcessPoolExecutor(2) as pool:\n"
-        "    assert [pool.submit(square, i).result() for i in range(200)] == [i*i for i in range(200)]\n"
+        "    results = [pool.submit(square, i).result() for i in range(200)]\n"
+        "    assert results == [i * i for i in range(200)]\n"
         "print(len(calls))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
@@ -306,14 +330,16 @@ def test_importing_prints_nothing() -> None:
         "with tracedpool.TracedProcessPoolExecutor(1) as p:\n"
         "    p.submit(square, 2).result()\n"
     )
-    out = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=90
+    )
     assert out.returncode == 0
     assert out.stderr == ""
 
 
 def test_recording_provider_helper_is_isolated() -> None:
     """Each recording provider collects only its own spans."""
-    (p1, e1), (p2, e2) = recording_provider(), recording_provider()
+    (p1, e1), (_p2, e2) = recording_provider(), recording_provider()
     with p1.get_tracer("x").start_as_current_span("one"):
         pass
     assert [s.name for s in e1.get_finished_spans()] == ["one"]

@@ -37,7 +37,7 @@ from . import _wire
 
 time_ns = time.time_ns
 
-# -- feature probes ----------------------------------------------------------------------
+# -- feature probes ------------------------------------------------------------------------
 _REQUIRED = (
     "_ExecutorManagerThread",
     "_SafeQueue",
@@ -115,7 +115,7 @@ def interpreter_shutting_down() -> bool:
 WORKER = _wire.WORKER
 
 
-# -- call queue ---------------------------------------------------------------------------------
+# -- call queue ----------------------------------------------------------------------------
 class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
     """The call queue's class, swapped onto the stdlib instance (never constructed).
 
@@ -160,7 +160,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
         # Worker side. The stdlib unpickles the call item inside Queue.get, outside any
         # try: a failure kills the worker with no word to the parent. Keep the raw bytes
         # (a reference, no copy) so a failure can be located and reported first.
-        recv = self._recv_bytes
+        recv: Any = self._recv_bytes  # type: ignore[has-type]
         if not getattr(recv, "_tp_wrapped", False):
             self._recv_bytes = _keep_last_buffer(self, recv)
         self._tp_buf = None
@@ -217,9 +217,7 @@ def _recover_feeder(queue: Any, target: Any, targs: Any, exc: BaseException | No
     task = _wire.feeder_task()
     _wire.clear_feeder_task()
     if task is not None and exc is not None:
-        work_id = next(
-            (k for k, w in list(queue.pending_work_items.items()) if w.fn is task), None
-        )
+        work_id = next((k for k, w in list(queue.pending_work_items.items()) if w.fn is task), None)
         if work_id is not None:
             target_name, typename, _ = _wire.probe_parts(task)
             err = pickle.PicklingError(
@@ -247,8 +245,8 @@ def _keep_last_buffer(queue: TracedCallQueue, recv: Callable[..., Any]) -> Calla
     return recv_bytes
 
 
-# -- result queue -------------------------------------------------------------------------------
-class TracedResultQueue(_mpq.SimpleQueue):
+# -- result queue --------------------------------------------------------------------------
+class TracedResultQueue(_mpq.SimpleQueue):  # type: ignore[type-arg]
     """The result queue's class, swapped onto the stdlib instance.
 
     Worker side only: attaches the task's stage timings (and worker-side spans) to the
@@ -278,7 +276,7 @@ class TracedResultQueue(_mpq.SimpleQueue):
             WORKER.pending_meta = None
 
 
-# -- installing the hooks on an executor ----------------------------------------------------------
+# -- installing the hooks on an executor ---------------------------------------------------
 def install_queue_hooks(executor: Any, observer: Any) -> bool:
     """Swap the queue classes on a freshly constructed executor; False if not possible."""
     if not HOOKS_AVAILABLE:
@@ -293,7 +291,7 @@ def install_queue_hooks(executor: Any, observer: Any) -> bool:
     # Queue._start_thread binds _send_bytes into the feeder at the first put, so the
     # wrapper must be in place before any submit.
     call_queue._send_bytes = observer.wrap_send_bytes(call_queue._send_bytes)
-    reader = result_queue._reader
+    reader: Any = result_queue._reader  # type: ignore[attr-defined]
     reader._recv_bytes = observer.wrap_recv_bytes(reader._recv_bytes)
     return True
 
@@ -311,7 +309,7 @@ def pending_count(executor: Any) -> int:
     return len(executor._pending_work_items)
 
 
-# -- locating a result that failed to unpickle ------------------------------------------------------
+# -- locating a result that failed to unpickle ---------------------------------------------
 def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
     """Read, without executing it, which work id and which part a result message held.
 
@@ -342,7 +340,7 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
     return work_id, target
 
 
-# -- the manager thread -------------------------------------------------------------------------------
+# -- the manager thread --------------------------------------------------------------------
 class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
     """The stdlib manager thread with observation points and two stdlib fixes."""
 
@@ -413,9 +411,9 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
     def flag_executor_shutting_down(self) -> None:
         executor = self.executor_reference()
         original = executor._pending_work_items if executor is not None else None
-        before = self.pending_work_items
+        before: Any = self.pending_work_items  # type: ignore[has-type]
         super().flag_executor_shutting_down()
-        after = self.pending_work_items
+        after: Any = self.pending_work_items  # type: ignore[has-type]
         if after is before:
             return
         # gh-116685: with cancel_futures the stdlib rebinds the manager's dict, while

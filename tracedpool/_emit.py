@@ -215,8 +215,10 @@ class Emitter:
                     )
 
 
-# -- span specs ---------------------------------------------------------------------------------
-def _exception_event(exc: BaseException, t: int, messages: bool, extra: dict[str, Any]) -> tuple[Any, ...]:
+# -- span specs ----------------------------------------------------------------------------
+def _exception_event(
+    exc: BaseException, t: int, messages: bool, extra: dict[str, Any]
+) -> tuple[Any, ...]:
     attrs: dict[str, Any] = {"exception.type": qualname(type(exc))}
     if messages:
         attrs["exception.message"] = str(exc)
@@ -312,20 +314,51 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
             events = (_exception_event(exc, end, messages, fault_attrs()),)
             status = (True, f"{type(exc).__name__} while pickling {attrs.get(N.ATTR_FAULT_TARGET)}")
         specs.append(
-            (N.SPAN_FEEDER_SERIALIZE, new_id(), rec.span_id, INTERNAL, rec.t_ser0, end, attrs, events, status, ())
+            (
+                N.SPAN_FEEDER_SERIALIZE,
+                new_id(),
+                rec.span_id,
+                INTERNAL,
+                rec.t_ser0,
+                end,
+                attrs,
+                events,
+                status,
+                (),
+            )
         )
     meta = rec.meta
-    worker_fault = broken.fault if broken is not None and broken.fault and broken.fault.get("seq") == rec.seq else None
+    worker_fault = (
+        broken.fault
+        if broken is not None and broken.fault and broken.fault.get("seq") == rec.seq
+        else None
+    )
     if meta is not None:
         run0 = meta[M_RECV] or meta[M_RUN0]
         attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID], N.ATTR_CODE_FUNCTION: fname}
         events = ()
         status = None
-        if rec.outcome == "exception" and exc is not None and stage_fault is None and broken is None:
+        if (
+            rec.outcome == "exception"
+            and exc is not None
+            and stage_fault is None
+            and broken is None
+        ):
             events = (_exception_event(exc, meta[M_RUN1], messages, {}),)
             status = (True, type(exc).__name__)
         specs.append(
-            (N.SPAN_WORKER_RUN, rec.worker_span_id, rec.span_id, CONSUMER, run0, meta[M_RUN1], attrs, events, status, ())
+            (
+                N.SPAN_WORKER_RUN,
+                rec.worker_span_id,
+                rec.span_id,
+                CONSUMER,
+                run0,
+                meta[M_RUN1],
+                attrs,
+                events,
+                status,
+                (),
+            )
         )
         if meta[M_SEND0]:
             attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID]}
@@ -336,9 +369,23 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
             if stage_fault == "sendback" and exc is not None:
                 attrs.update(fault_attrs())
                 events = (_exception_event(exc, rec.t_read or t_done, messages, fault_attrs()),)
-                status = (True, f"{type(exc).__name__} while pickling the {attrs.get(N.ATTR_FAULT_TARGET)}")
+                status = (
+                    True,
+                    f"{type(exc).__name__} while pickling the {attrs.get(N.ATTR_FAULT_TARGET)}",
+                )
             specs.append(
-                (N.SPAN_SENDBACK, new_id(), rec.span_id, PRODUCER, meta[M_SEND0], rec.t_read or t_done, attrs, events, status, ())
+                (
+                    N.SPAN_SENDBACK,
+                    new_id(),
+                    rec.span_id,
+                    PRODUCER,
+                    meta[M_SEND0],
+                    rec.t_read or t_done,
+                    attrs,
+                    events,
+                    status,
+                    (),
+                )
             )
         if meta[M_SPANS]:
             st.sink.emit_foreign(meta[M_SPANS])
@@ -363,9 +410,18 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
                 CONSUMER,
                 t,
                 t,
-                {**common, N.ATTR_PROCESS_PID: worker_fault.get("pid", 0), N.ATTR_CODE_FUNCTION: fname, **f_attrs},
+                {
+                    **common,
+                    N.ATTR_PROCESS_PID: worker_fault.get("pid", 0),
+                    N.ATTR_CODE_FUNCTION: fname,
+                    **f_attrs,
+                },
                 (("exception", t, ev_attrs),),
-                (True, f"{worker_fault.get('exc_type')} while unpickling {f_attrs[N.ATTR_FAULT_TARGET]}"),
+                (
+                    True,
+                    f"{worker_fault.get('exc_type')} while unpickling "
+                    f"{f_attrs[N.ATTR_FAULT_TARGET]}",
+                ),
                 (),
             )
         )
@@ -399,7 +455,7 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
         if stage_fault == "result-unpickle":
             events_list.append(_exception_event(exc, t_done, messages, fault_attrs()))
         if broken is not None:
-            events_list.append(("tracedpool.pool-broken", t_done, st.broken_attrs(rec.seq)))
+            events_list.append((N.EVENT_POOL_BROKEN, t_done, st.broken_attrs(rec.seq)))
             if broken.reason == "result-unpickle-failed" and rec.seq in broken.culprits:
                 f = broken.fault or {}
                 events_list.append(
@@ -416,7 +472,18 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
                 )
             attrs[N.ATTR_BROKEN_ROLE] = role_of(broken, rec.seq)
     specs.append(
-        (N.SPAN_TASK, rec.span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, tuple(events_list), status, ())
+        (
+            N.SPAN_TASK,
+            rec.span_id,
+            0,
+            INTERNAL,
+            rec.t_submit0,
+            t_done,
+            attrs,
+            tuple(events_list),
+            status,
+            (),
+        )
     )
     return specs
 

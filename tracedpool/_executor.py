@@ -58,8 +58,7 @@ from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, w
 log = logging.getLogger("tracedpool")
 
 _STDLIB_BROKEN = (
-    "A process in the process pool was terminated abruptly while the future was running "
-    "or pending."
+    "A process in the process pool was terminated abruptly while the future was running or pending."
 )
 _UNSET: Any = object()
 _POOL_END = object()
@@ -261,7 +260,7 @@ class _PoolState:
         self._last_buf = None
         items = dict(manager.pending_items())
         work_item = items.get(work_id) if work_id is not None else None
-        if work_item is None:
+        if work_id is None or work_item is None:
             return None
         task = work_item.fn
         text = "".join(cause)
@@ -443,7 +442,9 @@ class _PoolState:
         if sink is None:
             return
         if type(item) is TaskRecord:
-            sink.emit(item.trace_id, item.flags, item.trace_state, item.parent, task_specs(item, self))
+            sink.emit(
+                item.trace_id, item.flags, item.trace_state, item.parent, task_specs(item, self)
+            )
         elif type(item) is WakeRecord:
             pt = self.pool_trace
             if pt is not None:
@@ -453,7 +454,10 @@ class _PoolState:
             if pt is None:
                 return
             executor = self.executor_ref()
-            attrs: dict[str, Any] = {N.ATTR_POOL_ID: self.pool_id, N.ATTR_PROCESS_PID: self.parent_pid}
+            attrs: dict[str, Any] = {
+                N.ATTR_POOL_ID: self.pool_id,
+                N.ATTR_PROCESS_PID: self.parent_pid,
+            }
             if self.name:
                 attrs[N.ATTR_POOL_NAME] = self.name
             if executor is not None:

@@ -1,8 +1,8 @@
 """Every span name, attribute key, event name and environment variable tracedpool uses.
 
 Nothing else in the package spells these strings: it imports them from here. The docs
-table (``docs/names.md``) is generated from this module with
-``python -m tracedpool._names --write docs/names.md`` and a test fails when it is stale.
+table (``docs/names.md``) is generated from this module by ``make docs`` and a test fails
+when it is stale.
 """
 
 from __future__ import annotations
@@ -259,8 +259,7 @@ def render_markdown() -> str:
     out = [
         "# Names",
         "",
-        "Generated from `tracedpool/_names.py` by "
-        "`python -m tracedpool._names --write docs/names.md`; do not edit by hand.",
+        "Generated from `tracedpool/_names.py` by `make docs`; do not edit by hand.",
         "",
     ]
     for kind, title in titles.items():
@@ -270,18 +269,18 @@ def render_markdown() -> str:
     return "\n".join(out)
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     text = render_markdown()
     if len(argv) == 2 and argv[0] == "--write":
         with open(argv[1], "w", encoding="utf-8") as f:
             f.write(text)
         return 0
     if argv:
-        print("usage: python -m tracedpool._names [--write PATH]", file=sys.stderr)
+        print("usage: main([--write PATH])", file=sys.stderr)
         return 2
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))

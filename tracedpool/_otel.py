@@ -106,12 +106,9 @@ class SdkSink(Sink):
         return int(self._ids.generate_trace_id())
 
     def sample(self, name: str, attributes: Any) -> tuple[int, int, int, Any, Any] | None:
-        parent = trace.get_current_span().get_span_context()
-        if parent.is_valid:
-            trace_id = parent.trace_id
-        else:
-            parent = None
-            trace_id = self._ids.generate_trace_id()
+        current = trace.get_current_span().get_span_context()
+        parent: Any = current if current.is_valid else None
+        trace_id = current.trace_id if parent is not None else self._ids.generate_trace_id()
         result = self._sampler.should_sample(None, trace_id, name, trace.SpanKind.INTERNAL)
         if not result.decision.is_recording():
             return None
@@ -135,10 +132,7 @@ class SdkSink(Sink):
         on_end = self._processor.on_end
         for name, span_id, parent_id, kind, start, end, attrs, events, status, links in specs:
             ctx = SC(trace_id, span_id, False, tflags, state)
-            if parent_id == 0:
-                parent_ctx = parent
-            else:
-                parent_ctx = SC(trace_id, parent_id, False, tflags, state)
+            parent_ctx = parent if parent_id == 0 else SC(trace_id, parent_id, False, tflags, state)
             span = RS(
                 name=name,
                 context=ctx,
@@ -259,11 +253,14 @@ def resolve_sink(provider: Any) -> Sink | None:
     """The sink for a provider, or None when it is the API's proxy or no-op provider."""
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None
+    sdk_provider: Any = None
     try:
-        from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+        from opentelemetry.sdk import trace as sdk_trace
+
+        sdk_provider = sdk_trace.TracerProvider
     except ImportError:  # pragma: no cover - SDK not installed
-        SdkProvider = None  # noqa: N806
-    if SdkProvider is not None and isinstance(provider, SdkProvider):
+        pass
+    if sdk_provider is not None and isinstance(provider, sdk_provider):
         if getattr(provider, "_disabled", False):  # OTEL_SDK_DISABLED
             return None
         if hasattr(provider, "_active_span_processor") and hasattr(provider, "id_generator"):
@@ -271,7 +268,7 @@ def resolve_sink(provider: Any) -> Sink | None:
     return ApiSink(provider)
 
 
-# -- worker side -------------------------------------------------------------------------------
+# -- worker side ---------------------------------------------------------------------------
 class _WorkerTracing:
     def __init__(self) -> None:
         self.spans: list[tuple[Any, ...]] = []
@@ -298,7 +295,12 @@ def _serialize(span: Any) -> tuple[Any, ...]:
         scope.name if scope is not None else "",
         scope.version if scope is not None else None,
         [
-            (lk.context.trace_id, lk.context.span_id, int(lk.context.trace_flags), dict(lk.attributes or {}))
+            (
+                lk.context.trace_id,
+                lk.context.span_id,
+                int(lk.context.trace_flags),
+                dict(lk.attributes or {}),
+            )
             for lk in span.links
         ],
         int(ctx.trace_flags),
@@ -366,5 +368,6 @@ def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
     if state is None or not state.spans:
         return None
     with state.lock:
-        spans, state.spans = state.spans, []
+        spans: list[tuple[Any, ...]] = state.spans
+        state.spans = []
     return spans

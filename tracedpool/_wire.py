@@ -23,7 +23,6 @@ import os
 import pickle
 import pickletools
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -122,7 +121,7 @@ def _rebuild_task(header: tuple[Any, ...], fn: Any, *parts: Any) -> _Task:
     _tag, seq, nargs, kwnames, trace = header
     if kwnames:
         args = parts[:nargs]
-        kwargs = dict(zip(kwnames, parts[nargs:]))
+        kwargs = dict(zip(kwnames, parts[nargs:], strict=True))
     else:
         args, kwargs = parts, {}
     return _Task(fn, args, kwargs, seq, trace, None)
@@ -179,7 +178,7 @@ def qualname(obj: Any) -> str:
     return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
-# -- worker initialisation -------------------------------------------------------------------
+# -- worker initialisation -----------------------------------------------------------------
 def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]) -> None:
     """The initializer every worker runs: the status pipe, then the user's initializer."""
     w = WORKER
@@ -201,7 +200,7 @@ def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]
         raise
 
 
-# -- locating faults -------------------------------------------------------------------------
+# -- locating faults -----------------------------------------------------------------------
 def target_name(done: int, nargs: int, kwnames: tuple[str, ...]) -> str:
     """The part of a call that the ``done``-th slot after the header holds."""
     if done == 0:
@@ -258,9 +257,7 @@ def locate_call_failure(buf: Any) -> tuple[int, str] | None:
         return seq, "call"
     for part in range(n_parts):
         level = header_len + part + 1
-        finished = max(
-            (i for i in range(header_at + 1, close) if lengths[i] <= level), default=-1
-        )
+        finished = max((i for i in range(header_at + 1, close) if lengths[i] <= level), default=-1)
         if finished >= failed_at:
             return seq, target_name(part, nargs, kwnames)
     return seq, "call"
@@ -328,7 +325,8 @@ def _failing_opcode(data: bytes) -> int | None:
 
         return run
 
-    unpickler.dispatch = {k: counting(f) for k, f in pickle._Unpickler.dispatch.items()}  # type: ignore[attr-defined]
+    table = pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+    unpickler.dispatch = {k: counting(f) for k, f in table.items()}  # type: ignore[misc]
     try:
         unpickler.load()
     except BaseException:
@@ -386,7 +384,7 @@ def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
     return value if isinstance(value, tuple) and len(value) == 4 else None
 
 
-# -- reading the status pipe in the parent ------------------------------------------------------
+# -- reading the status pipe in the parent -------------------------------------------------
 class StatusReader:
     """Parses status records; drained by the manager thread and at breakage."""
 

@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from . import _names as N
 
-# -- objects that fail at a chosen moment ------------------------------------------------------
+# -- objects that fail at a chosen moment --------------------------------------------------
 
 
 class ErrorAtPickle:
@@ -82,7 +82,7 @@ class NotRebuildableError(Exception):
         super().__init__(f"{code}: {detail}")
 
 
-# -- task functions ------------------------------------------------------------------------------
+# -- task functions ------------------------------------------------------------------------
 
 
 def identity(*args: Any, **kwargs: Any) -> Any:
@@ -151,7 +151,7 @@ def traced_work(x: int) -> int:
     return x * 2
 
 
-# -- the fault table -------------------------------------------------------------------------------
+# -- the fault table -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ def fault_table() -> list[FaultCase]:
     ]
 
 
-# -- span helpers -----------------------------------------------------------------------------------
+# -- span helpers --------------------------------------------------------------------------
 
 
 def recording_provider() -> tuple[Any, Any]:

@@ -1,0 +1,189 @@
+"""Drop-in behaviour: the stdlib's results, exception types, causes and semantics."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import pickle
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+
+from tracedpool import ResultUnpicklingError, TracedProcessPoolExecutor
+from tracedpool.testing import (
+    ErrorAtUnpickle,
+    failing_initializer,
+    identity,
+    raise_error,
+    raise_not_rebuildable,
+    return_instance,
+    sleep_then,
+    square,
+)
+
+
+def test_is_a_process_pool_executor() -> None:
+    """Subclass of the stdlib class, with its constructor parameters for this Python."""
+    assert issubclass(TracedProcessPoolExecutor, ProcessPoolExecutor)
+    ours = inspect.signature(TracedProcessPoolExecutor.__init__).parameters
+    for name in inspect.signature(ProcessPoolExecutor.__init__).parameters:
+        assert name in ours or "kwargs" in ours
+
+
+def test_results_map_and_aliasing(make_pool: Any, start_method: str) -> None:
+    """Same results as the stdlib, map order kept, and f(x, x) receives one object."""
+    pool = make_pool(2, start=start_method)
+    assert pool.submit(square, 12).result(timeout=60) == 144
+    assert list(pool.map(square, range(20), chunksize=3)) == [i * i for i in range(20)]
+    shared = [1, 2, 3]
+    (a, b), _ = pool.submit(identity, shared, shared).result(timeout=60)
+    assert a is b
+    assert pool.submit(identity, 1, key="v").result(timeout=60) == ((1,), {"key": "v"})
+
+
+def test_user_exception_keeps_remote_traceback_cause(make_pool: Any) -> None:
+    """A task's own exception keeps its type, args and the stdlib's remote traceback."""
+    pool = make_pool(1)
+    with pytest.raises(RuntimeError) as info:
+        pool.submit(raise_error, "boom").result(timeout=60)
+    assert info.value.args == ("boom",)
+    cause = info.value.__cause__
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
+    assert "raise_error" in cause.tb
+
+
+def test_map_timeout_and_cancel_futures(make_pool: Any) -> None:
+    """map(timeout=) and shutdown(cancel_futures=True) behave as the stdlib's."""
+    pool = make_pool(1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(pool.map(sleep_then, [1, 2], [2, 2], timeout=0.5))
+    pool2 = make_pool(1)
+    futures = [pool2.submit(sleep_then, i, 0.2) for i in range(10)]
+    pool2.shutdown(wait=True, cancel_futures=True)
+    assert any(f.cancelled() for f in futures)
+    assert all(f.done() for f in futures)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool2.submit(square, 1)
+
+
+def test_initializer_runs_in_every_worker(make_pool: Any, start_method: str) -> None:
+    """The user's initializer and initargs still run (before tracedpool's own set-up)."""
+    pool = make_pool(1, start=start_method, initializer=sys.setrecursionlimit, initargs=(4321,))
+    assert pool.submit(sys.getrecursionlimit).result(timeout=60) == 4321
+
+
+@pytest.mark.breaks_pool
+def test_initializer_failure_is_named(make_pool: Any) -> None:
+    """A failing initializer gives BrokenProcessPool that says so, with its traceback."""
+    pool = make_pool(1, initializer=failing_initializer)
+    with pytest.raises(BrokenProcessPool) as info:
+        pool.submit(square, 1).result(timeout=60)
+    exc = info.value
+    assert exc.reason == "initializer-failed"  # type: ignore[attr-defined]
+    assert "failing_initializer" in str(exc) and "bad config" in str(exc)
+    assert "bad config in initializer" in str(exc.__cause__)
+
+
+@pytest.mark.breaks_pool
+def test_submit_after_broken_names_the_cause(make_pool: Any) -> None:
+    """submit() on a broken pool raises BrokenProcessPool carrying the original cause."""
+    import signal
+
+    from tracedpool.testing import kill_self
+
+    pool = make_pool(1)
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(kill_self, signal.SIGKILL).result(timeout=60)
+    with pytest.raises(BrokenProcessPool, match="SIGKILL") as info:
+        pool.submit(square, 1)
+    assert "not usable anymore" in str(info.value)
+
+
+@pytest.mark.breaks_pool
+def test_bystanders_and_queued_tasks_are_told_apart(make_pool: Any) -> None:
+    """Every future a breakage fails gets its own exception saying its part in it."""
+    import signal
+
+    from tracedpool.testing import kill_self
+
+    pool = make_pool(2)
+    bystander = pool.submit(sleep_then, 1, 5)
+    import time
+
+    time.sleep(0.5)  # the bystander is running on one worker
+    victim = pool.submit(kill_self, signal.SIGKILL)
+    queued = [pool.submit(sleep_then, i, 5) for i in range(4)]
+    roles = {}
+    for name, f in [("victim", victim), ("bystander", bystander), *[("queued", q) for q in queued]]:
+        with pytest.raises(BrokenProcessPool) as info:
+            f.result(timeout=60)
+        roles.setdefault(name, set()).add(info.value.task_role)  # type: ignore[attr-defined]
+        assert info.value.signal == "SIGKILL"  # type: ignore[attr-defined]
+    assert roles["victim"] == {"culprit"}
+    assert roles["bystander"] == {"bystander"}
+    assert "queued" in roles["queued"]
+
+
+@pytest.mark.breaks_pool
+def test_result_unpickle_breaks_pool_by_default(make_pool: Any) -> None:
+    """By default a result that cannot be unpickled breaks the pool, as in the stdlib."""
+    pool = make_pool(2)
+    with pytest.raises(BrokenProcessPool) as info:
+        pool.submit(return_instance, ErrorAtUnpickle).result(timeout=60)
+    assert "ErrorAtUnpickle cannot be rebuilt" in str(info.value.__cause__)
+
+
+def test_rescue_unpicklable_results_fails_only_that_future(make_pool: Any) -> None:
+    """Opt-in: only the task whose result cannot be unpickled fails; the pool lives on."""
+    pool = make_pool(2, rescue_unpicklable_results=True)
+    bystander = pool.submit(sleep_then, "ok", 0.5)
+    with pytest.raises(ResultUnpicklingError, match="result") as info:
+        pool.submit(return_instance, ErrorAtUnpickle).result(timeout=60)
+    assert isinstance(info.value, pickle.UnpicklingError)
+    assert "ErrorAtUnpickle cannot be rebuilt" in str(info.value.__cause__)
+    with pytest.raises(ResultUnpicklingError, match="exception"):
+        pool.submit(raise_not_rebuildable).result(timeout=60)
+    assert bystander.result(timeout=60) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"initializer": 3}, "initializer must be a callable"),
+        ({"name": 3}, "name must be a str"),
+        ({"tracer_provider": object()}, "tracer_provider must be"),
+        ({"rescue_unpicklable_results": "yes"}, "rescue_unpicklable_results must be a bool"),
+        ({"record_values": "yes"}, "record_values must be"),
+        ({"record_exception_messages": 1}, "record_exception_messages must be a bool"),
+    ],
+)
+def test_bad_options_raise_at_construction(kwargs: dict[str, Any], error: str) -> None:
+    """Bad configuration raises at construction, naming the rule."""
+    with pytest.raises(TypeError, match=error):
+        TracedProcessPoolExecutor(1, **kwargs)
+
+
+def test_bad_env_var_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed TRACEDPOOL_* variable is an error that names the variable."""
+    monkeypatch.setenv("TRACEDPOOL_RECORD_VALUES", "maybe")
+    with pytest.raises(ValueError, match="TRACEDPOOL_RECORD_VALUES"):
+        TracedProcessPoolExecutor(1)
+
+
+def test_stdlib_errors_are_unchanged() -> None:
+    """The stdlib's own argument errors come through as they are."""
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        TracedProcessPoolExecutor(0)
+    if sys.version_info >= (3, 11):
+        import multiprocessing
+
+        with pytest.raises(ValueError, match="max_tasks_per_child"):
+            TracedProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("fork"), max_tasks_per_child=1
+            )
+    else:
+        with pytest.raises(TypeError):
+            TracedProcessPoolExecutor(1, max_tasks_per_child=1)

@@ -1,0 +1,100 @@
+"""Known stdlib hangs a subclass can fix: each must finish, bounded, under tracedpool."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tracedpool.testing import ExitAtPickle, getpid, identity, raise_error, sleep_then, square
+
+needs_max_tasks = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="max_tasks_per_child is new in 3.11"
+)
+
+
+def test_sysexit_in_reduce_fails_only_that_task(make_pool: Any, start_method: str) -> None:
+    """An argument whose __reduce__ raises SystemExit (kills the stdlib's feeder thread and
+    wedges the pool) fails that future with a PicklingError naming args[1]; the pool works."""
+    import pickle
+
+    pool = make_pool(2, start=start_method)
+    bad = pool.submit(identity, 1, ExitAtPickle())
+    with pytest.raises(pickle.PicklingError, match=r"args\[1\]"):
+        bad.result(timeout=30)
+    assert [pool.submit(square, i).result(timeout=30) for i in range(5)] == [0, 1, 4, 9, 16]
+    again = pool.submit(identity, ExitAtPickle())
+    with pytest.raises(pickle.PicklingError, match=r"args\[0\]"):
+        again.result(timeout=30)
+    assert pool.submit(square, 5).result(timeout=30) == 25
+
+
+@needs_max_tasks
+def test_gh115634_max_tasks_per_child_backlog_completes(make_pool: Any) -> None:
+    """gh-115634: with max_tasks_per_child and a backlog the stdlib strands the queue."""
+    pool = make_pool(1, start="spawn", max_tasks_per_child=2)
+    futures = [pool.submit(getpid) for _ in range(10)]
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert not not_done
+    assert len({f.result() for f in done}) == 5  # a fresh worker every two tasks
+
+
+@pytest.mark.breaks_pool  # shut down inside the test
+def test_gh116685_unpicklable_items_with_cancel_futures(make_pool: Any) -> None:
+    """gh-116685: unpicklable items + shutdown(cancel_futures=True) hung shutdown()."""
+    # A race in the stdlib: the reproducer from the issue hangs about 3 runs in 10 there.
+    for _ in range(20):
+        pool = make_pool(1)
+        futures = [pool.submit(lambda: 123) for _ in range(10)]
+        t = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "shutdown(cancel_futures=True) hung"
+        assert all(f.done() for f in futures)
+
+
+@needs_max_tasks
+@pytest.mark.breaks_pool  # shut down inside the test
+def test_gh119592_shutdown_nowait_with_max_tasks_completes(make_pool: Any) -> None:
+    """gh-119592/gh-132969: shutdown(wait=False) with max_tasks_per_child stranded the
+    remaining futures (the manager thread died with TypeError)."""
+    pool = make_pool(1, start="spawn", max_tasks_per_child=1)
+    futures = [pool.submit(sleep_then, i, 0.2) for i in range(3)]
+    pool.shutdown(wait=False)
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert not not_done
+    assert sorted(f.result() for f in done) == [0, 1, 2]
+
+
+@pytest.mark.breaks_pool  # shut down inside the test
+def test_gh136655_as_completed_finishes_after_cancel_futures(make_pool: Any) -> None:
+    """gh-136655: shutdown(cancel_futures=True) left as_completed() waiting for ever."""
+    pool = make_pool(2)
+    futures = [pool.submit(sleep_then, i, 0.05) for i in range(1, 16)]
+    futures.insert(2, pool.submit(raise_error, "stop"))
+    seen = 0
+    for future in concurrent.futures.as_completed(futures, timeout=60):
+        seen += 1
+        if future.exception() is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    assert seen == len(futures)
+
+
+@pytest.mark.breaks_pool
+def test_worker_killed_while_pool_busy_reports_and_shuts_down(make_pool: Any) -> None:
+    """A SIGKILLed worker breaks the pool promptly and shutdown() returns."""
+    import signal
+
+    from tracedpool.testing import kill_self
+
+    pool = make_pool(2)
+    victim = pool.submit(kill_self, signal.SIGKILL)
+    with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        victim.result(timeout=30)
+    t0 = time.monotonic()
+    pool.shutdown(wait=True)
+    assert time.monotonic() - t0 < 10

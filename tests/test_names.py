@@ -1,0 +1,44 @@
+"""The names table in the docs is generated from the constants the code uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tracedpool import _names as N
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_docs_names_table_is_current() -> None:
+    """docs/names.md matches what `make docs` generates from tracedpool/_names.py."""
+    on_disk = (ROOT / "docs" / "names.md").read_text(encoding="utf-8")
+    assert on_disk == N.render_markdown(), "docs/names.md is stale: run `make docs`"
+
+
+def test_six_stage_spans_and_task_span_are_exact() -> None:
+    """Span names are exactly the issue's constants."""
+    assert N.STAGE_SPANS == (
+        "tracedpool.submit",
+        "tracedpool.enqueue",
+        "tracedpool.feeder-serialize",
+        "tracedpool.worker-run",
+        "tracedpool.sendback",
+        "tracedpool.manager-wake",
+    )
+    assert N.SPAN_TASK == "tracedpool.task"
+
+
+def test_no_name_is_spelled_outside_the_names_module() -> None:
+    """Other modules import the names; none spells a tracedpool.* name literally."""
+    pattern = re.compile(
+        r"[\"']tracedpool\.(task|submit|enqueue|feeder-serialize|worker-run|"
+        r"sendback|manager-wake|pool|fault|broken|worker|wake|payload|result|map)\b"
+    )
+    for path in (ROOT / "tracedpool").glob("*.py"):
+        if path.name == "_names.py":
+            continue
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                continue
+            assert not pattern.search(line), f"{path.name}:{line_no}: use tracedpool._names"
