@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _wire
+from ._wire import _Task
 
 time_ns = time.time_ns
 
@@ -131,19 +132,22 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
     _tp_buf: Any = None
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        observer = self._tp_observer
-        if observer is not None and obj is not None:
-            try:
-                observer.on_enqueue(obj.fn, time_ns())
-            except BaseException:  # a hook must never fail the manager thread
-                observer.internal_error("enqueue")
+        # Manager thread. Only a sampled task (wrapped in _Task) has stages to time.
+        if obj is not None and type(obj.fn) is _Task:
+            rec = obj.fn.rec
+            if rec is not None:
+                rec.t_enqueue = time_ns()
+                try:
+                    self._tp_observer.on_enqueue(rec, obj.work_id)
+                except BaseException:  # a hook must never fail the manager thread
+                    self._tp_observer.internal_error("enqueue")
         super().put(obj, block, timeout)
 
     def _on_queue_feeder_error(self, e: BaseException, obj: Any) -> None:
         observer = self._tp_observer
         if observer is not None and isinstance(obj, _CallItem):
             try:
-                observer.on_feeder_error(e, obj.fn)
+                observer.on_feeder_error(e, obj)
             except BaseException:
                 observer.internal_error("feeder-error")
         super()._on_queue_feeder_error(e, obj)
@@ -173,6 +177,8 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
                 _wire.report_worker_unpickle_failure(WORKER.status_fd, buf, e)
             raise
         self._tp_buf = None
+        if obj is not None:
+            _wire.record_start(obj.work_id)
         return obj
 
 
@@ -208,30 +214,43 @@ def _feeder_excepthook(args: Any) -> None:
         return
     queue, target, targs = entry
     try:
-        _recover_feeder(queue, target, targs, args.exc_value)
+        _recover_feeder(queue, target, targs, args.exc_value, args.exc_traceback)
     except BaseException:
         _previous_excepthook(args)
 
 
-def _recover_feeder(queue: Any, target: Any, targs: Any, exc: BaseException | None) -> None:
-    task = _wire.feeder_task()
+def _recover_feeder(
+    queue: Any, target: Any, targs: Any, exc: BaseException | None, tb: Any
+) -> None:
     _wire.clear_feeder_task()
-    if task is not None and exc is not None:
-        work_id = next((k for k, w in list(queue.pending_work_items.items()) if w.fn is task), None)
-        if work_id is not None:
-            target_name, typename, _ = _wire.probe_parts(task)
-            err = pickle.PicklingError(
-                f"Could not pickle {target_name} ({typename}): pickling it raised "
-                f"{type(exc).__name__}({exc}), which would have killed the pool's feeder "
-                "thread"
-            )
-            err.__context__ = exc
-            queue._sem.release()
-            queue._on_queue_feeder_error(err, _CallItem(work_id, task, (), {}))
+    call_item = _item_being_fed(tb)
+    if call_item is not None and exc is not None:
+        target_name, typename, _ = _wire.probe_parts(call_item.fn, call_item.args, call_item.kwargs)
+        err = pickle.PicklingError(
+            f"Could not pickle {target_name} ({typename}): pickling it raised "
+            f"{type(exc).__name__}({exc}), which would have killed the pool's feeder thread"
+        )
+        err.__context__ = exc
+        # What _feed does for an Exception: free the queue slot, then report the item.
+        queue._sem.release()
+        queue._on_queue_feeder_error(err, call_item)
     feeder = threading.Thread(target=target, args=targs, name="QueueFeederThread", daemon=True)
     _FEEDERS[feeder] = (queue, target, targs)
     feeder.start()
     queue._thread = feeder
+
+
+def _item_being_fed(tb: Any) -> Any:
+    """The call item the dead feeder was pickling: ``obj`` in ``Queue._feed``'s frame,
+    which the traceback keeps alive."""
+    feed_code = getattr(getattr(_mpq.Queue, "_feed", None), "__code__", None)
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is feed_code:
+            obj = frame.f_locals.get("obj")
+            return obj if isinstance(obj, _CallItem) else None
+        tb = tb.tb_next
+    return None
 
 
 def _keep_last_buffer(queue: TracedCallQueue, recv: Callable[..., Any]) -> Callable[..., Any]:
@@ -269,7 +288,7 @@ class TracedResultQueue(_mpq.SimpleQueue):  # type: ignore[type-arg]
                 target = "exception" if obj.exception is not None else "result"
                 failed = obj.exception if obj.exception is not None else obj.result
                 failed = getattr(failed, "exc", failed)  # unwrap _ExceptionWithTraceback
-                _wire.annotate_fault(e, "sendback", target, type(failed), WORKER.current_seq)
+                _wire.annotate_fault(e, "sendback", target, type(failed), obj.work_id)
                 obj.__dict__.pop("tracedpool", None)
             raise
         if is_item:
@@ -294,6 +313,35 @@ def install_queue_hooks(executor: Any, observer: Any) -> bool:
     reader: Any = result_queue._reader  # type: ignore[attr-defined]
     reader._recv_bytes = observer.wrap_recv_bytes(reader._recv_bytes)
     return True
+
+
+def next_work_id(executor: Any) -> int:
+    """The work id the stdlib will give the next submitted item."""
+    return int(executor._queue_count)
+
+
+def confirm_work_id(executor: Any, predicted: int, fn: Any) -> int:
+    """The work id ``fn`` really got (another thread may have submitted meanwhile)."""
+    items = executor._pending_work_items
+    item = items.get(predicted)
+    if item is None or item.fn is fn:
+        return predicted  # matches, or already completed (then nobody else took it)
+    for work_id, work_item in list(items.items()):
+        if work_item.fn is fn:
+            return int(work_id)
+    return predicted
+
+
+def future_outcome(future: Any) -> tuple[str, BaseException | None, Any]:
+    """(outcome, exception, result) of a done future, without taking its lock again
+    (it runs in the future's own done-callback, where the state is final)."""
+    state = future._state
+    if state in ("CANCELLED", "CANCELLED_AND_NOTIFIED"):
+        return "cancelled", None, None
+    exc = future._exception
+    if exc is not None:
+        return "exception", exc, None
+    return "result", None, future._result
 
 
 def shutdown_requested(executor: Any) -> bool:
@@ -379,7 +427,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         if type(result_item) is _ResultItem:
             meta = result_item.__dict__.pop("tracedpool", None)
             work_item = self.pending_work_items.get(result_item.work_id)
-            if work_item is not None:
+            if work_item is not None and type(work_item.fn) is _Task:
                 try:
                     self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
                 except BaseException:

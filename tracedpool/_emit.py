@@ -21,6 +21,7 @@ from time import time_ns
 from typing import Any
 
 from . import _names as N
+from ._cpython import future_outcome
 from ._forensics import role_of
 from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, fault_of, qualname
 
@@ -49,7 +50,6 @@ class TaskRecord:
         "payload_bytes",
         "result_bytes",
         "result_type",
-        "seq",
         "span_id",
         "state",
         "submit_thread",
@@ -63,12 +63,13 @@ class TaskRecord:
         "t_written",
         "trace_id",
         "trace_state",
+        "work_id",
         "worker_span_id",
     )
 
-    def __init__(self, state: Any, seq: int, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
+    def __init__(self, state: Any, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
-        self.seq = seq
+        self.work_id = -1
         self.fn = fn
         self.t_submit0 = t0
         self.trace_id, self.span_id, self.flags, self.trace_state, self.parent = sampled
@@ -92,16 +93,9 @@ class TaskRecord:
         """The future's done-callback, on whichever thread completed it."""
         self.t_done = time_ns()
         try:
-            if future.cancelled():
-                self.outcome = "cancelled"
-            else:
-                exc = future.exception()
-                if exc is None:
-                    self.outcome = "result"
-                    self.result_type = type(future.result())
-                else:
-                    self.outcome = "exception"
-                    self.exc = exc
+            self.outcome, self.exc, result = future_outcome(future)
+            if self.outcome == "result":
+                self.result_type = type(result)
         except BaseException:
             self.outcome = "unknown"
         self.state.emitter.push(self)
@@ -250,242 +244,240 @@ def _bounded_repr(value: Any, redact: Any) -> str:
 
 
 def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
-    """The task span and its stage spans, as specs for the sink."""
+    """The task span (first) and its stage spans, as specs for the sink.
+
+    This runs once per sampled task on the emitter thread; it is written for the common
+    case (a result, no fault) to build as few objects as possible.
+    """
     new_id = st.sink.new_span_id
-    tid = f"{st.pool_id}:{rec.seq}"
-    fname = qualname(rec.fn)
-    messages = st.record_exception_messages
-    common = {N.ATTR_TASK_ID: tid}
+    span_id = rec.span_id
+    tid = f"{st.pool_id}:{rec.work_id}"
+    fname = st.fn_name(rec.fn)
+    ppid = st.parent_pid
     t_done = rec.t_done or time_ns()
-    specs: list[tuple[Any, ...]] = []
     exc = rec.exc
-    fault = fault_of(exc)
-    stage_fault = fault[0] if fault else (rec.fault[0] if rec.fault else None)
-    broken = st.break_info if rec.outcome == "exception" and st.is_broken_exc(exc) else None
-    parent_pid = st.parent_pid
-
-    def fault_attrs() -> dict[str, Any]:
-        f = fault or ((*rec.fault, rec.seq) if rec.fault else None)
-        if not f:
-            return {}
-        return {N.ATTR_FAULT_STAGE: f[0], N.ATTR_FAULT_TARGET: f[1], N.ATTR_FAULT_TYPE: f[2]}
-
-    # submit
-    specs.append(
-        (
-            N.SPAN_SUBMIT,
-            new_id(),
-            rec.span_id,
-            PRODUCER,
-            rec.t_submit0,
-            rec.t_submit1 or t_done,
-            {**common, N.ATTR_THREAD_NAME: rec.submit_thread, N.ATTR_PROCESS_PID: parent_pid},
-            (),
-            None,
-            (),
-        )
-    )
-    if rec.t_enqueue:
-        specs.append(
-            (
-                N.SPAN_ENQUEUE,
-                new_id(),
-                rec.span_id,
-                INTERNAL,
-                # The first submit starts the manager, which may enqueue before submit()
-                # returns: then the wait began when submit did.
-                rec.t_submit1 if 0 < rec.t_submit1 <= rec.t_enqueue else rec.t_submit0,
-                rec.t_enqueue,
-                {**common, N.ATTR_THREAD_NAME: st.manager_name, N.ATTR_PROCESS_PID: parent_pid},
-                (),
-                None,
-                (),
-            )
-        )
-    if rec.t_ser0:
-        attrs = {**common, N.ATTR_THREAD_NAME: "QueueFeederThread", N.ATTR_PROCESS_PID: parent_pid}
-        if rec.payload_bytes >= 0:
-            attrs[N.ATTR_PAYLOAD_BYTES] = rec.payload_bytes
-        events: tuple[Any, ...] = ()
-        status = None
-        end = rec.t_written or rec.t_ser1 or t_done
-        if stage_fault == "feeder-serialize" and exc is not None:
-            attrs.update(fault_attrs())
-            events = (_exception_event(exc, end, messages, fault_attrs()),)
-            status = (True, f"{type(exc).__name__} while pickling {attrs.get(N.ATTR_FAULT_TARGET)}")
-        specs.append(
-            (
-                N.SPAN_FEEDER_SERIALIZE,
-                new_id(),
-                rec.span_id,
-                INTERNAL,
-                rec.t_ser0,
-                end,
-                attrs,
-                events,
-                status,
-                (),
-            )
-        )
-    meta = rec.meta
-    worker_fault = (
-        broken.fault
-        if broken is not None and broken.fault and broken.fault.get("seq") == rec.seq
-        else None
-    )
-    if meta is not None:
-        run0 = meta[M_RECV] or meta[M_RUN0]
-        attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID], N.ATTR_CODE_FUNCTION: fname}
-        events = ()
-        status = None
-        if (
-            rec.outcome == "exception"
-            and exc is not None
-            and stage_fault is None
-            and broken is None
-        ):
-            events = (_exception_event(exc, meta[M_RUN1], messages, {}),)
-            status = (True, type(exc).__name__)
-        specs.append(
-            (
-                N.SPAN_WORKER_RUN,
-                rec.worker_span_id,
-                rec.span_id,
-                CONSUMER,
-                run0,
-                meta[M_RUN1],
-                attrs,
-                events,
-                status,
-                (),
-            )
-        )
-        if meta[M_SEND0]:
-            attrs = {**common, N.ATTR_PROCESS_PID: meta[M_PID]}
-            if rec.result_bytes >= 0:
-                attrs[N.ATTR_RESULT_BYTES] = rec.result_bytes
-            events = ()
-            status = None
-            if stage_fault == "sendback" and exc is not None:
-                attrs.update(fault_attrs())
-                events = (_exception_event(exc, rec.t_read or t_done, messages, fault_attrs()),)
-                status = (
-                    True,
-                    f"{type(exc).__name__} while pickling the {attrs.get(N.ATTR_FAULT_TARGET)}",
-                )
-            specs.append(
-                (
-                    N.SPAN_SENDBACK,
-                    new_id(),
-                    rec.span_id,
-                    PRODUCER,
-                    meta[M_SEND0],
-                    rec.t_read or t_done,
-                    attrs,
-                    events,
-                    status,
-                    (),
-                )
-            )
-        if meta[M_SPANS]:
-            st.sink.emit_foreign(meta[M_SPANS])
-    elif worker_fault is not None:
-        # The call never ran: it failed to unpickle in the worker. The worker-run span
-        # is where that happened.
-        t = worker_fault.get("t_ns") or t_done
-        f_attrs = {
-            N.ATTR_FAULT_STAGE: "worker-unpickle",
-            N.ATTR_FAULT_TARGET: worker_fault.get("target", "call"),
-        }
-        ev_attrs: dict[str, Any] = {"exception.type": worker_fault.get("exc_type", "")}
-        if messages:
-            ev_attrs["exception.message"] = worker_fault.get("message", "")
-            ev_attrs["exception.stacktrace"] = worker_fault.get("traceback", "")
-        ev_attrs.update(f_attrs)
-        specs.append(
-            (
-                N.SPAN_WORKER_RUN,
-                rec.worker_span_id,
-                rec.span_id,
-                CONSUMER,
-                t,
-                t,
-                {
-                    **common,
-                    N.ATTR_PROCESS_PID: worker_fault.get("pid", 0),
-                    N.ATTR_CODE_FUNCTION: fname,
-                    **f_attrs,
-                },
-                (("exception", t, ev_attrs),),
-                (
-                    True,
-                    f"{worker_fault.get('exc_type')} while unpickling "
-                    f"{f_attrs[N.ATTR_FAULT_TARGET]}",
-                ),
-                (),
-            )
-        )
+    outcome = rec.outcome
+    failed = outcome == "exception" and exc is not None
+    fault = _fault_tuple(rec, exc) if failed else None
+    stage_fault = fault[0] if fault is not None else None
+    broken = st.break_info if failed and st.is_broken_exc(exc) else None
+    messages = st.record_exception_messages
 
     # the task span itself
-    attrs = {
-        **common,
+    attrs: dict[str, Any] = {
+        N.ATTR_TASK_ID: tid,
         N.ATTR_CODE_FUNCTION: fname,
         N.ATTR_POOL_ID: st.pool_id,
-        N.ATTR_TASK_OUTCOME: "broken" if broken is not None else rec.outcome,
+        N.ATTR_TASK_OUTCOME: "broken" if broken is not None else outcome,
     }
     if st.name:
         attrs[N.ATTR_POOL_NAME] = st.name
     if rec.chunksize >= 0:
         attrs[N.ATTR_MAP_CHUNKSIZE] = rec.chunksize
     if rec.arg_types:
-        attrs[N.ATTR_ARG_TYPES] = tuple(t.__qualname__ for t in rec.arg_types)
+        attrs[N.ATTR_ARG_TYPES] = tuple([t.__qualname__ for t in rec.arg_types])
     if rec.kwarg_names:
         attrs[N.ATTR_KWARG_NAMES] = rec.kwarg_names
     if rec.result_type is not None:
         attrs[N.ATTR_RESULT_TYPE] = rec.result_type.__qualname__
     if rec.args_repr is not None:
         attrs[N.ATTR_ARGS_REPR] = rec.args_repr
-    if rec.future is not None and rec.outcome == "result":
+    if rec.future is not None and outcome == "result":
         attrs[N.ATTR_RESULT_REPR] = _bounded_repr(rec.future.result(), st.redact)
-    events_list: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
     status = None
-    if rec.outcome == "exception" and exc is not None:
+    if failed and exc is not None:
         attrs[N.ATTR_ERROR_TYPE] = qualname(type(exc))
         status = (True, type(exc).__name__)
         if stage_fault == "result-unpickle":
-            events_list.append(_exception_event(exc, t_done, messages, fault_attrs()))
+            events.append(_exception_event(exc, t_done, messages, _fault_attrs(fault)))
         if broken is not None:
-            events_list.append((N.EVENT_POOL_BROKEN, t_done, st.broken_attrs(rec.seq)))
-            if broken.reason == "result-unpickle-failed" and rec.seq in broken.culprits:
+            events.append((N.EVENT_POOL_BROKEN, t_done, st.broken_attrs(rec.work_id)))
+            attrs[N.ATTR_BROKEN_ROLE] = role_of(broken, rec.work_id)
+            if broken.reason == "result-unpickle-failed" and rec.work_id in broken.culprits:
                 f = broken.fault or {}
-                events_list.append(
-                    (
-                        "exception",
-                        t_done,
-                        {
-                            "exception.type": f.get("exc_type", "UnpicklingError"),
-                            **({"exception.message": f.get("message", "")} if messages else {}),
-                            N.ATTR_FAULT_STAGE: "result-unpickle",
-                            N.ATTR_FAULT_TARGET: f.get("target", "result"),
-                        },
-                    )
-                )
-            attrs[N.ATTR_BROKEN_ROLE] = role_of(broken, rec.seq)
+                ev: dict[str, Any] = {
+                    "exception.type": f.get("exc_type", "UnpicklingError"),
+                    N.ATTR_FAULT_STAGE: "result-unpickle",
+                    N.ATTR_FAULT_TARGET: f.get("target", "result"),
+                }
+                if messages:
+                    ev["exception.message"] = f.get("message", "")
+                events.append(("exception", t_done, ev))
+    specs: list[tuple[Any, ...]] = [
+        (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ())
+    ]
+
+    # submit, enqueue, feeder-serialize: in the parent
     specs.append(
         (
-            N.SPAN_TASK,
-            rec.span_id,
-            0,
-            INTERNAL,
+            N.SPAN_SUBMIT,
+            new_id(),
+            span_id,
+            PRODUCER,
             rec.t_submit0,
-            t_done,
-            attrs,
-            tuple(events_list),
-            status,
+            rec.t_submit1 or t_done,
+            {N.ATTR_TASK_ID: tid, N.ATTR_THREAD_NAME: rec.submit_thread, N.ATTR_PROCESS_PID: ppid},
+            (),
+            None,
             (),
         )
     )
+    if rec.t_enqueue:
+        # The first submit starts the manager, which may enqueue before submit() returns:
+        # then the wait began when submit did.
+        start = rec.t_submit1 if 0 < rec.t_submit1 <= rec.t_enqueue else rec.t_submit0
+        specs.append(
+            (
+                N.SPAN_ENQUEUE,
+                new_id(),
+                span_id,
+                INTERNAL,
+                start,
+                rec.t_enqueue,
+                {
+                    N.ATTR_TASK_ID: tid,
+                    N.ATTR_THREAD_NAME: st.manager_name,
+                    N.ATTR_PROCESS_PID: ppid,
+                },
+                (),
+                None,
+                (),
+            )
+        )
+    if rec.t_ser0:
+        end = rec.t_written or rec.t_ser1 or t_done
+        attrs = {
+            N.ATTR_TASK_ID: tid,
+            N.ATTR_THREAD_NAME: "QueueFeederThread",
+            N.ATTR_PROCESS_PID: ppid,
+        }
+        if rec.payload_bytes >= 0:
+            attrs[N.ATTR_PAYLOAD_BYTES] = rec.payload_bytes
+        stage_events: tuple[Any, ...] = ()
+        status = None
+        if stage_fault == "feeder-serialize":
+            fa = _fault_attrs(fault)
+            attrs.update(fa)
+            stage_events = (_exception_event(exc, end, messages, fa),)  # type: ignore[arg-type]
+            status = (True, f"{type(exc).__name__} while pickling {fa[N.ATTR_FAULT_TARGET]}")
+        specs.append(
+            (
+                N.SPAN_FEEDER_SERIALIZE,
+                new_id(),
+                span_id,
+                INTERNAL,
+                rec.t_ser0,
+                end,
+                attrs,
+                stage_events,
+                status,
+                (),
+            )
+        )
+
+    # worker-run and sendback: timed in the worker
+    meta = rec.meta
+    if meta is not None:
+        wpid = meta[M_PID]
+        attrs = {N.ATTR_TASK_ID: tid, N.ATTR_PROCESS_PID: wpid, N.ATTR_CODE_FUNCTION: fname}
+        stage_events = ()
+        status = None
+        if failed and stage_fault is None and broken is None:
+            stage_events = (_exception_event(exc, meta[M_RUN1], messages, {}),)  # type: ignore[arg-type]
+            status = (True, type(exc).__name__)
+        specs.append(
+            (
+                N.SPAN_WORKER_RUN,
+                rec.worker_span_id,
+                span_id,
+                CONSUMER,
+                meta[M_RECV] or meta[M_RUN0],
+                meta[M_RUN1],
+                attrs,
+                stage_events,
+                status,
+                (),
+            )
+        )
+        if meta[M_SEND0]:
+            end = rec.t_read or t_done
+            attrs = {N.ATTR_TASK_ID: tid, N.ATTR_PROCESS_PID: wpid}
+            if rec.result_bytes >= 0:
+                attrs[N.ATTR_RESULT_BYTES] = rec.result_bytes
+            stage_events = ()
+            status = None
+            if stage_fault == "sendback":
+                fa = _fault_attrs(fault)
+                attrs.update(fa)
+                stage_events = (_exception_event(exc, end, messages, fa),)  # type: ignore[arg-type]
+                status = (
+                    True,
+                    f"{type(exc).__name__} while pickling the {fa[N.ATTR_FAULT_TARGET]}",
+                )
+            specs.append(
+                (
+                    N.SPAN_SENDBACK,
+                    new_id(),
+                    span_id,
+                    PRODUCER,
+                    meta[M_SEND0],
+                    end,
+                    attrs,
+                    stage_events,
+                    status,
+                    (),
+                )
+            )
+        if meta[M_SPANS]:
+            st.sink.emit_foreign(meta[M_SPANS])
+    elif broken is not None and broken.fault and broken.fault.get("work_id") == rec.work_id:
+        specs.append(_worker_unpickle_spec(rec, broken.fault, tid, fname, t_done, messages))
     return specs
+
+
+def _fault_tuple(rec: TaskRecord, exc: BaseException | None) -> tuple[str, str, str] | None:
+    located = fault_of(exc)
+    if located is not None:
+        return located[0], located[1], located[2]
+    return rec.fault
+
+
+def _fault_attrs(fault: Any) -> dict[str, Any]:
+    return {
+        N.ATTR_FAULT_STAGE: fault[0],
+        N.ATTR_FAULT_TARGET: fault[1],
+        N.ATTR_FAULT_TYPE: fault[2],
+    }
+
+
+def _worker_unpickle_spec(
+    rec: TaskRecord, f: dict[str, Any], tid: str, fname: str, t_done: int, messages: bool
+) -> tuple[Any, ...]:
+    """The call never ran: it failed to unpickle in the worker, so its worker-run span is
+    where that happened, at the time the worker reported it."""
+    t = f.get("t_ns") or t_done
+    fa = {N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: f.get("target", "call")}
+    ev: dict[str, Any] = {"exception.type": f.get("exc_type", "")}
+    if messages:
+        ev["exception.message"] = f.get("message", "")
+        ev["exception.stacktrace"] = f.get("traceback", "")
+    ev.update(fa)
+    attrs = {N.ATTR_TASK_ID: tid, N.ATTR_PROCESS_PID: f.get("pid", 0), N.ATTR_CODE_FUNCTION: fname}
+    attrs.update(fa)
+    status = (True, f"{f.get('exc_type')} while unpickling {fa[N.ATTR_FAULT_TARGET]}")
+    return (
+        N.SPAN_WORKER_RUN,
+        rec.worker_span_id,
+        rec.span_id,
+        CONSUMER,
+        t,
+        t,
+        attrs,
+        (("exception", t, ev),),
+        status,
+        (),
+    )
 
 
 def wake_spec(w: WakeRecord, st: Any) -> tuple[Any, ...]:

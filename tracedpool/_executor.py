@@ -101,7 +101,6 @@ class _PoolState:
         self.rescue = rescue
         self.status = status
         self.status_writer = status_writer
-        self.seq = itertools.count()
         self.hooked = False
         self.sink: Sink | None = None
         self._sink_provider: Any = _UNSET
@@ -121,6 +120,7 @@ class _PoolState:
         self._feeder_error = False
         self._internal_warned = False
         self._broken_excs: weakref.WeakSet[BaseException] = weakref.WeakSet()
+        self._fn_names: dict[Any, str] = {}
 
     # -- sink ----------------------------------------------------------------------------------
     def current_sink(self) -> Sink | None:
@@ -176,25 +176,21 @@ class _PoolState:
 
         return send_bytes
 
-    def on_feeder_error(self, e: BaseException, task: Any) -> None:
-        if type(task) is not _Task:
-            return
+    def on_feeder_error(self, e: BaseException, call_item: Any) -> None:
         self._feeder_error = True
-        target, typename, _ = probe_parts(task)
-        annotate_fault(e, "feeder-serialize", target, typename, task.seq)
-        rec = task.rec
+        target, typename, _ = probe_parts(call_item.fn, call_item.args, call_item.kwargs)
+        annotate_fault(e, "feeder-serialize", target, typename, call_item.work_id)
+        rec = getattr(call_item.fn, "rec", None)
         if rec is not None:
             rec.fault = ("feeder-serialize", target, typename)
             rec.t_ser1 = time_ns()
 
     # -- hooks: manager thread -------------------------------------------------------------------
-    def on_enqueue(self, task: Any, t: int) -> None:
-        rec = getattr(task, "rec", None)
-        if rec is not None:
-            rec.t_enqueue = t
-            w = self._wake
-            if w is not None:
-                w.served.append(rec)
+    def on_enqueue(self, rec: TaskRecord, work_id: int) -> None:
+        rec.work_id = work_id
+        w = self._wake
+        if w is not None:
+            w.served.append(rec)
 
     def wrap_recv_bytes(self, recv: Any) -> Any:
         def recv_bytes(*args: Any) -> Any:
@@ -265,13 +261,13 @@ class _PoolState:
         task = work_item.fn
         text = "".join(cause)
         last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-        tid = f"{self.pool_id}:{task.seq}" if type(task) is _Task else str(work_id)
         exc = ResultUnpicklingError(
-            f"The {target} of task {tid} ({self._task_name(task)}) could not be unpickled "
-            f"in the parent: {last}. Only this future fails (rescue_unpicklable_results)."
+            f"The {target} of task {self.pool_id}:{work_id} ({self._task_name(task)}) could "
+            f"not be unpickled in the parent: {last}. Only this future fails "
+            "(rescue_unpicklable_results)."
         )
         exc.__cause__ = _cpython.remote_traceback(text)
-        annotate_fault(exc, "result-unpickle", target, "", getattr(task, "seq", -1))
+        annotate_fault(exc, "result-unpickle", target, "", work_id)
         rec = getattr(task, "rec", None)
         if rec is not None:
             rec.fault = ("result-unpickle", target, "")
@@ -294,36 +290,31 @@ class _PoolState:
         processes = manager.worker_processes()
         dead = reap_dead_workers(processes, self.oom_before)
         self.status.drain()
-        tasks: dict[int, Any] = {}
-        seq_of: dict[int, int] = {}
-        for work_id, work_item in manager.pending_items():
-            task = work_item.fn
-            if type(task) is _Task:
-                tasks[task.seq] = task
-                seq_of[work_id] = task.seq
-        running_on = {seq: pid for pid, (seq, _t) in self.status.started.items() if seq in tasks}
+        tasks = dict(manager.pending_items())  # work id -> work item
+        running_on = {
+            work_id: pid for pid, (work_id, _t) in self.status.started.items() if work_id in tasks
+        }
         info = BreakInfo(reason="unknown", dead=dead, running_on=running_on, lost=sorted(tasks))
         dead_pids = {d.pid for d in dead}
-        faults = [f for f in self.status.faults if f.get("seq") in tasks]
+        faults = [f for f in self.status.faults if f.get("work_id") in tasks]
         if cause is not None:
             text = "".join(cause)
             info.cause_text = text
             work_id, target = _cpython.locate_result_in_message(self._last_buf)
-            seq = seq_of.get(work_id) if work_id is not None else None
-            if seq is not None:
+            if work_id is not None and work_id in tasks:
                 info.reason = "result-unpickle-failed"
-                info.culprits.add(seq)
+                info.culprits.add(work_id)
                 last = text.strip().splitlines()[-1] if text.strip() else ""
                 exc_type, _, message = last.partition(": ")
                 info.fault = {
-                    "seq": seq,
+                    "work_id": work_id,
                     "stage": "result-unpickle",
                     "target": target,
                     "exc_type": exc_type,
                     "message": message,
                     "pid": None,
                 }
-                rec = tasks[seq].rec
+                rec = getattr(tasks[work_id].fn, "rec", None)
                 if rec is not None:
                     rec.t_read = self._last_read_t
                     rec.result_bytes = self._last_read_n
@@ -335,36 +326,37 @@ class _PoolState:
         elif faults:
             info.reason = "worker-unpickle-failed"
             info.fault = faults[-1]
-            info.culprits.add(info.fault["seq"])
+            info.culprits.add(info.fault["work_id"])
         elif dead:
             info.reason = "worker-died"
         if info.reason in ("worker-died", "worker-unpickle-failed"):
-            info.culprits.update(s for s, pid in running_on.items() if pid in dead_pids)
+            info.culprits.update(w for w, pid in running_on.items() if pid in dead_pids)
         self._last_buf = None
+        info.task_ids = {w: f"{self.pool_id}:{w}" for w in tasks}
+        info.names = {w: self._task_name(item.fn) for w, item in tasks.items()}
         self.break_info = info
 
-        tids = {seq: f"{self.pool_id}:{seq}" for seq in tasks}
-        names = {seq: self._task_name(t) for seq, t in tasks.items()}
-        text = summary(info, tids, names)
+        text = summary(info)
         failures: dict[int, BaseException] = {}
-        for work_id, seq in seq_of.items():
-            role = role_of(info, seq)
-            worker = info.dead_worker(running_on.get(seq)) or info.primary()
+        for work_id in tasks:
+            role = role_of(info, work_id)
+            worker = info.dead_worker(running_on.get(work_id)) or info.primary()
             own = {
                 "culprit": "this task caused it or ran on that worker",
-                "bystander": f"this task was running on worker pid {running_on.get(seq)}",
+                "bystander": f"this task was running on worker pid {running_on.get(work_id)}",
                 "queued": "this task had not started",
             }[role]
             exc = TracedBrokenProcessPool(
-                f"{_STDLIB_BROKEN} {text} Task {tids[seq]} ({names[seq]}): {own}.",
+                f"{_STDLIB_BROKEN} {text} Task {info.task_ids[work_id]} "
+                f"({info.names[work_id]}): {own}.",
                 reason=info.reason,
                 worker_pid=worker.pid if worker else None,
                 exitcode=worker.exitcode if worker else None,
                 signal=worker.signal if worker else None,
                 oom_suspected=worker.oom_suspected if worker else False,
-                task_id=tids[seq],
+                task_id=info.task_ids[work_id],
                 task_role=role,
-                lost_tasks=[tids[s] for s in info.lost],
+                lost_tasks=[info.task_ids[w] for w in info.lost],
                 fault=info.fault or info.init_failure,
             )
             if info.cause_text is not None:
@@ -396,28 +388,27 @@ class _PoolState:
         if info is None:
             return e
         d = info.primary()
-        text = summary(info, {s: f"{self.pool_id}:{s}" for s in info.lost}, {})
         return TracedBrokenProcessPool(
-            f"{e} {text}",
+            f"{e} {summary(info)}",
             reason=info.reason,
             worker_pid=d.pid if d else None,
             exitcode=d.exitcode if d else None,
             signal=d.signal if d else None,
             oom_suspected=d.oom_suspected if d else False,
-            lost_tasks=[f"{self.pool_id}:{s}" for s in info.lost],
+            lost_tasks=[info.task_ids.get(w, str(w)) for w in info.lost],
             fault=info.fault or info.init_failure,
         )
 
-    def broken_attrs(self, seq: int) -> dict[str, Any]:
+    def broken_attrs(self, work_id: int) -> dict[str, Any]:
         info = self.break_info
         if info is None:
             return {}
-        pid = info.running_on.get(seq)
+        pid = info.running_on.get(work_id)
         worker = info.dead_worker(pid) or info.primary()
         attrs: dict[str, Any] = {
             N.ATTR_BROKEN_REASON: info.reason,
-            N.ATTR_BROKEN_ROLE: role_of(info, seq),
-            N.ATTR_BROKEN_LOST: tuple(f"{self.pool_id}:{s}" for s in info.lost),
+            N.ATTR_BROKEN_ROLE: role_of(info, work_id),
+            N.ATTR_BROKEN_LOST: tuple(info.task_ids.get(w, str(w)) for w in info.lost),
         }
         if worker is not None:
             attrs[N.ATTR_WORKER_PID] = worker.pid
@@ -430,11 +421,23 @@ class _PoolState:
             attrs[N.ATTR_WORKER_PID] = info.fault["pid"]
         return attrs
 
-    @staticmethod
-    def _task_name(task: Any) -> str:
-        fn = getattr(task, "fn", task)
+    def _task_name(self, fn: Any) -> str:
+        if type(fn) is _Task:
+            fn = fn.fn
         user = _cpython.map_user_function(fn)
-        return qualname(user if user is not None else fn)
+        return self.fn_name(user if user is not None else fn)
+
+    def fn_name(self, fn: Any) -> str:
+        """A function's qualified name, cached (spans name the same few functions)."""
+        try:
+            name = self._fn_names.get(fn)
+        except TypeError:  # unhashable callable
+            return qualname(fn)
+        if name is None:
+            name = qualname(fn)
+            if len(self._fn_names) < 1024:
+                self._fn_names[fn] = name
+        return name
 
     # -- emitter thread ------------------------------------------------------------------------
     def emit(self, item: Any) -> None:
@@ -556,60 +559,62 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         st = self._tp_state
-        seq = next(st.seq)
         sink = st.current_sink()
-        if sink is None:
-            try:
-                return super().submit(_Task(fn, args, kwargs, seq, None, None))
-            except BrokenProcessPool as e:
-                raise st.broken_on_submit(e) from None
-        return self._submit_traced(st, sink, seq, fn, args, kwargs)
-
-    def _submit_traced(
-        self, st: _PoolState, sink: Sink, seq: int, fn: Any, args: Any, kwargs: Any
-    ) -> Any:
-        t0 = time_ns()
-        try:
-            sampled = sink.sample(N.SPAN_TASK, None)
+        if sink is not None:
+            sampled = self._sample(st, sink)
             if sampled is not None:
-                user_fn = fn
-                chunk = -1
-                if type(fn) is functools.partial:
-                    mapped = _cpython.map_user_function(fn)
-                    if mapped is not None:
-                        user_fn = mapped
-                        chunk = len(args[0]) if args else 0
-                rec: TaskRecord | None = TaskRecord(st, seq, user_fn, t0, sampled)
-                rec.worker_span_id = sink.new_span_id()  # type: ignore[union-attr]
-                rec.chunksize = chunk  # type: ignore[union-attr]
-                if chunk < 0:
-                    rec.arg_types = tuple(map(type, args))  # type: ignore[union-attr]
-                rec.kwarg_names = tuple(kwargs)  # type: ignore[union-attr]
-                rec.submit_thread = threading.current_thread().name  # type: ignore[union-attr]
-                if st.record_values:
-                    rec.args_repr = _bounded_repr((args, kwargs), st.redact)  # type: ignore[union-attr]
-                trace_info: Any = (sampled[0], rec.worker_span_id, sampled[2])  # type: ignore[union-attr]
-            else:
-                rec = None
-                parent = trace.get_current_span().get_span_context()
-                if parent.is_valid:
-                    trace_info = (parent.trace_id, parent.span_id, 0)
-                else:
-                    trace_info = (sink.new_trace_id(), sink.new_span_id(), 0)
-        except Exception:
-            st.internal_error("submit")
-            rec, trace_info = None, None
+                return self._submit_traced(st, sink, sampled, fn, args, kwargs)
+        # Not traced (no SDK, or not sampled): the call travels exactly as the stdlib
+        # sends it. In a traced pool's workers, task code then runs under a
+        # non-recording context, so its own spans are dropped with the task.
         try:
-            future = super().submit(_Task(fn, args, kwargs, seq, trace_info, rec))
+            return super().submit(fn, *args, **kwargs)
         except BrokenProcessPool as e:
             raise st.broken_on_submit(e) from None
-        if rec is not None:
-            rec.t_submit1 = time_ns()
+
+    @staticmethod
+    def _sample(st: _PoolState, sink: Sink) -> Any:
+        try:
+            return sink.sample(N.SPAN_TASK, None)
+        except Exception:
+            st.internal_error("sampling")
+            return None
+
+    def _submit_traced(
+        self, st: _PoolState, sink: Sink, sampled: Any, fn: Any, args: Any, kwargs: Any
+    ) -> Any:
+        t0 = time_ns()
+        rec = TaskRecord(st, fn, t0, sampled)
+        try:
+            rec.worker_span_id = sink.new_span_id()
+            if type(fn) is functools.partial:
+                mapped = _cpython.map_user_function(fn)
+                if mapped is not None:
+                    rec.fn = mapped
+                    rec.chunksize = len(args[0]) if args else 0
+            if rec.chunksize < 0:
+                rec.arg_types = tuple(map(type, args))
+            rec.kwarg_names = tuple(kwargs)
+            rec.submit_thread = threading.current_thread().name
             if st.record_values:
-                rec.future = future
-            future.add_done_callback(rec)
-            if not st.emitter.started:
-                st.emitter.start()
+                rec.args_repr = _bounded_repr((args, kwargs), st.redact)
+        except Exception:
+            st.internal_error("submit")
+        task = _Task(fn, args, kwargs, (sampled[0], rec.worker_span_id, sampled[2]), rec)
+        # The stdlib numbers work items in submit(); read the number it is about to use,
+        # and confirm it below (another thread may submit in between).
+        predicted = _cpython.next_work_id(self)
+        try:
+            future = super().submit(task)
+        except BrokenProcessPool as e:
+            raise st.broken_on_submit(e) from None
+        rec.t_submit1 = time_ns()
+        rec.work_id = _cpython.confirm_work_id(self, predicted, task)
+        if st.record_values:
+            rec.future = future
+        future.add_done_callback(rec)
+        if not st.emitter.started:
+            st.emitter.start()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -65,12 +65,14 @@ class BreakInfo:
 
     reason: str
     dead: list[DeadWorker] = field(default_factory=list)
-    running_on: dict[int, int] = field(default_factory=dict)  # task seq -> worker pid
-    culprits: set[int] = field(default_factory=set)  # task seqs
+    running_on: dict[int, int] = field(default_factory=dict)  # work id -> worker pid
+    culprits: set[int] = field(default_factory=set)  # work ids
     fault: dict[str, Any] | None = None
     init_failure: dict[str, Any] | None = None
     cause_text: str | None = None
-    lost: list[int] = field(default_factory=list)  # task seqs failed by the breakage
+    lost: list[int] = field(default_factory=list)  # work ids failed by the breakage
+    task_ids: dict[int, str] = field(default_factory=dict)  # work id -> task id
+    names: dict[int, str] = field(default_factory=dict)  # work id -> function name
 
     def dead_worker(self, pid: int | None) -> DeadWorker | None:
         for d in self.dead:
@@ -149,8 +151,9 @@ def hint(info: BreakInfo) -> str:
     return "The task or a library it called ended the worker process (sys.exit/os._exit)."
 
 
-def summary(info: BreakInfo, task_ids: dict[int, str], names: dict[int, str]) -> str:
+def summary(info: BreakInfo) -> str:
     """One paragraph about the breakage as a whole."""
+    task_ids, names = info.task_ids, info.names
     parts: list[str] = []
     if info.reason == "initializer-failed" and info.init_failure:
         f = info.init_failure
@@ -160,12 +163,12 @@ def summary(info: BreakInfo, task_ids: dict[int, str], names: dict[int, str]) ->
         )
     elif info.fault is not None:
         f = info.fault
-        seq = f.get("seq", -1)
-        who = task_ids.get(seq, "an unknown task")
+        work_id = f.get("work_id", -1)
+        who = task_ids.get(work_id, "an unknown task")
         where = "in worker pid {}".format(f["pid"]) if f.get("pid") else "in the parent"
         verb = "unpickle" if str(f.get("stage", "")).endswith("unpickle") else "pickle"
         parts.append(
-            f"{f.get('target', 'part')} of task {who} ({names.get(seq, '?')}) could not be "
+            f"{f.get('target', 'part')} of task {who} ({names.get(work_id, '?')}) could not be "
             f"{verb}d {where} (stage {f.get('stage')}): {f.get('exc_type')}"
             + (f": {f['message']}" if f.get("message") else "")
         )
@@ -185,9 +188,9 @@ def summary(info: BreakInfo, task_ids: dict[int, str], names: dict[int, str]) ->
     return f"[tracedpool] {text}. {hint(info)}"
 
 
-def role_of(info: BreakInfo, seq: int) -> str:
-    if seq in info.culprits:
+def role_of(info: BreakInfo, work_id: int) -> str:
+    if work_id in info.culprits:
         return "culprit"
-    if seq in info.running_on:
+    if work_id in info.running_on:
         return "bystander"
     return "queued"

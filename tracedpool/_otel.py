@@ -23,6 +23,7 @@ processor could flush them (fork, forkserver).
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -93,6 +94,26 @@ class SdkSink(Sink):
         self._SpanContext = SpanContext
         self._TraceFlags = TraceFlags
         self._kinds = {k.value: k for k in SpanKind}
+        self._flags = (TraceFlags(0), TraceFlags(1))
+        # emit() passes ReadableSpan's arguments by position, in this order.
+        expected = [
+            "name",
+            "context",
+            "parent",
+            "resource",
+            "attributes",
+            "events",
+            "links",
+            "kind",
+            "instrumentation_info",
+            "status",
+            "start_time",
+            "end_time",
+            "instrumentation_scope",
+        ]
+        params = list(inspect.signature(ReadableSpan.__init__).parameters)[1:14]
+        if params != expected:
+            raise TypeError(f"unexpected ReadableSpan signature: {params}")
         self._ok = Status(StatusCode.UNSET)
         self._Status = Status
         self._ERROR = StatusCode.ERROR
@@ -126,30 +147,37 @@ class SdkSink(Sink):
         return trace_id, self._ids.generate_span_id(), flags, result.trace_state
 
     def emit(self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[Spec]) -> None:
-        SC, RS, Ev, Lk = self._SpanContext, self._ReadableSpan, self._Event, self._Link
-        tflags = self._TraceFlags(flags)
-        kinds, resource, scope, on_end = self._kinds, self._resource, self._scope, None
+        SC, RS = self._SpanContext, self._ReadableSpan
+        tflags = self._flags[flags]
+        kinds, resource, scope, ok = self._kinds, self._resource, self._scope, self._ok
         on_end = self._processor.on_end
+        made: dict[int, Any] = {}  # parents are emitted first: reuse their contexts
         for name, span_id, parent_id, kind, start, end, attrs, events, status, links in specs:
             ctx = SC(trace_id, span_id, False, tflags, state)
-            parent_ctx = parent if parent_id == 0 else SC(trace_id, parent_id, False, tflags, state)
-            span = RS(
-                name=name,
-                context=ctx,
-                parent=parent_ctx,
-                resource=resource,
-                attributes=attrs,
-                events=[Ev(n, a, t) for n, t, a in events] if events else (),
-                links=[Lk(SC(t, s, False, self._TraceFlags(f))) for t, s, f in links]
-                if links
-                else (),
-                kind=kinds[kind],
-                status=self._Status(self._ERROR, status[1]) if status else self._ok,
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=scope,
+            made[span_id] = ctx
+            if parent_id == 0:
+                parent_ctx = parent
+            else:
+                parent_ctx = made.get(parent_id) or SC(trace_id, parent_id, False, tflags, state)
+            on_end(
+                RS(
+                    name,
+                    ctx,
+                    parent_ctx,
+                    resource,
+                    attrs,
+                    [self._Event(n, a, t) for n, t, a in events] if events else (),
+                    [self._Link(SC(t, s, False, self._flags[f])) for t, s, f in links]
+                    if links
+                    else (),
+                    kinds[kind],
+                    None,
+                    self._Status(self._ERROR, status[1]) if status else ok,
+                    start,
+                    end,
+                    scope,
+                )
             )
-            on_end(span)
 
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
         SC, TF = self._SpanContext, self._TraceFlags
@@ -315,6 +343,7 @@ def _setup_worker_tracing() -> _WorkerTracing:
         from opentelemetry.sdk.trace import TracerProvider as SdkProvider
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
     except ImportError:  # pragma: no cover - no SDK in the worker: propagate only
+        _attach_base_context()
         return state
 
     class _Collector(SpanProcessor):  # type: ignore[misc]
@@ -343,18 +372,46 @@ def _setup_worker_tracing() -> _WorkerTracing:
         own.add_span_processor(collector)
         trace.set_tracer_provider(own)
     state.ok = True
+    _attach_base_context()
     return state
 
 
+def _attach_base_context() -> None:
+    """Run the worker, between traced tasks, under a valid but unsampled parent.
+
+    Under fork the worker's context is whatever the forking thread had current then (a
+    stale request span), and a task that was not sampled carries no context at all:
+    either way, spans that task code makes would otherwise be recorded as children of
+    the wrong span or as orphan roots. Under this parent, parent-based samplers drop
+    them, as they would have been in the caller's process.
+    """
+    import random
+
+    rng = random.SystemRandom()
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, True, trace.TraceFlags(0)
+        )
+    )
+    otel_context.attach(trace.set_span_in_context(span, otel_context.Context()))
+
+
+def worker_init_tracing() -> None:
+    """At worker start: if an SDK provider was inherited (fork), take it over now."""
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+
+    if isinstance(trace.get_tracer_provider(), SdkProvider):
+        _setup_worker_tracing()
+
+
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
-    """Make the task's worker-run span current in the worker (from an empty context)."""
+    """Make a sampled task's worker-run span current in the worker."""
     if WORKER.tracing is None:
         _setup_worker_tracing()
     trace_id, span_id, flags = trace_info
     span = trace.NonRecordingSpan(
         trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags))
     )
-    # An empty base: under fork the worker's context is the caller's at fork time.
     return otel_context.attach(trace.set_span_in_context(span, otel_context.Context()))
 
 

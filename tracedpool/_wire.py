@@ -1,18 +1,21 @@
 """What travels between the parent and its workers, and the worker-side half of tracing.
 
-``_Task`` wraps the user's call. It pickles as one flat reduce tuple
-``(header, fn, *args, *kwarg_values)``: one pickling pass, so aliasing is kept
-(``f(x, x)`` still receives one object) and the hot path pays no probing. Faults are
-located only after they happen:
+A task that is not being traced travels exactly as the stdlib sends it: no wrapper, no
+extra bytes. A *sampled* task is wrapped in ``_Task``, which pickles as one flat reduce
+tuple ``(header, fn, *args, *kwarg_values)``: one pickling pass, so aliasing is kept
+(``f(x, x)`` still receives one object), and the header carries the trace context.
+
+Faults are located only after they happen, so locating costs the hot path nothing:
 
 * in the parent's feeder thread, by pickling each part again (``probe_parts``);
-* in the worker, by replaying the failed message through the pure-Python unpickler
-  and reading how far it got (``locate_call_failure``).
+* in the worker, by replaying the failed message through the pure-Python unpickler to
+  find the opcode that raised, and walking the opcodes statically (``pickletools``)
+  to learn which part of the call that opcode was rebuilding (``locate_call_failure``).
 
 A per-pool *status pipe* carries small records from workers to the parent, each written
 with a single non-blocking ``os.write`` below ``PIPE_BUF`` (atomic, never blocks, and no
-lock is shared between workers, so a killed worker cannot wedge the others): "task N
-started here", "task N failed to unpickle here", "the initializer failed here".
+lock is shared between workers, so a killed worker cannot wedge the others): "work item
+N started here", "work item N failed to unpickle here", "the initializer failed here".
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ from typing import Any
 
 time_ns = time.time_ns
 
-TAG = "tracedpool/1"
+TAG = "tracedpool/2"
 
-# Indices into the per-task metadata list a worker attaches to its result item.
-M_SEQ, M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS = range(7)
+# Indices into the per-task metadata list a worker attaches to a traced result item.
+M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS = range(6)
 
-# Status records: kind, pid, task sequence, timestamp; FAULT and INIT_FAIL carry a JSON
-# payload after a length. Kept under PIPE_BUF (4096 on Linux) so each write is atomic.
+# Status records: kind, pid, work id, timestamp; FAULT and INIT_FAIL carry a JSON payload
+# after a length. Kept under PIPE_BUF (4096 on Linux) so each write is atomic.
 _REC = struct.Struct("<Biqq")
 _LEN = struct.Struct("<I")
 REC_START = 1
@@ -53,7 +56,7 @@ class WorkerState:
     status_fd: int = -1
     status_conn: Any = None
     pending_meta: list[Any] | None = None
-    current_seq: int = -1
+    current_work_id: int = -1
     last_recv_ns: int = 0
     tracing: Any = None
 
@@ -62,7 +65,7 @@ WORKER = WorkerState()
 
 
 def feeder_task() -> Any:
-    """The task the current feeder thread is pickling (set by ``_Task.__reduce__``)."""
+    """The traced task the current feeder thread is pickling (set by ``__reduce__``)."""
     return getattr(_feeder, "task", None)
 
 
@@ -71,23 +74,16 @@ def clear_feeder_task() -> None:
 
 
 class _Task:
-    """The user's call, as submitted to the stdlib pool in place of ``fn``."""
+    """A sampled task's call, submitted to the stdlib pool in place of ``fn``."""
 
-    __slots__ = ("args", "fn", "kwargs", "rec", "seq", "trace")
+    __slots__ = ("args", "fn", "kwargs", "rec", "trace")
 
     def __init__(
-        self,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        seq: int,
-        trace: Any,
-        rec: Any,
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], trace: Any, rec: Any
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.seq = seq
         self.trace = trace
         self.rec = rec
 
@@ -99,46 +95,38 @@ class _Task:
             rec.t_ser0 = time_ns()
         kwargs = self.kwargs
         if kwargs:
-            header = (TAG, self.seq, len(self.args), tuple(kwargs), self.trace)
+            header = (TAG, len(self.args), tuple(kwargs), self.trace)
             return (_rebuild_task, (header, self.fn, *self.args, *kwargs.values()))
-        header = (TAG, self.seq, len(self.args), (), self.trace)
-        return (_rebuild_task, (header, self.fn, *self.args))
+        return (_rebuild_task, ((TAG, len(self.args), (), self.trace), self.fn, *self.args))
 
     def __call__(self) -> Any:
         # Runs in the worker, called by the stdlib's _process_worker.
+        from . import _otel
+
         w = WORKER
-        seq = self.seq
-        w.current_seq = seq
-        t_run0 = time_ns()
-        if w.status_fd >= 0:
-            _write(w.status_fd, _REC.pack(REC_START, os.getpid(), seq, t_run0))
-        if self.trace is None:
+        meta: list[Any] = [os.getpid(), w.last_recv_ns, time_ns(), 0, 0, None]
+        w.pending_meta = meta
+        token = _otel.worker_attach(self.trace)
+        try:
             return self.fn(*self.args, **self.kwargs)
-        return _run_traced(self, t_run0)
+        finally:
+            meta[M_RUN1] = time_ns()
+            meta[M_SPANS] = _otel.worker_detach(token)
 
 
 def _rebuild_task(header: tuple[Any, ...], fn: Any, *parts: Any) -> _Task:
-    _tag, seq, nargs, kwnames, trace = header
+    _tag, nargs, kwnames, trace = header
     if kwnames:
-        args = parts[:nargs]
-        kwargs = dict(zip(kwnames, parts[nargs:], strict=True))
-    else:
-        args, kwargs = parts, {}
-    return _Task(fn, args, kwargs, seq, trace, None)
+        return _Task(fn, parts[:nargs], dict(zip(kwnames, parts[nargs:], strict=True)), trace, None)
+    return _Task(fn, parts, {}, trace, None)
 
 
-def _run_traced(task: _Task, t_run0: int) -> Any:
-    from . import _otel
-
+def record_start(work_id: int) -> None:
+    """Worker side: "work item ``work_id`` starts on this pid now"."""
     w = WORKER
-    meta: list[Any] = [task.seq, os.getpid(), w.last_recv_ns, t_run0, 0, 0, None]
-    w.pending_meta = meta
-    token = _otel.worker_attach(task.trace)
-    try:
-        return task.fn(*task.args, **task.kwargs)
-    finally:
-        meta[M_RUN1] = time_ns()
-        meta[M_SPANS] = _otel.worker_detach(token)
+    w.current_work_id = work_id
+    if w.status_fd >= 0:
+        _write(w.status_fd, _REC.pack(REC_START, os.getpid(), work_id, time_ns()))
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -148,7 +136,7 @@ def _write(fd: int, data: bytes) -> None:
         pass  # pipe full (EAGAIN) or parent gone: the record is dropped, never blocks
 
 
-def _write_payload(fd: int, kind: int, seq: int, payload: dict[str, Any]) -> None:
+def _write_payload(fd: int, kind: int, work_id: int, payload: dict[str, Any]) -> None:
     if fd < 0:
         return
     body = json.dumps(payload, default=str).encode("utf-8", "replace")
@@ -158,7 +146,7 @@ def _write_payload(fd: int, kind: int, seq: int, payload: dict[str, Any]) -> Non
         tb = payload.get("traceback", "")
         payload["traceback"] = "..." + tb[-max(0, len(tb) - (len(body) - room) - 3) :]
         body = json.dumps(payload, default=str).encode("utf-8", "replace")[:room]
-    header = _REC.pack(kind, os.getpid(), seq, time_ns())
+    header = _REC.pack(kind, os.getpid(), work_id, time_ns())
     _write(fd, header + _LEN.pack(len(body)) + body)
 
 
@@ -178,7 +166,7 @@ def qualname(obj: Any) -> str:
     return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
-# -- worker initialisation -----------------------------------------------------------------
+# -- worker initialisation ------------------------------------------------------------------
 def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]) -> None:
     """The initializer every worker runs: the status pipe, then the user's initializer."""
     w = WORKER
@@ -189,6 +177,12 @@ def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]
         w.status_fd = fd
     except Exception:
         w.status_fd = -1
+    try:
+        from . import _otel
+
+        _otel.worker_init_tracing()
+    except Exception:
+        pass
     if user_init is None:
         return
     try:
@@ -200,116 +194,171 @@ def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]
         raise
 
 
-# -- locating faults -----------------------------------------------------------------------
-def target_name(done: int, nargs: int, kwnames: tuple[str, ...]) -> str:
-    """The part of a call that the ``done``-th slot after the header holds."""
-    if done == 0:
-        return "fn"
-    if done - 1 < nargs:
-        return f"args[{done - 1}]"
-    index = done - 1 - nargs
-    return f"kwargs[{kwnames[index]}]" if index < len(kwnames) else "call"
+# -- locating a call that failed to unpickle --------------------------------------------------
+_MARK = object()
+_MEMO_SET = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+# The stdlib's _CallItem pickles its __dict__ in this order (3.10 to 3.14).
+_CALL_KEYS = ("work_id", "fn", "args", "kwargs")
+
+
+class _Trace:
+    """A static walk of a pickle: the stack size after each opcode, and a snapshot of the
+    literal values (strings, ints) on the stack just before a chosen opcode."""
+
+    def __init__(self, data: bytes, snapshot_at: int) -> None:
+        self.ops = list(pickletools.genops(data))
+        self.lengths: list[int] = []
+        self.lows: list[int] = []
+        self.snapshot: list[Any] = []
+        stack: list[Any] = []
+        memo: dict[Any, Any] = {}
+        for i, (op, arg, _pos) in enumerate(self.ops):
+            if i == snapshot_at:
+                self.snapshot = list(stack)
+            name = op.name
+            if name in _MEMO_SET:
+                if stack:
+                    memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+                low = len(stack)
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    below = before.index(pickletools.markobject)
+                    while stack and stack[-1] is not _MARK:
+                        stack.pop()
+                    if stack:
+                        stack.pop()
+                    if below:
+                        del stack[-below:]
+                elif before:
+                    del stack[-len(before) :]
+                low = len(stack)
+                if name in _MEMO_GET:
+                    stack.append(memo.get(arg))
+                elif op.stack_after == [pickletools.markobject]:
+                    stack.append(_MARK)
+                else:
+                    literal = arg if isinstance(arg, (str, int)) and op.stack_after else None
+                    stack.extend(literal for _ in op.stack_after)
+            self.lengths.append(len(stack))
+            self.lows.append(low)
+
+    def finish(self, start: int, end: int, level: int) -> int:
+        """The last opcode in [start, end) after which the stack is at most ``level``."""
+        for i in range(end - 1, start - 1, -1):
+            if self.lengths[i] <= level:
+                return i
+        return start - 1
+
+    def in_progress(self, base: int, start: int, end: int, failed_at: int, count: int) -> int:
+        """Which of ``count`` consecutive values, the first at stack index ``base`` and
+        built by opcodes [start, end), was being rebuilt at ``failed_at``."""
+        for k in range(count):
+            if self.finish(start, end, base + k + 1) >= failed_at:
+                return k
+        return count
 
 
 def locate_call_failure(buf: Any) -> tuple[int, str] | None:
-    """Which task and which part made a call message fail to unpickle.
+    """Which work item and which part of its call made a message fail to unpickle.
 
-    Two passes over the message, both after the failure (nothing on the hot path):
-
-    1. Replay it through the pure-Python unpickler, counting opcodes, to learn the index
-       of the opcode that raised (the worker is dying anyway).
-    2. Walk the opcodes statically (``pickletools``) with a model of the unpickler's
-       stack, to learn which opcode finishes each part of our flat reduce tuple
-       ``(header, fn, *args, *kwarg_values)``. The failing part is the first one not
-       finished before the failing opcode.
+    Two passes, both after the failure: the pure-Python unpickler replays the message to
+    find the opcode that raised (the worker is about to die anyway), then a static walk
+    of the opcodes maps that opcode to ``fn``, ``args[i]`` or ``kwargs[name]``.
     """
     data = bytes(buf)
     failed_at = _failing_opcode(data)
     if failed_at is None:
         return None  # it did not fail a second time: the part cannot be named
     try:
-        ops = list(pickletools.genops(data))
+        walk = _Trace(data, failed_at)
     except Exception:
         return None
-    stack: list[Any] = []
-    lengths: list[int] = []  # stack size after each opcode
-    lows: list[int] = []  # stack size after its pops, before its pushes
-    header_at = header_len = -1
-    header: tuple[Any, ...] | None = None
-    tag_mark = -1
-    for i, (op, arg, _pos) in enumerate(ops):
-        lows.append(_simulate(stack, op))
-        if arg == TAG and header_at < 0 and tag_mark < 0:
-            tag_mark = max((k for k, x in enumerate(stack) if x is _MARK), default=-1)
-        elif tag_mark >= 0 and header_at < 0 and len(stack) == tag_mark + 1:
-            header_at, header_len = i, len(stack)
-        lengths.append(len(stack))
-    if header_at < 0:
+    ops = walk.ops
+    key_at = next((i for i, (_o, a, _p) in enumerate(ops) if a == "work_id"), -1)
+    if key_at < 0 or key_at + 1 >= len(ops):
         return None
-    header = _header_values(ops, header_at)
-    if header is None:
-        return None
-    seq, nargs, kwnames = header
-    n_parts = 1 + nargs + len(kwnames)
-    # The tuple closes at the opcode that pops the header itself.
-    close = next((i for i in range(header_at + 1, len(ops)) if lows[i] < header_len), len(ops))
-    if failed_at <= header_at or failed_at >= close:
-        return seq, "call"
-    for part in range(n_parts):
-        level = header_len + part + 1
-        finished = max((i for i in range(header_at + 1, close) if lengths[i] <= level), default=-1)
-        if finished >= failed_at:
-            return seq, target_name(part, nargs, kwnames)
-    return seq, "call"
+    work_id = next(
+        (a for o, a, _p in ops[key_at + 1 : key_at + 4] if "INT" in o.name and isinstance(a, int)),
+        -1,
+    )
+    if failed_at <= key_at:
+        return work_id, "call"
+    base = walk.lengths[key_at] - 1  # the key 'work_id' sits at this stack index
+    close = next((i for i in range(key_at + 1, len(ops)) if walk.lows[i] <= base), len(ops))
+    if failed_at >= close:
+        return work_id, "call"
+    item = walk.in_progress(base, key_at, close, failed_at, 2 * len(_CALL_KEYS))
+    key = _CALL_KEYS[min(item // 2, len(_CALL_KEYS) - 1)]
+    if key == "work_id":
+        return work_id, "call"
+    start = walk.finish(key_at, close, base + item) + 1  # first opcode of this value
+    end = walk.finish(key_at, close, base + item + 1) + 1
+    if key == "fn":
+        tag_at = next((i for i in range(start, end) if ops[i][1] == TAG), -1)
+        return work_id, (_locate_in_task(walk, tag_at, failed_at) if tag_at >= 0 else "fn")
+    return work_id, _locate_in_container(walk, key, base + item + 1, start, end, failed_at)
 
 
-_MARK = object()
-_MEMO_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+def _locate_in_task(walk: _Trace, tag_at: int, failed_at: int) -> str:
+    """Inside a traced task's flat tuple (header, fn, *args, *kwarg_values)."""
+    header_mark = walk.lengths[tag_at] - 2  # the header tuple's MARK
+    header_at = next(
+        (i for i in range(tag_at + 1, len(walk.ops)) if walk.lengths[i] == header_mark + 1),
+        -1,
+    )
+    if header_at < 0 or failed_at <= header_at:
+        return "fn"
+    values = [a for _o, a, _p in walk.ops[tag_at:header_at] if isinstance(a, (str, int))]
+    nargs = values[1] if len(values) > 1 and isinstance(values[1], int) else 0
+    kwnames = tuple(v for v in values[2:] if isinstance(v, str))
+    base = header_mark  # the header's own index once built
+    close = next(
+        (i for i in range(header_at + 1, len(walk.ops)) if walk.lows[i] <= base), len(walk.ops)
+    )
+    part = walk.in_progress(base + 1, header_at + 1, close, failed_at, 1 + nargs + len(kwnames))
+    return target_name(part, nargs, kwnames)
 
 
-def _simulate(stack: list[Any], op: Any) -> int:
-    """Apply one opcode's effect on the unpickler's stack (sizes only; marks kept);
-    return the stack size between its pops and its pushes."""
-    before = op.stack_before
-    if op.name in _MEMO_OPS:  # stores the top in the memo; pops nothing
-        return len(stack)
-    if pickletools.markobject in before:
-        below = before.index(pickletools.markobject)
-        while stack and stack[-1] is not _MARK:
-            stack.pop()
-        if stack:
-            stack.pop()
-        if below:
-            del stack[-below:]
-    elif before:
-        del stack[-len(before) :]
-    low = len(stack)
-    stack.extend(_MARK if x is pickletools.markobject else None for x in op.stack_after)
-    return low
+def _locate_in_container(
+    walk: _Trace, key: str, index: int, start: int, end: int, failed_at: int
+) -> str:
+    """Inside the stdlib call item's ``args`` tuple or ``kwargs`` dict."""
+    ops = walk.ops
+    first = ops[start][0].name if start < len(ops) else ""
+    closing = max((i for i in range(start, end) if ops[i][0].name not in _MEMO_SET), default=-1)
+    if closing < 0:
+        return key
+    if key == "args":
+        # MARK items... TUPLE, or up to three items pushed in place and TUPLE1-3.
+        base = walk.lengths[start] if first == "MARK" else index - 1
+        i = walk.in_progress(base, start + (first == "MARK"), closing, failed_at, 1 << 30)
+        return f"args[{i}]"
+    # kwargs: EMPTY_DICT, then MARK k v ... SETITEMS, or k v SETITEM for a single item.
+    mark_at = next((i for i in range(start, closing) if ops[i][0].name == "MARK"), -1)
+    if mark_at >= 0:
+        base, begin = walk.lengths[mark_at], mark_at + 1
+    else:
+        begin = next(
+            (i + 1 for i in range(start, closing) if ops[i][0].name == "EMPTY_DICT"), start
+        )
+        while begin < closing and ops[begin][0].name in _MEMO_SET:
+            begin += 1
+        base = index
+    item = walk.in_progress(base, begin, closing, failed_at, 1 << 30)
+    name = walk.snapshot[base + item - item % 2] if base + item < len(walk.snapshot) else None
+    return f"kwargs[{name}]" if isinstance(name, str) else "kwargs"
 
 
-def _header_values(ops: list[Any], header_end: int) -> tuple[int, int, tuple[str, ...]] | None:
-    """seq, nargs and kwarg names, read from the header's literal opcodes."""
-    values: list[Any] = []
-    names: list[str] = []
-    in_kwnames = False
-    for op, arg, _pos in ops[: header_end + 1]:
-        if arg == TAG:
-            values = []
-            names = []
-            in_kwnames = False
-            continue
-        if isinstance(arg, int) and not isinstance(arg, bool) and "INT" in op.name:
-            if len(values) < 2:
-                values.append(arg)
-            continue
-        if len(values) == 2 and isinstance(arg, str) and "UNICODE" in op.name:
-            in_kwnames = True
-            names.append(arg)
-    del in_kwnames
-    if len(values) < 2:
-        return None
-    return values[0], values[1], tuple(names)
+def target_name(part: int, nargs: int, kwnames: tuple[str, ...]) -> str:
+    """The part of a call at position ``part`` of (fn, *args, *kwarg_values)."""
+    if part == 0:
+        return "fn"
+    if part - 1 < nargs:
+        return f"args[{part - 1}]"
+    index = part - 1 - nargs
+    return f"kwargs[{kwnames[index]}]" if index < len(kwnames) else "call"
 
 
 def _failing_opcode(data: bytes) -> int | None:
@@ -335,24 +384,27 @@ def _failing_opcode(data: bytes) -> int | None:
 
 
 def report_worker_unpickle_failure(fd: int, buf: Any, e: BaseException) -> None:
-    """Tell the parent which task and part failed to unpickle, before the worker dies."""
+    """Tell the parent which work item and part failed to unpickle, before the worker dies."""
     try:
         located = locate_call_failure(buf)
-        seq, target = located if located is not None else (-1, "call")
+        work_id, target = located if located is not None else (-1, "call")
         facts = _exc_facts(e)
         facts.update(stage="worker-unpickle", target=target)
-        _write_payload(fd, REC_FAULT, seq, facts)
+        _write_payload(fd, REC_FAULT, work_id, facts)
     except BaseException:
         pass
 
 
-def probe_parts(task: _Task) -> tuple[str, str, BaseException | None]:
+# -- locating a call that failed to pickle ------------------------------------------------------
+def probe_parts(fn: Any, args: Any, kwargs: Any) -> tuple[str, str, BaseException | None]:
     """Which part of a call fails to pickle on its own: (target, type name, error)."""
     from multiprocessing.reduction import ForkingPickler
 
-    parts: list[tuple[str, Any]] = [("fn", task.fn)]
-    parts += [(f"args[{i}]", a) for i, a in enumerate(task.args)]
-    parts += [(f"kwargs[{k}]", v) for k, v in task.kwargs.items()]
+    if type(fn) is _Task:
+        fn, args, kwargs = fn.fn, fn.args, fn.kwargs
+    parts: list[tuple[str, Any]] = [("fn", fn)]
+    parts += [(f"args[{i}]", a) for i, a in enumerate(args or ())]
+    parts += [(f"kwargs[{k}]", v) for k, v in (kwargs or {}).items()]
     for name, part in parts:
         try:
             ForkingPickler.dumps(part)
@@ -364,17 +416,18 @@ def probe_parts(task: _Task) -> tuple[str, str, BaseException | None]:
 FAULT_ATTR = "__tracedpool_fault__"
 
 
-def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, seq: int) -> None:
+def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work_id: int) -> None:
     """Mark an exception with where a pickling fault struck; add a note on 3.11+."""
     typename = objtype if isinstance(objtype, str) else qualname(objtype)
     try:
-        setattr(e, FAULT_ATTR, (stage, target, typename, seq))
+        setattr(e, FAULT_ATTR, (stage, target, typename, work_id))
     except Exception:
         return
     add_note = getattr(e, "add_note", None)
     if add_note is not None:
         verb = "unpickle" if stage.endswith("unpickle") else "pickle"
-        add_note(f"tracedpool: could not {verb} {target} ({typename}) at stage {stage}")
+        what = f"{target} ({typename})" if typename else target
+        add_note(f"tracedpool: could not {verb} {what} at stage {stage}")
 
 
 def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
@@ -384,7 +437,7 @@ def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
     return value if isinstance(value, tuple) and len(value) == 4 else None
 
 
-# -- reading the status pipe in the parent -------------------------------------------------
+# -- reading the status pipe in the parent ------------------------------------------------------
 class StatusReader:
     """Parses status records; drained by the manager thread and at breakage."""
 
@@ -394,7 +447,7 @@ class StatusReader:
         os.set_blocking(self._fd, False)
         self._pending = b""
         self._lock = threading.Lock()
-        self.started: dict[int, tuple[int, int]] = {}  # pid -> (seq, t_ns) last started
+        self.started: dict[int, tuple[int, int]] = {}  # pid -> (work id, t_ns) last started
         self.faults: list[dict[str, Any]] = []
         self.init_failures: list[dict[str, Any]] = []
 
@@ -404,23 +457,21 @@ class StatusReader:
             while True:
                 try:
                     data = os.read(self._fd, 65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
+                except OSError:  # EAGAIN: nothing more; EBADF: closed at shutdown
                     break
                 if not data:
                     break
                 chunks.append(data)
-            buf = b"".join(chunks)
-            self._pending = self._parse(buf)
+            self._pending = self._parse(b"".join(chunks))
 
     def _parse(self, buf: bytes) -> bytes:
         pos, size = 0, len(buf)
         rec, length = _REC, _LEN
+        started = self.started
         while size - pos >= rec.size:
-            kind, pid, seq, t = rec.unpack_from(buf, pos)
+            kind, pid, work_id, t = rec.unpack_from(buf, pos)
             if kind == REC_START:
-                self.started[pid] = (seq, t)
+                started[pid] = (work_id, t)
                 pos += rec.size
                 continue
             if size - pos < rec.size + length.size:
@@ -433,7 +484,7 @@ class StatusReader:
                 payload = json.loads(buf[pos + rec.size + length.size : end])
             except ValueError:
                 payload = {}
-            payload.update(pid=pid, seq=seq, t_ns=t)
+            payload.update(pid=pid, work_id=work_id, t_ns=t)
             (self.faults if kind == REC_FAULT else self.init_failures).append(payload)
             pos = end
         return buf[pos:]
