@@ -35,7 +35,6 @@ The stall detector (a later milestone) watches the manager's wakes and the statu
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import multiprocessing
 import os
