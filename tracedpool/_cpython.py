@@ -29,6 +29,7 @@ import pickle
 import pickletools
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,17 @@ HAS_MAX_TASKS_PER_CHILD: bool = (
 #: ``_replace_dead_worker``; the gh-115634 and gh-119592 workarounds must then stand down.
 HAS_REPLACE_DEAD_WORKER: bool = hasattr(
     getattr(_cfp, "_ExecutorManagerThread", object), "_replace_dead_worker"
+)
+
+#: gh-125451 (3.12.0-3.12.7, 3.13.0): the manager holds ``shutdown_lock`` while it joins
+#: the feeder thread (``_join_executor_internals``), and the feeder's error path takes the
+#: same lock to wake the manager: a pickling error during shutdown deadlocks both. Fixed
+#: upstream by giving ``_ThreadWakeup`` its own lock, which also dropped ``shutdown_lock``
+#: from ``_SafeQueue``; its presence there marks the affected versions.
+FEEDER_LOCK_ORDER_HAZARD: bool = (
+    HOOKS_AVAILABLE
+    and "shutdown_lock" in inspect.signature(_cfp._SafeQueue.__init__).parameters
+    and hasattr(_cfp._ExecutorManagerThread, "_join_executor_internals")
 )
 
 if HOOKS_AVAILABLE:
@@ -150,7 +162,32 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
                 observer.on_feeder_error(e, obj)
             except BaseException:
                 observer.internal_error("feeder-error")
+            if FEEDER_LOCK_ORDER_HAZARD:
+                self._fail_item_without_deadlock(e, obj)
+                return
         super()._on_queue_feeder_error(e, obj)
+
+    def _fail_item_without_deadlock(self, e: BaseException, obj: Any) -> None:
+        """The stdlib's feeder-error steps, minus the gh-125451 deadlock: never wait for
+        ``shutdown_lock`` while the manager holds it to join this very thread (it needs
+        no wake-up then: it is already shutting down)."""
+        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        e.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+        work_item = self.pending_work_items.pop(obj.work_id, None)
+        lock = self.shutdown_lock
+        manager = getattr(self._tp_observer, "manager", None)
+        while True:
+            if lock.acquire(timeout=0.05):
+                try:
+                    if not getattr(self.thread_wakeup, "_closed", False):
+                        self.thread_wakeup.wakeup()
+                finally:
+                    lock.release()
+                break
+            if manager is None or getattr(manager, "_tp_joining", False):
+                break
+        if work_item is not None:
+            work_item.future.set_exception(e)
 
     def _start_thread(self) -> None:
         super()._start_thread()
@@ -395,7 +432,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
     def __init__(self, executor: Any, observer: Any) -> None:
         super().__init__(executor)
         self._tp_observer = observer
-        self._tp_wait_start = 0
+        self._tp_joining = False
+        observer.manager = self
 
     def run(self) -> None:
         try:
@@ -434,7 +472,12 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                     self._tp_observer.internal_error("result")
         super().process_result_item(result_item)
 
+    def join_executor_internals(self, *args: Any, **kwargs: Any) -> None:
+        self._tp_joining = True  # see TracedCallQueue._fail_item_without_deadlock
+        super().join_executor_internals(*args, **kwargs)
+
     def terminate_broken(self, cause: Any, *args: Any, **kwargs: Any) -> None:
+        self._tp_joining = True
         try:
             failures = self._tp_observer.on_broken(self, cause)
         except BaseException:

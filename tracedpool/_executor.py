@@ -108,6 +108,7 @@ class _PoolState:
         self.t_created = time_ns()
         self.parent_pid = os.getpid()
         self.manager_name = ""
+        self.manager: Any = None  # the pool's TracedManagerThread, once started
         self.result_queue = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
         self.oom_before = cgroup_oom_kills()
