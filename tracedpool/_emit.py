@@ -32,62 +32,33 @@ _MAX_REPR = 256
 
 
 class TaskRecord:
-    """Stage timestamps of one sampled task; filled in by the hooks, read by the emitter."""
+    """Stage timestamps of one sampled task; filled in by the hooks, read by the emitter.
 
-    __slots__ = (
-        "arg_types",
-        "args_repr",
-        "chunksize",
-        "exc",
-        "fault",
-        "flags",
-        "fn",
-        "future",
-        "kwarg_names",
-        "meta",
-        "outcome",
-        "parent",
-        "payload_bytes",
-        "result_bytes",
-        "result_type",
-        "span_id",
-        "state",
-        "submit_thread",
-        "t_done",
-        "t_enqueue",
-        "t_read",
-        "t_ser0",
-        "t_ser1",
-        "t_submit0",
-        "t_submit1",
-        "t_written",
-        "trace_id",
-        "trace_state",
-        "work_id",
-        "worker_span_id",
-    )
+    Class-level defaults keep ``__init__`` short: most fields stay at their default for
+    most tasks, and this object is built once per sampled task on the caller's thread.
+    """
+
+    work_id = -1
+    worker_span_id = 0
+    t_submit1 = t_enqueue = t_ser0 = t_ser1 = t_written = t_read = t_done = 0
+    payload_bytes = result_bytes = -1
+    meta: list[Any] | None = None
+    outcome = ""
+    exc: BaseException | None = None
+    fault: tuple[str, str, str] | None = None
+    chunksize = -1
+    arg_types: tuple[type, ...] = ()
+    kwarg_names: tuple[str, ...] = ()
+    result_type: type | None = None
+    args_repr: str | None = None
+    future: Any = None
+    submit_thread = ""
 
     def __init__(self, state: Any, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
-        self.work_id = -1
         self.fn = fn
         self.t_submit0 = t0
         self.trace_id, self.span_id, self.flags, self.trace_state, self.parent = sampled
-        self.worker_span_id = 0
-        self.t_submit1 = self.t_enqueue = self.t_ser0 = self.t_ser1 = self.t_written = 0
-        self.t_read = self.t_done = 0
-        self.payload_bytes = self.result_bytes = -1
-        self.meta: list[Any] | None = None
-        self.outcome = ""
-        self.exc: BaseException | None = None
-        self.fault: tuple[str, str, str] | None = None
-        self.chunksize = -1
-        self.arg_types: tuple[type, ...] = ()
-        self.kwarg_names: tuple[str, ...] = ()
-        self.result_type: type | None = None
-        self.args_repr: str | None = None
-        self.future: Any = None
-        self.submit_thread = ""
 
     def __call__(self, future: Any) -> None:
         """The future's done-callback, on whichever thread completed it."""

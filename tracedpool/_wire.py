@@ -59,6 +59,8 @@ class WorkerState:
     current_work_id: int = -1
     last_recv_ns: int = 0
     tracing: Any = None
+    otel: Any = None  # the _otel module, imported by the first traced task
+    pid: int = 0
 
 
 WORKER = WorkerState()
@@ -101,17 +103,21 @@ class _Task:
 
     def __call__(self) -> Any:
         # Runs in the worker, called by the stdlib's _process_worker.
-        from . import _otel
-
         w = WORKER
-        meta: list[Any] = [os.getpid(), w.last_recv_ns, time_ns(), 0, 0, None]
+        meta: list[Any] = [w.pid, w.last_recv_ns, time_ns(), 0, 0, None]
         w.pending_meta = meta
-        token = _otel.worker_attach(self.trace)
+        otel = w.otel
+        if otel is None:
+            from . import _otel as otel
+
+            w.otel = otel
+            w.pid = meta[M_PID] = os.getpid()
+        token = otel.worker_attach(self.trace)
         try:
             return self.fn(*self.args, **self.kwargs)
         finally:
             meta[M_RUN1] = time_ns()
-            meta[M_SPANS] = _otel.worker_detach(token)
+            meta[M_SPANS] = otel.worker_detach(token)
 
 
 def _rebuild_task(header: tuple[Any, ...], fn: Any, *parts: Any) -> _Task:
