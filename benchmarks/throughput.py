@@ -31,9 +31,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,9 @@ def noop(x: int) -> int:
 
 
 def sleep_1ms(x: int) -> int:
-    # Sleep, not busy-wait: the worker holds no CPU, so what is left to measure is the pool's own
-    # per-task overhead (the parent's threads are not competing with the workers for 2 cores).
+    # Sleep, not busy-wait: the workers then leave the CPUs to the parent, so the ratio shows
+    # whether the pool's per-task overhead (submit, feeder, manager, telemetry threads) stays
+    # hidden behind 1 ms of task time, not how much CPU it would take from busy workers.
     time.sleep(0.001)
     return x
 
@@ -127,11 +129,13 @@ class Params:
     rounds: int
     n: dict[str, int]  # tasks per round, by workload key (only the selected workloads)
     timeout: float  # seconds allowed per mode before its process is stopped
+    start_method: str  # of both pools' workers
 
     def argv(self) -> list[str]:
         """The flags that reproduce these parameters exactly (passed to each mode's process)."""
         args = ["--workers", str(self.workers), "--rounds", str(self.rounds)]
         args += ["--workloads", ",".join(self.n), "--timeout", str(self.timeout)]
+        args += ["--start-method", self.start_method]
         for key, n in self.n.items():
             args += [f"--n-{key.replace('_', '-')}", str(n)]
         return args
@@ -246,13 +250,13 @@ def install_sdk(ratio: float | None) -> Telemetry:
     return Telemetry(spans=lambda: exported[0], flush=flush, shutdown=provider.shutdown)
 
 
-def install_telemetry(mode: str) -> Telemetry:
+def install_telemetry(mode: str, ctx: BaseContext) -> Telemetry:
     if mode == "sdk-1pct":
         return install_sdk(0.01)
     if mode == "sdk-always":
         return install_sdk(None)
     if mode == "no-sdk":
-        counts: SynchronizedArray[int] = multiprocessing.Array("q", 2 * len(_hook_targets()))
+        counts: SynchronizedArray[int] = ctx.Array("q", 2 * len(_hook_targets()))
         install_counters(counts, side=0)
         return Telemetry(counts=counts)
     return Telemetry()  # control: API only, nothing counted
@@ -372,11 +376,12 @@ def snapshot(telemetry: Telemetry) -> list[int]:
 
 
 def tracer_call_report(
-    labels: list[str], setup: list[int], before: list[int], after: list[int], tasks: int
+    labels: list[str], setup: list[int], after: list[int], tasks: int
 ) -> dict[str, Any]:
-    """Calls made during the measured rounds (per traced task) vs at set-up (once per pool)."""
+    """Calls made during the measured rounds (per traced task) vs before them (pool start and
+    warm-up: a constant per pool)."""
     n = len(labels)
-    during = [b - a for a, b in zip(before, after, strict=True)]
+    during = [b - a for a, b in zip(setup, after, strict=True)]
     return {
         "hooks": labels,
         "setup_parent": setup[:n],
@@ -391,16 +396,19 @@ def tracer_call_report(
 def run_mode(mode: str, params: Params) -> ModeResult:
     """Measure one telemetry mode in this process (which must not have set up telemetry)."""
     wall = time.perf_counter()
-    telemetry = install_telemetry(mode)
+    # The pools' context: shared counters must come from it too (a fork-context lock cannot
+    # be handed to a spawned worker).
+    ctx = multiprocessing.get_context(params.start_method)
+    telemetry = install_telemetry(mode, ctx)
     cls = traced_class(mode)
     result = ModeResult(
         mode=mode,
         traced_class=f"{cls.__module__}.{cls.__qualname__}",
         traced_is_placeholder=is_placeholder(cls),
         traced_source=source_fingerprint(cls),
-        start_method=multiprocessing.get_start_method(),
+        start_method=ctx.get_start_method(),
     )
-    kwargs: dict[str, Any] = {"max_workers": params.workers}
+    kwargs: dict[str, Any] = {"max_workers": params.workers, "mp_context": ctx}
     if telemetry.counts is not None:
         kwargs.update(initializer=init_counting_worker, initargs=(telemetry.counts,))
     workloads = [WORKLOADS_BY_KEY[key] for key in params.n]
@@ -439,7 +447,7 @@ def run_mode(mode: str, params: Params) -> ModeResult:
         rounds_counts = snapshot(telemetry)
     if telemetry.counts is not None:
         result.tracer_calls = tracer_call_report(
-            hook_labels(), setup_counts, setup_counts, rounds_counts, traced_tasks
+            hook_labels(), setup_counts, rounds_counts, traced_tasks
         )
     telemetry.shutdown()
     result.wall_s = time.perf_counter() - wall
@@ -451,16 +459,17 @@ def run_mode(mode: str, params: Params) -> ModeResult:
 
 @contextlib.contextmanager
 def _killed_on_exit(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """Stop a mode's process group (it and its pool workers) if we leave early."""
+    """Leave nothing of a mode's process group behind: the mode itself if we leave early, and
+    pool workers orphaned by a mode that died (they would wait for work forever)."""
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            if hasattr(os, "killpg"):
+        if hasattr(os, "killpg"):
+            with contextlib.suppress(ProcessLookupError):  # the usual case: all gone already
                 os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait()
+        elif proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def run_mode_subprocess(mode: str, params: Params) -> dict[str, Any] | str:
@@ -485,7 +494,7 @@ def run_mode_subprocess(mode: str, params: Params) -> dict[str, Any] | str:
                 return f"timed out after {params.timeout + 30:.0f} s"
         if code != 0 or not out.exists():
             return f"exited with status {code}"
-        doc = json.loads(out.read_text())
+        doc = json.loads(out.read_text(encoding="utf-8"))
         return dict(doc["modes"][mode])
 
 
@@ -529,13 +538,16 @@ def summarize(raw: dict[str, Any]) -> Summary:
     )
 
 
-def verdict(mode: str, workload: str, ratio: float) -> tuple[str, bool]:
-    """Target text for a table cell, and whether the target is met (True when there is none)."""
+def verdict(mode: str, workload: str, s: Summary) -> tuple[str, bool]:
+    """Target text for a table cell, and whether the target is met (True when there is none).
+    "marginal": the target lies inside the IQR of the per-pair ratios, so this run's noise is
+    as large as the margin and another run may well flip the verdict."""
     target = TARGETS.get((mode, workload))
     if target is None:
         return ("noise floor" if mode == "control" else "info"), True
-    ok = ratio >= target
-    return f">= {target:.2f} {'✓' if ok else '✗'}", ok
+    ok = s.ratio >= target
+    marginal = " (marginal)" if s.q1 <= target <= s.q3 else ""
+    return f">= {target:.2f} {'✓' if ok else '✗'}{marginal}", ok
 
 
 HEADER: tuple[str, ...] = ("mode", "workload", "N", "stdlib/s", "traced/s", "ratio", "IQR")
@@ -552,7 +564,7 @@ def table_rows(modes: dict[str, Any]) -> tuple[list[tuple[str, ...]], bool]:
             continue
         for key, raw in result["rounds"].items():
             s = summarize(raw)
-            target, ok = verdict(mode, key, s.ratio)
+            target, ok = verdict(mode, key, s)
             all_ok &= ok
             rows.append(
                 (
@@ -614,7 +626,7 @@ def tracer_call_lines(modes: dict[str, Any]) -> tuple[list[str], bool]:
     ok = per_task == 0
     lines = [
         f"tracer API calls per task with no SDK: {per_task:.3f} (target 0) {'✓' if ok else '✗'};"
-        f" once per pool (creation + warm-up): {sum(calls['setup_parent'])} in this process,"
+        f" before the rounds (pool start + warm-up): {sum(calls['setup_parent'])} in this process,"
         f" {sum(calls['setup_workers'])} in workers"
     ]
     for side in ("parent", "workers"):
@@ -653,10 +665,10 @@ def notes(modes: dict[str, Any]) -> list[str]:
     return lines
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(REPO_ROOT), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -664,7 +676,15 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def git_commit() -> str | None:
+    """HEAD, marked when the measured package differs from it (uncommitted edits)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--", "tracedpool"):
+        commit += " + uncommitted changes in tracedpool/"
+    return commit or None
 
 
 def cpu_model() -> str:
@@ -689,7 +709,6 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "start_method": multiprocessing.get_start_method(),
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "opentelemetry_api": package_version("opentelemetry-api"),
         "opentelemetry_sdk": package_version("opentelemetry-sdk"),
@@ -701,7 +720,7 @@ def describe(meta: dict[str, Any], params: Params) -> list[str]:
     load = meta["loadavg_at_start"]
     return [
         f"date {meta['date_utc']} UTC; {meta['cpu_count']} CPUs ({meta['cpu_model']});"
-        f" {meta['platform']}; {meta['python']}; start method {meta['start_method']}"
+        f" {meta['platform']}; {meta['python']}; start method {params.start_method}"
         + (f"; load average {load[0]:.2f}" if load else ""),
         f"OpenTelemetry API {meta['opentelemetry_api']}, SDK {meta['opentelemetry_sdk']};"
         f" git {meta['git_commit'] or 'n/a'}",
@@ -736,14 +755,14 @@ def render(doc: dict[str, Any], params: Params, markdown: bool) -> tuple[str, bo
 
 def update_markdown(path: Path, block: str) -> None:
     """Replace what is between the markers, keeping the rest of the file."""
-    text = path.read_text() if path.exists() else "# Performance\n\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n\n"
     start, end = text.find(MD_START), text.find(MD_END)
     if start == -1 or end < start:
         text = text.rstrip("\n") + f"\n\n{MD_START}\n{MD_END}\n"
         start, end = text.find(MD_START), text.find(MD_END)
     text = text[: start + len(MD_START)] + "\n" + block + text[end:]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
 
 
 # --- Command line. ---
@@ -763,6 +782,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", default=",".join(WORKLOADS_BY_KEY), help="comma-separated")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in order")
     p.add_argument("--mode", choices=MODES, help="run only this mode, in this process")
+    p.add_argument(
+        "--start-method",
+        choices=multiprocessing.get_all_start_methods(),
+        default=multiprocessing.get_start_method(),
+        help="of both pools (default: this platform's, %(default)s)",
+    )
     p.add_argument("--timeout", type=float, default=600, help="seconds per mode (default 600)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write raw per-round numbers")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="update the table in PATH")
@@ -786,7 +811,7 @@ def resolve_params(args: argparse.Namespace) -> Params:
         override = getattr(args, f"n_{key}")
         n[key] = override or (w.quick_n if args.quick else w.default_n)
     rounds = args.rounds or (3 if args.quick else 15)
-    return Params(workers=args.workers, rounds=rounds, n=n, timeout=args.timeout)
+    return Params(args.workers, rounds, n, args.timeout, args.start_method)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -794,14 +819,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = resolve_params(args)
     started = time.perf_counter()
     meta = machine_info()
-    meta["command"] = " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
+    given = sys.argv[1:] if argv is None else list(argv)
+    meta["command"] = " ".join(["python", "benchmarks/throughput.py", *given])
     modes: dict[str, Any] = {}
     if args.mode:  # one mode, here: this is how the orchestrating run below calls us
         import faulthandler
 
         # A hung pool shows where it hangs, instead of stalling the whole benchmark.
         faulthandler.dump_traceback_later(params.timeout, exit=True)
-        modes[args.mode] = vars(run_mode(args.mode, params))
+        modes[args.mode] = asdict(run_mode(args.mode, params))
     else:
         for mode in args.modes.split(","):
             log(f"mode {mode}: starting a fresh interpreter")
@@ -809,13 +835,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(modes[mode], str):
                 log(f"mode {mode}: FAILED ({modes[mode]})")
     meta["wall_s"] = time.perf_counter() - started
-    doc = {"meta": meta, "params": vars(params), "modes": modes}
+    for result in modes.values():
+        for raw in result["rounds"].values() if isinstance(result, dict) else ():
+            raw["summary"] = asdict(summarize(raw))  # for readers of --json; derived from raw
+    doc = {"meta": meta, "params": asdict(params), "modes": modes}
 
     text, ok = render(doc, params, markdown=False)
     print(text + f"\ntotal wall time {meta['wall_s']:.1f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     if args.markdown:
         update_markdown(args.markdown, render(doc, params, markdown=True)[0])
     if any(isinstance(r, str) for r in modes.values()):
@@ -824,4 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The table has ✓, μ and →; never fail on a terminal that cannot show them.
+    with contextlib.suppress(AttributeError):
+        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
     sys.exit(main())
