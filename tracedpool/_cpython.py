@@ -446,11 +446,22 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     def wait_result_broken_or_wakeup(self) -> Any:
         observer = self._tp_observer
-        t0 = time_ns()
-        observer.on_wait_start(t0)
-        result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+        if not observer.tracing and observer.wakes & 63:
+            # The common untraced wake: count it, and forget the last raw result (kept
+            # only to attribute a result that fails to unpickle).
+            observer.wakes += 1
+            result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+            if not is_broken:
+                observer.last_buf = None
+                return result_item, is_broken, cause
+            t0 = t1 = 0
+        else:
+            t0 = time_ns()
+            observer.on_wait_start(t0)
+            result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+            t1 = time_ns()
         try:
-            replaced = observer.on_wake(t0, time_ns(), result_item, is_broken, cause, self)
+            replaced = observer.on_wake(t0, t1, result_item, is_broken, cause, self)
         except BaseException:
             observer.internal_error("manager-wake")
             replaced = None
@@ -462,8 +473,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         return result_item, is_broken, cause
 
     def process_result_item(self, result_item: Any) -> None:
-        if type(result_item) is _ResultItem:
-            meta = result_item.__dict__.pop("tracedpool", None)
+        meta = getattr(result_item, "__dict__", {}).pop("tracedpool", None)
+        if meta is not None:  # only a sampled task's result carries stage timings
             work_item = self.pending_work_items.get(result_item.work_id)
             if work_item is not None and type(work_item.fn) is _Task:
                 try:

@@ -17,7 +17,7 @@ import threading
 import traceback
 import weakref
 from collections import deque
-from time import time_ns
+from time import sleep, time_ns
 from typing import Any
 
 from . import _names as N
@@ -29,6 +29,9 @@ log = logging.getLogger("tracedpool")
 
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = range(5)
 _MAX_REPR = 256
+#: Records (finished tasks and manager wakes) waiting for the emitter before new ones
+#: are dropped: bounds memory when span processors are slower than the pool.
+MAX_BACKLOG = 16384
 
 
 class TaskRecord:
@@ -105,10 +108,26 @@ class Emitter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._warned = False
+        self._warned_drop = False
         self.emitted = 0
+        self.dropped = 0
 
     def push(self, item: Any) -> None:
-        self._queue.append(item)
+        queue = self._queue
+        if len(queue) >= MAX_BACKLOG:
+            # The processors cannot keep up: drop rather than grow without bound, and say
+            # so once. (Telemetry never holds the pool back or eats its memory.)
+            self.dropped += 1
+            if not self._warned_drop:
+                self._warned_drop = True
+                log.warning(
+                    "tracedpool: span building is %d tasks behind; dropping task spans "
+                    "until it catches up (pool %s; the count is Emitter.dropped)",
+                    MAX_BACKLOG,
+                    self._state.pool_id,
+                )
+            return
+        queue.append(item)
         if self._idle:
             self._idle = False
             self._event.set()
@@ -167,6 +186,9 @@ class Emitter:
             try:
                 self._state.emit(item)
                 self.emitted += 1
+                # Span building is background work: hand the GIL to the pool's own
+                # threads (feeder, manager, callers) between tasks.
+                sleep(0)
             except ReferenceError:
                 queue.clear()
                 return

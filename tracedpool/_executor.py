@@ -51,7 +51,7 @@ from . import _names as N
 from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
 from ._errors import ResultUnpicklingError, TracedBrokenProcessPool
 from ._forensics import BreakInfo, cgroup_oom_kills, reap_dead_workers, role_of, summary
-from ._otel import Sink, resolve_sink
+from ._otel import Sink, global_provider_unset, resolve_sink
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
 
 log = logging.getLogger("tracedpool")
@@ -113,8 +113,9 @@ class _PoolState:
         self.break_info: BreakInfo | None = None
         self.oom_before = cgroup_oom_kills()
         self._wake: WakeRecord | None = None
-        self._wakes = 0
-        self._last_buf: Any = None
+        self.wakes = 0
+        self.tracing = False  # a sink exists and the pool's own trace is sampled
+        self.last_buf: Any = None
         self._last_read_t = 0
         self._last_read_n = -1
         self._feeder_error = False
@@ -126,7 +127,11 @@ class _PoolState:
     def current_sink(self) -> Sink | None:
         provider = self.provider_arg
         if provider is None:
-            provider = trace.get_tracer_provider()
+            if self.sink is not None or not global_provider_unset():
+                # The global provider can be set only once: after that it never changes.
+                provider = trace.get_tracer_provider()
+            else:
+                return None
         if provider is self._sink_provider:
             return self.sink
         return self._refresh_sink(provider)
@@ -144,6 +149,7 @@ class _PoolState:
                 self.internal_error("sink")
         self.sink = sink
         self._sink_provider = provider
+        self.tracing = sink is not None and self.pool_trace is not None
         return sink
 
     def internal_error(self, where: str) -> None:
@@ -197,12 +203,13 @@ class _PoolState:
             buf = recv(*args)
             # A reference, not a copy, kept until the message is known to unpickle: a
             # message that fails can then be attributed (see on_wake).
-            self._last_buf = buf
-            self._last_read_t = time_ns()
-            try:
-                self._last_read_n = buf.getbuffer().nbytes  # Connection gives a BytesIO
-            except Exception:
-                self._last_read_n = -1
+            self.last_buf = buf
+            if self.sink is not None:  # a sampled task may be waiting for its sendback end
+                self._last_read_t = time_ns()
+                try:
+                    self._last_read_n = buf.getbuffer().nbytes  # Connection gives a BytesIO
+                except Exception:
+                    self._last_read_n = -1
             return buf
 
         return recv_bytes
@@ -217,8 +224,8 @@ class _PoolState:
     def on_wake(
         self, t0: int, t1: int, result_item: Any, is_broken: bool, cause: Any, manager: Any
     ) -> tuple[int, BaseException] | None:
-        self._wakes += 1
-        if not self._wakes & 63:
+        self.wakes += 1
+        if not self.wakes & 63:
             # Keep the status pipe from filling: ~1 record per task, 64 KiB of room.
             self.status.drain()
         replaced = None
@@ -231,8 +238,8 @@ class _PoolState:
         else:
             reason = self._wakeup_reason()
         if replaced is None and not is_broken:
-            self._last_buf = None
-        if self.sink is not None and self.pool_trace is not None:
+            self.last_buf = None
+        if self.tracing:
             self._wake = WakeRecord(t1, t1 - t0, "result-unpickle-rescued" if replaced else reason)
         if not self.manager_name:
             self.manager_name = manager.name
@@ -252,8 +259,8 @@ class _PoolState:
         return "submit"
 
     def _rescue(self, manager: Any, cause: Any) -> tuple[int, BaseException] | None:
-        work_id, target = _cpython.locate_result_in_message(self._last_buf)
-        self._last_buf = None
+        work_id, target = _cpython.locate_result_in_message(self.last_buf)
+        self.last_buf = None
         items = dict(manager.pending_items())
         work_item = items.get(work_id) if work_id is not None else None
         if work_id is None or work_item is None:
@@ -300,7 +307,7 @@ class _PoolState:
         if cause is not None:
             text = "".join(cause)
             info.cause_text = text
-            work_id, target = _cpython.locate_result_in_message(self._last_buf)
+            work_id, target = _cpython.locate_result_in_message(self.last_buf)
             if work_id is not None and work_id in tasks:
                 info.reason = "result-unpickle-failed"
                 info.culprits.add(work_id)
@@ -331,7 +338,7 @@ class _PoolState:
             info.reason = "worker-died"
         if info.reason in ("worker-died", "worker-unpickle-failed"):
             info.culprits.update(w for w, pid in running_on.items() if pid in dead_pids)
-        self._last_buf = None
+        self.last_buf = None
         info.task_ids = {w: f"{self.pool_id}:{w}" for w in tasks}
         info.names = {w: self._task_name(item.fn) for w, item in tasks.items()}
         self.break_info = info

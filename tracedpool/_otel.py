@@ -277,6 +277,21 @@ class ApiSink(Sink):
             made[span_id] = span
 
 
+def global_provider_unset() -> bool:
+    """True while no global TracerProvider has been set (the API's proxy is in place).
+
+    Checked at every submit of a pool that follows the global provider, so it reads the
+    API's module attribute (set once, by ``set_tracer_provider``) instead of calling
+    ``get_tracer_provider()``; an API without that attribute falls back to the call.
+    """
+    if _HAS_PROVIDER_GLOBAL:
+        return trace._TRACER_PROVIDER is None  # type: ignore[attr-defined]
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_HAS_PROVIDER_GLOBAL = hasattr(trace, "_TRACER_PROVIDER")
+
+
 def resolve_sink(provider: Any) -> Sink | None:
     """The sink for a provider, or None when it is the API's proxy or no-op provider."""
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
