@@ -187,3 +187,32 @@ def test_stdlib_errors_are_unchanged() -> None:
     else:
         with pytest.raises(TypeError):
             TracedProcessPoolExecutor(1, max_tasks_per_child=1)
+
+
+def test_unknown_internals_degrade_without_breaking_the_pool(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, recorder: Any
+) -> None:
+    """If the stdlib internals are not the ones tracedpool knows, the pool still works,
+    submit and completion are still traced, and tracedpool says so once."""
+    from tracedpool import _cpython, _executor
+
+    monkeypatch.setattr(_cpython, "install_queue_hooks", lambda executor, observer: False)
+    monkeypatch.setattr(_executor, "_degraded_warned", False)
+    provider, exporter = recorder
+    with caplog.at_level("WARNING", logger="tracedpool"):
+        with TracedProcessPoolExecutor(2, tracer_provider=provider) as pool:
+            assert [pool.submit(square, i).result(timeout=60) for i in range(5)] == [
+                0,
+                1,
+                4,
+                9,
+                16,
+            ]
+            with pytest.raises(RuntimeError):
+                pool.submit(raise_error, "boom").result(timeout=60)
+        with TracedProcessPoolExecutor(1, tracer_provider=provider) as pool:
+            assert pool.submit(square, 2).result(timeout=60) == 4
+    warnings = [r for r in caplog.records if "internals" in r.getMessage()]
+    assert len(warnings) == 1
+    names = {s.name for s in exporter.get_finished_spans()}
+    assert {"tracedpool.task", "tracedpool.submit"} <= names
