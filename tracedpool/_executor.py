@@ -218,8 +218,11 @@ class _PoolState:
         w = self._wake
         if w is not None:
             self._wake = None
-            w.t_end = t0
-            self.emitter.push(w)
+            # A submit wake that found the call queue full served nobody: not worth a span.
+            # Every other reason (shutdown, a death, a read error...) is.
+            if w.served or w.reason != "submit":
+                w.t_end = t0
+                self.emitter.push(w)
 
     def on_wake(
         self, t0: int, t1: int, result_item: Any, is_broken: bool, cause: Any, manager: Any
