@@ -216,3 +216,23 @@ def test_unknown_internals_degrade_without_breaking_the_pool(
     assert len(warnings) == 1
     names = {s.name for s in exporter.get_finished_spans()}
     assert {"tracedpool.task", "tracedpool.submit"} <= names
+
+
+@pytest.mark.breaks_pool
+def test_sigkilled_worker_reports_last_sampled_rss(make_pool: Any) -> None:
+    """After thousands of untraced tasks, a SIGKILLed worker is still found running its
+    task, and its error carries its last sampled RSS, the OOM evidence."""
+    import signal
+
+    from tracedpool.testing import kill_self
+
+    pool = make_pool(1)
+    # Enough tasks that the status pipe (64 KiB, ~21 bytes a task) would overflow if the
+    # manager did not drain it as it goes: the victim must still be found.
+    futures = [pool.submit(square, i) for i in range(4000)]
+    assert [f.result(timeout=60) for f in futures][-1] == 3999**2
+    with pytest.raises(BrokenProcessPool) as info:
+        pool.submit(kill_self, signal.SIGKILL).result(timeout=60)
+    assert "last sampled RSS was" in str(info.value)
+    assert info.value.signal == "SIGKILL"  # type: ignore[attr-defined]
+    assert info.value.task_role == "culprit"  # type: ignore[attr-defined]

@@ -446,12 +446,13 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     def wait_result_broken_or_wakeup(self) -> Any:
         observer = self._tp_observer
-        if not observer.tracing and observer.wakes & 63:
+        if not observer.tracing and (observer.wakes + 1) & 63:
             # The common untraced wake: count it, and forget the last raw result (kept
-            # only to attribute a result that fails to unpickle).
-            observer.wakes += 1
+            # only to attribute a result that fails to unpickle). Every 64th wake takes
+            # the full path below, where the observer does its periodic upkeep.
             result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
             if not is_broken:
+                observer.wakes += 1
                 observer.last_buf = None
                 return result_item, is_broken, cause
             t0 = t1 = 0

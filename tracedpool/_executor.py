@@ -50,7 +50,14 @@ from . import _cpython
 from . import _names as N
 from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
 from ._errors import ResultUnpicklingError, TracedBrokenProcessPool
-from ._forensics import BreakInfo, cgroup_oom_kills, reap_dead_workers, role_of, summary
+from ._forensics import (
+    BreakInfo,
+    RssSampler,
+    cgroup_oom_kills,
+    reap_dead_workers,
+    role_of,
+    summary,
+)
 from ._otel import Sink, global_provider_unset, resolve_sink
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
 
@@ -112,6 +119,7 @@ class _PoolState:
         self.result_queue = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
         self.oom_before = cgroup_oom_kills()
+        self.rss = RssSampler()
         self._wake: WakeRecord | None = None
         self.wakes = 0
         self.tracing = False  # a sink exists and the pool's own trace is sampled
@@ -229,8 +237,10 @@ class _PoolState:
     ) -> tuple[int, BaseException] | None:
         self.wakes += 1
         if not self.wakes & 63:
-            # Keep the status pipe from filling: ~1 record per task, 64 KiB of room.
+            # Keep the status pipe from filling (~1 record per task, 64 KiB of room), and
+            # note the workers' memory for a later OOM verdict.
             self.status.drain()
+            self.rss.sample(manager.worker_processes())
         replaced = None
         if result_item is not None:
             reason = "result"
@@ -298,7 +308,7 @@ class _PoolState:
 
     def on_broken(self, manager: Any, cause: Any) -> dict[int, BaseException]:
         processes = manager.worker_processes()
-        dead = reap_dead_workers(processes, self.oom_before)
+        dead = reap_dead_workers(processes, self.oom_before, self.rss)
         self.status.drain()
         tasks = dict(manager.pending_items())  # work id -> work item
         running_on = {
@@ -427,6 +437,8 @@ class _PoolState:
             if worker.signal is not None:
                 attrs[N.ATTR_WORKER_SIGNAL] = worker.signal
                 attrs[N.ATTR_WORKER_OOM] = worker.oom_suspected
+            if worker.last_rss is not None:
+                attrs[N.ATTR_WORKER_LAST_RSS] = worker.last_rss
         elif info.fault and info.fault.get("pid"):
             attrs[N.ATTR_WORKER_PID] = info.fault["pid"]
         return attrs

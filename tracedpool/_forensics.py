@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing.connection
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,22 +41,77 @@ def signal_name(exitcode: int | None) -> str | None:
         return f"signal {-exitcode}"
 
 
+def cgroup_memory_limit() -> int | None:
+    """The cgroup's memory limit in bytes where one is set and readable."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    return None
+
+
+class RssSampler:
+    """The workers' resident memory, sampled now and then on the manager thread, so that
+    a worker that is later SIGKILLed can be judged against the OOM killer."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, Any] = {}
+        self.last: dict[int, tuple[int, float]] = {}  # pid -> (rss bytes, monotonic time)
+
+    def sample(self, pids: Any) -> None:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil is a dependency
+            return
+        now = time.monotonic()
+        for pid in pids:
+            proc = self._procs.get(pid)
+            try:
+                if proc is None:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                self.last[pid] = (proc.memory_info().rss, now)
+            except Exception:  # gone, or not ours to read
+                self._procs.pop(pid, None)
+        for pid in [p for p in self._procs if p not in pids]:
+            self._procs.pop(pid, None)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
 @dataclass
 class DeadWorker:
     pid: int
     exitcode: int | None
     signal: str | None
     oom_suspected: bool = False
+    last_rss: int | None = None
+    rss_age: float | None = None  # seconds between the last RSS sample and the death
+    oom_evidence: str = ""
 
     def describe(self) -> str:
         if self.signal is not None:
             how = f"was killed by {self.signal} (exit code {self.exitcode})"
-            if self.oom_suspected:
-                how += "; the cgroup's oom_kill count rose, so the OOM killer is the likely cause"
         elif self.exitcode is None:
             how = "ended with an unknown exit code"
         else:
             how = f"exited with code {self.exitcode}"
+        if self.last_rss is not None:
+            how += f"; its last sampled RSS was {_size(self.last_rss)}"
+            if self.rss_age is not None:
+                how += f", {self.rss_age:.1f} s before"
+        if self.oom_suspected:
+            how += f"; the OOM killer is the likely cause ({self.oom_evidence})"
         return f"worker pid {self.pid} {how}"
 
 
@@ -84,7 +140,9 @@ class BreakInfo:
         return self.dead[0] if self.dead else None
 
 
-def reap_dead_workers(processes: dict[int, Any], oom_before: int | None) -> list[DeadWorker]:
+def reap_dead_workers(
+    processes: dict[int, Any], oom_before: int | None, rss: RssSampler | None = None
+) -> list[DeadWorker]:
     """The workers that have ended, with exit codes read after a bounded join."""
     by_sentinel = {}
     for pid, p in processes.items():
@@ -107,7 +165,22 @@ def reap_dead_workers(processes: dict[int, Any], oom_before: int | None) -> list
             pass
         code = p.exitcode
         name = signal_name(code)
-        dead.append(DeadWorker(pid, code, name, oom_suspected=oom_rose and name == "SIGKILL"))
+        worker = DeadWorker(pid, code, name)
+        sampled = rss.last.get(pid) if rss is not None else None
+        if sampled is not None:
+            worker.last_rss = sampled[0]
+            worker.rss_age = max(0.0, time.monotonic() - sampled[1])
+        if name == "SIGKILL":
+            limit = cgroup_memory_limit()
+            if oom_rose:
+                worker.oom_suspected = True
+                worker.oom_evidence = "the cgroup's oom_kill count rose"
+            elif limit and worker.last_rss is not None and worker.last_rss >= 0.8 * limit:
+                worker.oom_suspected = True
+                worker.oom_evidence = (
+                    f"its RSS was at {worker.last_rss / limit:.0%} of the cgroup memory limit"
+                )
+        dead.append(worker)
     return dead
 
 

@@ -204,8 +204,13 @@ ATTR_WORKER_SIGNAL: Final = _reg(
 ATTR_WORKER_OOM: Final = _reg(
     "attribute",
     "tracedpool.worker.oom_suspected",
-    "True when a SIGKILLed worker was likely killed by the OOM killer (cgroup oom_kill "
-    "count rose).",
+    "True when a SIGKILLed worker was likely killed by the OOM killer: the cgroup's "
+    "oom_kill count rose, or its last sampled RSS was at 80% or more of the cgroup limit.",
+)
+ATTR_WORKER_LAST_RSS: Final = _reg(
+    "attribute",
+    "tracedpool.worker.last_rss_bytes",
+    "The dead worker's resident memory when last sampled (every 64 manager wakes).",
 )
 ATTR_BROKEN_ROLE: Final = _reg(
     "attribute",
