@@ -344,3 +344,23 @@ def test_recording_provider_helper_is_isolated() -> None:
         pass
     assert [s.name for s in e1.get_finished_spans()] == ["one"]
     assert e2.get_finished_spans() == ()
+
+
+def test_worker_sdk_configured_by_user_still_ships_spans(
+    make_pool: Any, recorder: Any, start_method: str
+) -> None:
+    """A user who configures the SDK in the workers' initializer (which loses every span
+    at os._exit under fork/forkserver) still gets task spans, under worker-run."""
+    from tracedpool.testing import configure_sdk_in_worker
+
+    provider, exporter = recorder
+    pool = make_pool(
+        2, start=start_method, tracer_provider=provider, initializer=configure_sdk_in_worker
+    )
+    assert [pool.submit(traced_work, i).result(timeout=60) for i in range(3)] == [0, 2, 4]
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans}
+    inner = [s for s in spans if s.name == "user-inner"]
+    assert len(inner) == 3
+    assert all(by_id[s.parent.span_id].name == N.SPAN_WORKER_RUN for s in inner)

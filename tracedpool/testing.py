@@ -351,3 +351,15 @@ def spans_by_task(spans: Any) -> dict[str, list[Any]]:
 def assert_pool_healthy(pool: Any, timeout: float = 30) -> None:
     """A trivial task still round-trips."""
     assert pool.submit(square, 3).result(timeout=timeout) == 9
+
+
+def configure_sdk_in_worker() -> None:
+    """An initializer that sets up the SDK in the worker, as many users do: a batch
+    processor that, left alone, would lose every span at the worker's ``os._exit``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider()
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker
+    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sink)))
+    trace.set_tracer_provider(provider)
