@@ -69,7 +69,11 @@ def waterfall(spans: list[Any], trace_id: int) -> None:
         took = (span.end_time - span.start_time) / 1e6
         mark = " ERROR" if span.status.status_code.name == "ERROR" else ""
         attrs = span.attributes or {}
-        labels = {N.ATTR_CODE_FUNCTION: "fn", N.ATTR_PROCESS_PID: "pid", N.ATTR_PAYLOAD_BYTES: "bytes"}
+        labels = {
+            N.ATTR_CODE_FUNCTION: "fn",
+            N.ATTR_PROCESS_PID: "pid",
+            N.ATTR_PAYLOAD_BYTES: "bytes",
+        }
         extra = ", ".join(f"{label}={attrs[k]}" for k, label in labels.items() if k in attrs)
         print(f"  {start:8.1f} ms {'  ' * depth}{span.name} ({took:.2f} ms){mark} {extra}")
         for event in span.events:
@@ -90,31 +94,37 @@ def main() -> int:
     tracer = trace.get_tracer("demo")
 
     print("1) a request fans out into pool tasks: one trace, one waterfall")
-    with TracedProcessPoolExecutor(max_workers=2, name="thumbnails") as pool:
-        with tracer.start_as_current_span("GET /thumbnails") as request:
-            print("   results:", list(pool.map(resize, [640, 800, 1024])))
+    with (
+        TracedProcessPoolExecutor(max_workers=2, name="thumbnails") as pool,
+        tracer.start_as_current_span("GET /thumbnails") as request,
+    ):
+        print("   results:", list(pool.map(resize, [640, 800, 1024])))
     waterfall(exporter.spans, request.get_span_context().trace_id)
 
     print("\n2) an argument that cannot be pickled: the part is named, the pool lives on")
-    with TracedProcessPoolExecutor(max_workers=2) as pool:
-        with tracer.start_as_current_span("POST /upload") as request:
-            future = pool.submit(resize, threading.Lock())
-            try:
-                future.result()
-            except TypeError as e:
-                print(f"   caller sees: {type(e).__name__}: {e}")
-                for note in getattr(e, "__notes__", []):
-                    print(f"   note: {note}")
-            print("   next task still works:", pool.submit(resize, 100).result())
+    with (
+        TracedProcessPoolExecutor(max_workers=2) as pool,
+        tracer.start_as_current_span("POST /upload") as request,
+    ):
+        future = pool.submit(resize, threading.Lock())
+        try:
+            future.result()
+        except TypeError as e:
+            print(f"   caller sees: {type(e).__name__}: {e}")
+            for note in getattr(e, "__notes__", []):
+                print(f"   note: {note}")
+        print("   next task still works:", pool.submit(resize, 100).result())
     waterfall(exporter.spans, request.get_span_context().trace_id)
 
     print("\n3) a worker is SIGKILLed (as by the OOM killer): pid, signal and lost task named")
-    with TracedProcessPoolExecutor(max_workers=2) as pool:
-        with tracer.start_as_current_span("POST /crash") as request:
-            try:
-                pool.submit(kill_me).result()
-            except Exception as e:
-                print(f"   caller sees: {type(e).__name__}: {e}")
+    with (
+        TracedProcessPoolExecutor(max_workers=2) as pool,
+        tracer.start_as_current_span("POST /crash") as request,
+    ):
+        try:
+            pool.submit(kill_me).result()
+        except Exception as e:
+            print(f"   caller sees: {type(e).__name__}: {e}")
     waterfall(exporter.spans, request.get_span_context().trace_id)
 
     print(f"\nAll {len(exporter.spans)} spans were written to {OUT.resolve()}")
