@@ -236,3 +236,45 @@ def test_sigkilled_worker_reports_last_sampled_rss(make_pool: Any) -> None:
     assert "last sampled RSS was" in str(info.value)
     assert info.value.signal == "SIGKILL"  # type: ignore[attr-defined]
     assert info.value.task_role == "culprit"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["none", "unpicklable", "sysexit"])
+def test_pool_objects_are_freed_without_the_gc(fault: str, recorder: Any) -> None:
+    """After shutdown, the executor, its manager thread and call queue are freed by
+    reference counting alone, as the stdlib's are (the stdlib's exit hook keys stale
+    wakeups on manager threads weakly, and CPython's tests count dangling threads)."""
+    import concurrent.futures.process as cfp
+    import gc
+    import threading
+    import weakref
+
+    from tracedpool.testing import ExitAtPickle, Unpicklable
+
+    provider, _exporter = recorder
+    gc.collect()
+    gc.disable()
+    try:
+        pool = TracedProcessPoolExecutor(2, tracer_provider=provider)
+        assert pool.submit(square, 3).result(timeout=60) == 9
+        if fault != "none":
+            bad = Unpicklable() if fault == "unpicklable" else ExitAtPickle()
+            failed = pool.submit(identity, bad)
+            with pytest.raises(Exception):  # noqa: B017 - the type differs per fault
+                failed.result(timeout=60)
+            # The stdlib's own pickling error holds the dead feeder's frames (and so the
+            # queue) for as long as the caller keeps it: let it go, as the stdlib needs.
+            del failed
+        assert pool.submit(square, 4).result(timeout=60) == 16
+        refs = [
+            weakref.ref(pool),
+            weakref.ref(pool._executor_manager_thread),  # type: ignore[attr-defined]
+            weakref.ref(pool._call_queue),  # type: ignore[attr-defined]
+        ]
+        pool.shutdown(wait=True)
+        del pool
+        alive = [r() for r in refs if r() is not None]
+        assert not alive, f"kept alive: {alive}"
+        assert not [t for t in threading.enumerate() if t.name.startswith("tracedpool-")]
+        assert refs[1] not in [weakref.ref(t) for t in cfp._threads_wakeups]
+    finally:
+        gc.enable()

@@ -1,10 +1,11 @@
 """tracedpool: an observable, diagnosable drop-in ``ProcessPoolExecutor``."""
 
-from ._errors import ResultUnpicklingError, TracedBrokenProcessPool
+from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._executor import TracedProcessPoolExecutor
 from ._version import __version__
 
 __all__ = [
+    "PoolStalledError",
     "ResultUnpicklingError",
     "TracedBrokenProcessPool",
     "TracedProcessPoolExecutor",

@@ -193,9 +193,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
         super()._start_thread()
         thread = self._thread
         if thread is not None and self._tp_observer is not None:
-            # Thread.run() deletes its target and args when it ends, before the
-            # excepthook runs: keep them to restart a feeder that a BaseException killed.
-            _FEEDERS[thread] = (self, thread._target, thread._args)
+            _remember_feeder(thread, self, thread._target, thread._args)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         # Worker side. The stdlib unpickles the call item inside Queue.get, outside any
@@ -219,9 +217,20 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
         return obj
 
 
-_FEEDERS: weakref.WeakKeyDictionary[threading.Thread, tuple[Any, Any, Any]] = (
+_FEEDERS: weakref.WeakKeyDictionary[threading.Thread, tuple[Any, Any, Any, int]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _remember_feeder(thread: threading.Thread, queue: Any, target: Any, args: Any) -> None:
+    """Keep what restarting a feeder needs. Thread.run() deletes its target and args when
+    it ends, before the excepthook runs. Nothing kept here may hold the queue or the
+    thread strongly: the entry must die with the thread, as the stdlib's objects do."""
+    onerror = next((i for i, a in enumerate(args) if getattr(a, "__self__", None) is queue), -1)
+    kept = tuple(None if i == onerror else a for i, a in enumerate(args))
+    _FEEDERS[thread] = (weakref.ref(queue), target, kept, onerror)
+
+
 _previous_excepthook: Any = None
 _guard_lock = threading.Lock()
 
@@ -249,7 +258,12 @@ def _feeder_excepthook(args: Any) -> None:
     if entry is None:
         _previous_excepthook(args)
         return
-    queue, target, targs = entry
+    queue_ref, target, kept, onerror = entry
+    queue = queue_ref()
+    if queue is None:
+        _previous_excepthook(args)
+        return
+    targs = tuple(queue._on_queue_feeder_error if i == onerror else a for i, a in enumerate(kept))
     try:
         _recover_feeder(queue, target, targs, args.exc_value, args.exc_traceback)
     except BaseException:
@@ -262,17 +276,19 @@ def _recover_feeder(
     _wire.clear_feeder_task()
     call_item = _item_being_fed(tb)
     if call_item is not None and exc is not None:
-        target_name, typename, _ = _wire.probe_parts(call_item.fn, call_item.args, call_item.kwargs)
+        target_name, typename = _wire.probe_parts(call_item.fn, call_item.args, call_item.kwargs)
         err = pickle.PicklingError(
             f"Could not pickle {target_name} ({typename}): pickling it raised "
             f"{type(exc).__name__}({exc}), which would have killed the pool's feeder thread"
         )
-        err.__context__ = exc
+        # Without its traceback: the dead feeder's frames would keep the queue alive for
+        # as long as the caller keeps this exception.
+        err.__context__ = exc.with_traceback(None)
         # What _feed does for an Exception: free the queue slot, then report the item.
         queue._sem.release()
         queue._on_queue_feeder_error(err, call_item)
     feeder = threading.Thread(target=target, args=targs, name="QueueFeederThread", daemon=True)
-    _FEEDERS[feeder] = (queue, target, targs)
+    _remember_feeder(feeder, queue, target, targs)
     feeder.start()
     queue._thread = feeder
 
@@ -385,6 +401,17 @@ def shutdown_requested(executor: Any) -> bool:
     return bool(executor._shutdown_thread)
 
 
+def feeder_backlog(executor: Any) -> int:
+    call_queue = executor._call_queue
+    buffer = getattr(call_queue, "_buffer", None) if call_queue is not None else None
+    return len(buffer) if buffer is not None else 0
+
+
+def start_method(executor: Any) -> str:
+    ctx = getattr(executor, "_mp_context", None)
+    return str(ctx.get_start_method()) if ctx is not None else "?"
+
+
 def feeder_thread(executor: Any) -> threading.Thread | None:
     call_queue = executor._call_queue
     return getattr(call_queue, "_thread", None) if call_queue is not None else None
@@ -474,6 +501,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         return result_item, is_broken, cause
 
     def process_result_item(self, result_item: Any) -> None:
+        self._tp_observer.completed += 1  # progress, for the stall detector
         meta = getattr(result_item, "__dict__", {}).pop("tracedpool", None)
         if meta is not None:  # only a sampled task's result carries stage timings
             work_item = self.pending_work_items.get(result_item.work_id)

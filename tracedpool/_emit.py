@@ -56,6 +56,7 @@ class TaskRecord:
     args_repr: str | None = None
     future: Any = None
     submit_thread = ""
+    stall: tuple[int, str, str | None] | None = None  # (t_ns, diagnosis, report path)
 
     def __init__(self, state: Any, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
@@ -297,6 +298,12 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
                 if messages:
                     ev["exception.message"] = f.get("message", "")
                 events.append(("exception", t_done, ev))
+    if rec.stall is not None:
+        t_stall, diagnosis, path = rec.stall
+        ev_attrs: dict[str, Any] = {N.ATTR_STALL_DIAGNOSIS: diagnosis}
+        if path:
+            ev_attrs[N.ATTR_STALL_REPORT] = path
+        events.append((N.EVENT_STALL, t_stall, ev_attrs))
     specs: list[tuple[Any, ...]] = [
         (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ())
     ]

@@ -38,6 +38,19 @@ class TracedBrokenProcessPool(BrokenProcessPool):
         self.fault = facts.get("fault")
 
 
+class PoolStalledError(TracedBrokenProcessPool):
+    """The stall detector broke the pool (``stall_action="break"``) instead of letting its
+    futures wait for ever. Carries the diagnosis and the stall report's path."""
+
+    diagnosis: str
+    report_path: str | None
+
+    def __init__(self, message: str, **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.diagnosis = facts.get("diagnosis", "")
+        self.report_path = facts.get("report_path")
+
+
 class ResultUnpicklingError(pickle.UnpicklingError):
     """A task's result or exception could not be unpickled in the parent.
 

@@ -38,7 +38,9 @@ import functools
 import logging
 import multiprocessing
 import os
+import sys
 import threading
+import time
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from time import time_ns
@@ -49,7 +51,7 @@ from opentelemetry import trace
 from . import _cpython
 from . import _names as N
 from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
-from ._errors import ResultUnpicklingError, TracedBrokenProcessPool
+from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._forensics import (
     BreakInfo,
     RssSampler,
@@ -59,6 +61,8 @@ from ._forensics import (
     summary,
 )
 from ._otel import Sink, global_provider_unset, resolve_sink
+from ._stall import _DEFAULT as _STALL_DEFAULT
+from ._stall import StallConfig, Watcher, parent_threads
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
 
 log = logging.getLogger("tracedpool")
@@ -120,6 +124,10 @@ class _PoolState:
         self.break_info: BreakInfo | None = None
         self.oom_before = cgroup_oom_kills()
         self.rss = RssSampler()
+        self.completed = 0  # futures completed by the manager: progress for the watcher
+        self.stall_break: tuple[str, str | None] | None = None
+        self.watcher: Watcher | None = None
+        self.stall_config: StallConfig | None = None
         self._wake: WakeRecord | None = None
         self.wakes = 0
         self.tracing = False  # a sink exists and the pool's own trace is sampled
@@ -192,7 +200,7 @@ class _PoolState:
 
     def on_feeder_error(self, e: BaseException, call_item: Any) -> None:
         self._feeder_error = True
-        target, typename, _ = probe_parts(call_item.fn, call_item.args, call_item.kwargs)
+        target, typename = probe_parts(call_item.fn, call_item.args, call_item.kwargs)
         annotate_fault(e, "feeder-serialize", target, typename, call_item.work_id)
         rec = getattr(call_item.fn, "rec", None)
         if rec is not None:
@@ -366,9 +374,18 @@ class _PoolState:
                 "bystander": f"this task was running on worker pid {running_on.get(work_id)}",
                 "queued": "this task had not started",
             }[role]
-            exc = TracedBrokenProcessPool(
-                f"{_STDLIB_BROKEN} {text} Task {info.task_ids[work_id]} "
-                f"({info.names[work_id]}): {own}.",
+            stalled = self.stall_break
+            error_type = PoolStalledError if stalled is not None else TracedBrokenProcessPool
+            prefix = (
+                f"{_STDLIB_BROKEN} [tracedpool] The stall detector broke the pool: "
+                f"{stalled[0]} (report: {stalled[1]})."
+                if stalled is not None
+                else f"{_STDLIB_BROKEN} {text}"
+            )
+            exc = error_type(
+                f"{prefix} Task {info.task_ids[work_id]} ({info.names[work_id]}): {own}.",
+                diagnosis=stalled[0] if stalled is not None else None,
+                report_path=stalled[1] if stalled is not None else None,
                 reason=info.reason,
                 worker_pid=worker.pid if worker else None,
                 exitcode=worker.exitcode if worker else None,
@@ -390,6 +407,11 @@ class _PoolState:
         return failures
 
     def on_manager_exit(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        # No reference to the finished manager may outlive it: the stdlib keys its
+        # exit-time wakeups on manager threads weakly and expects them to be freed.
+        self.manager = None
         self.on_wait_start(time_ns())
         try:
             self.status.drain()
@@ -398,6 +420,94 @@ class _PoolState:
         if self.sink is not None and self.pool_trace is not None and self.emitter.started:
             self.emitter.push(_POOL_END)
         self.emitter.finish(timeout=0)
+
+    # -- the stall detector's view --------------------------------------------------------------
+    def pending(self) -> int:
+        executor = self.executor_ref()
+        if executor is None:
+            return 0
+        return _cpython.pending_count(executor)
+
+    def worker_pids(self) -> list[int]:
+        manager = self.manager
+        return list(manager.worker_processes()) if manager is not None else []
+
+    def _thread_roles(self) -> dict[int, str]:
+        roles: dict[int, str] = {threading.main_thread().ident or 0: "main"}
+        executor = self.executor_ref()
+        feeder = _cpython.feeder_thread(executor) if executor is not None else None
+        for thread, role in (
+            (self.manager, "manager"),
+            (feeder, "feeder"),
+            (self.emitter._thread, "emitter"),
+            (self.watcher._thread if self.watcher else None, "stall-watcher"),
+        ):
+            if thread is not None and thread.ident is not None:
+                roles[thread.ident] = role
+        return roles
+
+    def stall_facts(self) -> dict[str, Any]:
+        """The pool as the stall report describes it (no stacks of workers yet)."""
+        manager = self.manager
+        executor = self.executor_ref()
+        self.status.drain()
+        started = {w: (pid, t) for pid, (w, t) in self.status.started.items()}
+        now = time_ns()
+        tasks = []
+        for work_id, item in manager.pending_items() if manager is not None else []:
+            begun = started.get(work_id)
+            stage = (
+                "worker-run" if begun else ("call-queue" if item.future.running() else "pending")
+            )
+            tasks.append(
+                {
+                    "id": f"{self.pool_id}:{work_id}",
+                    "function": self._task_name(item.fn),
+                    "stage": stage,
+                    "worker_pid": begun[0] if begun else None,
+                    "age_seconds": round((now - begun[1]) / 1e9, 3) if begun else None,
+                }
+            )
+        workers = [_process_facts(pid, "worker") for pid in self.worker_pids()]
+        parent = _process_facts(os.getpid(), "parent")
+        parent["threads"] = parent_threads(self._thread_roles())
+        parent["stack_method"] = "sys._current_frames (in-process)"
+        feeder = _cpython.feeder_thread(executor) if executor is not None else None
+        config = self.stall_config
+        return {
+            "pool": {
+                "id": self.pool_id,
+                "name": self.name,
+                "pid": os.getpid(),
+                "max_workers": getattr(executor, "_max_workers", None),
+                "start_method": _cpython.start_method(executor) if executor is not None else "?",
+                "stall_timeout": config.timeout if config else None,
+                "stall_action": config.action if config else None,
+                "python": sys.version.split()[0],
+            },
+            "tasks": tasks,
+            "parent": parent,
+            "workers": workers,
+            "manager_alive": manager is not None and manager.is_alive(),
+            "feeder_alive": feeder is None or feeder.is_alive(),
+            "feeder_backlog": _cpython.feeder_backlog(executor) if executor is not None else 0,
+        }
+
+    def on_stall_detected(self, report: dict[str, Any]) -> None:
+        """Mark the stuck tasks' records (their spans carry the stall when they end) and
+        emit a short tracedpool.stall span linked to them."""
+        manager = self.manager
+        stamp = (time_ns(), report["diagnosis"], report.get("report_path"))
+        stuck = []
+        for _work_id, item in manager.pending_items() if manager is not None else []:
+            rec = getattr(item.fn, "rec", None)
+            if rec is not None:
+                rec.stall = stamp
+                stuck.append(rec)
+        if self.sink is not None and self.pool_trace is not None:
+            self.emitter.push(("stall", stamp, report["kind"], stuck))
+            if not self.emitter.started:
+                self.emitter.start()
 
     # -- forensics for callers -------------------------------------------------------------------
     def is_broken_exc(self, exc: BaseException | None) -> bool:
@@ -467,13 +577,44 @@ class _PoolState:
         if sink is None:
             return
         if type(item) is TaskRecord:
-            sink.emit(
-                item.trace_id, item.flags, item.trace_state, item.parent, task_specs(item, self)
-            )
+            try:
+                specs = task_specs(item, self)
+            finally:
+                # The exception's traceback can reach the feeder's frame, its call item and
+                # so this record again: break that cycle now rather than wait for the GC.
+                item.exc = None
+                item.future = None
+            sink.emit(item.trace_id, item.flags, item.trace_state, item.parent, specs)
         elif type(item) is WakeRecord:
             pt = self.pool_trace
             if pt is not None:
                 sink.emit(pt[0], pt[2], pt[3], None, [wake_spec(item, self)])
+        elif type(item) is tuple and item[0] == "stall":
+            pt = self.pool_trace
+            if pt is None:
+                return
+            (t, diagnosis, path), kind, stuck = item[1], item[2], item[3]
+            stall_attrs: dict[str, Any] = {
+                N.ATTR_STALL_DIAGNOSIS: diagnosis,
+                N.ATTR_STALL_KIND: kind,
+                N.ATTR_POOL_ID: self.pool_id,
+            }
+            if path:
+                stall_attrs[N.ATTR_STALL_REPORT] = path
+            links = [(r.trace_id, r.span_id, r.flags) for r in stuck]
+            stall_spec: Any = (
+                N.SPAN_STALL,
+                sink.new_span_id(),
+                pt[1],
+                0,
+                t,
+                time_ns(),
+                stall_attrs,
+                (),
+                (True, kind),
+                links,
+            )
+            sink.emit(pt[0], pt[2], pt[3], None, [stall_spec])
         elif item is _POOL_END:
             pt = self.pool_trace
             if pt is None:
@@ -529,6 +670,10 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         record_values: Any = None,
         record_exception_messages: bool | None = None,
         rescue_unpicklable_results: bool = False,
+        stall_timeout: Any = _STALL_DEFAULT,
+        stall_report_dir: Any = None,
+        on_stall: Any = None,
+        stall_action: str = "report",
         **kwargs: Any,
     ) -> None:
         if initializer is not None and not callable(initializer):
@@ -550,11 +695,17 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             record_exception_messages = _env_flag(N.ENV_RECORD_EXCEPTION_MESSAGES, True)
         elif not isinstance(record_exception_messages, bool):
             raise TypeError("record_exception_messages must be a bool")
+        stall = StallConfig.from_options(stall_timeout, stall_report_dir, on_stall, stall_action)
 
         reader, writer = multiprocessing.Pipe(duplex=False)
         try:
+            options = {"dump_handler": stall.timeout is not None}
             super().__init__(
-                max_workers, mp_context, worker_init, (writer, initializer, initargs), **kwargs
+                max_workers,
+                mp_context,
+                worker_init,
+                (writer, initializer, initargs, options),
+                **kwargs,
             )
         except BaseException:
             reader.close()
@@ -572,7 +723,10 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             writer,
         )
         self._tp_state = state
+        state.stall_config = stall
         state.hooked = _cpython.install_queue_hooks(self, state)
+        if stall.timeout is not None and state.hooked:
+            state.watcher = Watcher(state, stall)
         if state.hooked:
             _cpython.install_feeder_guard()
         else:
@@ -590,9 +744,13 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         # sends it. In a traced pool's workers, task code then runs under a
         # non-recording context, so its own spans are dropped with the task.
         try:
-            return super().submit(fn, *args, **kwargs)
+            future = super().submit(fn, *args, **kwargs)
         except BrokenProcessPool as e:
             raise st.broken_on_submit(e) from None
+        watcher = st.watcher
+        if watcher is not None and watcher.idle:
+            _wake_watcher(watcher)
+        return future
 
     @staticmethod
     def _sample(st: _PoolState, sink: Sink) -> Any:
@@ -637,6 +795,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         future.add_done_callback(rec)
         if not st.emitter.started:
             st.emitter.start()
+        watcher = st.watcher
+        if watcher is not None and watcher.idle:
+            _wake_watcher(watcher)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -645,6 +806,37 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.
             self._tp_state.emitter.finish(timeout=2.0)
+
+    def stats(self) -> dict[str, Any]:
+        """The live view: pending and running tasks (per worker pid, with ids and ages),
+        live workers, seconds since the last progress, stalls reported."""
+        st = self._tp_state
+        facts = st.stall_facts() if st.manager is not None else {"tasks": [], "workers": []}
+        running: dict[int, list[dict[str, Any]]] = {}
+        for task in facts["tasks"]:
+            if task["worker_pid"] is not None:
+                running.setdefault(task["worker_pid"], []).append(
+                    {
+                        "id": task["id"],
+                        "function": task["function"],
+                        "age_seconds": task["age_seconds"],
+                    }
+                )
+        watcher = st.watcher
+        live = [w for w in facts["workers"] if w.get("status") not in ("dead", "zombie")]
+        return {
+            "pool_id": st.pool_id,
+            "pending": len(facts["tasks"]),
+            "running": running,
+            "live_workers": len(live),
+            "seconds_since_progress": (
+                round(time.monotonic() - watcher.last_progress, 3)
+                if watcher is not None and not watcher.idle
+                else 0.0
+            ),
+            "stalls_reported": watcher.stalls if watcher is not None else 0,
+            "stall_reports": list(watcher.reports) if watcher is not None else [],
+        }
 
     @property
     def pool_id(self) -> str:
@@ -655,6 +847,32 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
     def broken_info(self) -> BreakInfo | None:
         """What broke this pool, once it is broken."""
         return self._tp_state.break_info  # type: ignore[no-any-return]
+
+
+def _process_facts(pid: int, role: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {"pid": pid, "role": role}
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            facts["status"] = proc.status()
+            cpu = proc.cpu_times()
+            facts["cpu_seconds"] = round(cpu.user + cpu.system, 3)
+            facts["rss_bytes"] = proc.memory_info().rss
+    except Exception as e:
+        facts["status"] = "dead" if type(e).__name__ == "NoSuchProcess" else f"unknown ({e})"
+    return facts
+
+
+def _wake_watcher(watcher: Watcher) -> None:
+    """Work is pending: start the stall watcher (after the first submit, so that under
+    fork it never exists when workers are forked) or wake it from its idle sleep."""
+    if watcher.started:
+        watcher.wake()
+    else:
+        watcher.idle = False
+        watcher.start()
 
 
 def _close_status(status: StatusReader, writer: Any) -> None:

@@ -66,6 +66,12 @@ SPAN_MANAGER_WAKE: Final = _reg(
     "One wake-up of the pool's manager thread, in the pool's own trace, linked to the "
     "tasks it served.",
 )
+SPAN_STALL: Final = _reg(
+    "span",
+    "tracedpool.stall",
+    "A short span when the stall detector declares a stall, in the pool's trace, linked to "
+    "the stuck tasks, with the diagnosis and the report's path.",
+)
 SPAN_POOL: Final = _reg(
     "span",
     "tracedpool.pool",
@@ -222,6 +228,19 @@ ATTR_BROKEN_LOST: Final = _reg(
     "attribute", "tracedpool.broken.lost_tasks", "Ids of every task the breakage failed."
 )
 
+ATTR_STALL_DIAGNOSIS: Final = _reg(
+    "attribute", "tracedpool.stall.diagnosis", "One line saying what is stuck and where."
+)
+ATTR_STALL_KIND: Final = _reg(
+    "attribute",
+    "tracedpool.stall.kind",
+    "worker-stopped, worker-blocked, manager-blocked-callback, manager-blocked-read, "
+    "manager-dead, feeder-dead, feeder-blocked, no-workers or no-progress.",
+)
+ATTR_STALL_REPORT: Final = _reg(
+    "attribute", "tracedpool.stall.report", "Path of the stall report (JSON; .txt beside it)."
+)
+
 # -- events ---------------------------------------------------------------------------------
 EVENT_EXCEPTION: Final = _reg(
     "event",
@@ -234,6 +253,11 @@ EVENT_POOL_BROKEN: Final = _reg(
     "tracedpool.pool-broken",
     "On every task span a broken pool failed: reason, worker pid, exit code, signal.",
 )
+EVENT_STALL: Final = _reg(
+    "event",
+    "tracedpool.stall",
+    "On a stuck task's span, when it finally ends: the stall's diagnosis and report path.",
+)
 EVENT_INTERNAL_ERROR: Final = _reg(
     "event",
     "tracedpool.internal-error",
@@ -245,6 +269,11 @@ ENV_RECORD_VALUES: Final = _reg(
     "env",
     "TRACEDPOOL_RECORD_VALUES",
     "`1` to record bounded, redacted reprs of arguments and results (default off).",
+)
+ENV_STALL_TIMEOUT: Final = _reg(
+    "env",
+    "TRACEDPOOL_STALL_TIMEOUT",
+    "Default `stall_timeout` in seconds (60 if unset); `none` disables the stall detector.",
 )
 ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "env",

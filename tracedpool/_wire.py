@@ -173,8 +173,14 @@ def qualname(obj: Any) -> str:
 
 
 # -- worker initialisation ------------------------------------------------------------------
-def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]) -> None:
-    """The initializer every worker runs: the status pipe, then the user's initializer."""
+def worker_init(
+    status_conn: Any,
+    user_init: Any,
+    user_initargs: tuple[Any, ...],
+    options: dict[str, Any] | None = None,
+) -> None:
+    """The initializer every worker runs: the status pipe, the stack-dump handler the
+    stall detector falls back on, then the user's initializer."""
     w = WORKER
     w.status_conn = status_conn  # keeps the descriptor open for the worker's lifetime
     try:
@@ -183,6 +189,13 @@ def worker_init(status_conn: Any, user_init: Any, user_initargs: tuple[Any, ...]
         w.status_fd = fd
     except Exception:
         w.status_fd = -1
+    if options and options.get("dump_handler"):
+        try:
+            from ._stall import install_worker_dump_handler
+
+            install_worker_dump_handler()
+        except Exception:
+            pass
     try:
         from . import _otel
 
@@ -402,8 +415,11 @@ def report_worker_unpickle_failure(fd: int, buf: Any, e: BaseException) -> None:
 
 
 # -- locating a call that failed to pickle ------------------------------------------------------
-def probe_parts(fn: Any, args: Any, kwargs: Any) -> tuple[str, str, BaseException | None]:
-    """Which part of a call fails to pickle on its own: (target, type name, error)."""
+def probe_parts(fn: Any, args: Any, kwargs: Any) -> tuple[str, str]:
+    """Which part of a call fails to pickle on its own: (target, type name).
+
+    The probe's own exception is dropped here on purpose: its traceback would tie the
+    calling frames (and the queue they hold) into a cycle only the GC could free."""
     from multiprocessing.reduction import ForkingPickler
 
     if type(fn) is _Task:
@@ -414,9 +430,9 @@ def probe_parts(fn: Any, args: Any, kwargs: Any) -> tuple[str, str, BaseExceptio
     for name, part in parts:
         try:
             ForkingPickler.dumps(part)
-        except BaseException as e:
-            return name, qualname(type(part)), e
-    return "call", "", None
+        except BaseException:
+            return name, qualname(type(part))
+    return "call", ""
 
 
 FAULT_ATTR = "__tracedpool_fault__"

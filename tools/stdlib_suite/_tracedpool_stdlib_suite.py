@@ -39,6 +39,19 @@ def substitute() -> None:
     setattr(concurrent.futures, traced.__name__, traced)
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """Write every thread's stack to stderr on SIGUSR1.
+
+    tools/stdlib_suite.py sends it to the processes of a run that hung or crashed before
+    killing them, so a hang inside a pool worker leaves its stacks in the log. Silent until
+    then; faulthandler's fatal-error handling stays off.
+    """
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 class _ExternalTestsFinder:
     """Finds ``test.<name>`` in a directory outside this interpreter's own ``test`` package.
 

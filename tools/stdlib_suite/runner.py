@@ -18,6 +18,7 @@ import json
 import pkgutil
 import sys
 import time
+import traceback
 import unittest
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -55,14 +56,14 @@ class RecordingResult(unittest.TestResult):
         # two tests is bounded too.
         faulthandler.dump_traceback_later(self._timeout, exit=True)
 
-    def startTest(self, test: unittest.TestCase) -> None:  # noqa: N802 (unittest API)
+    def startTest(self, test: unittest.TestCase) -> None:
         super().startTest(test)
         self._outcome, self._detail = "pass", ""
         self._started = time.monotonic()
         self._out.write("start", id=test.id())
         self.arm()
 
-    def stopTest(self, test: unittest.TestCase) -> None:  # noqa: N802
+    def stopTest(self, test: unittest.TestCase) -> None:
         super().stopTest(test)
         self._out.write(
             "end",
@@ -84,36 +85,44 @@ class RecordingResult(unittest.TestResult):
         if self._outcome in ("pass", "skip"):
             self._outcome, self._detail = outcome, detail
 
-    def addError(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addError(self, test: unittest.TestCase, err: Any) -> None:
         super().addError(test, err)
-        self._record(test, "error", self._exc_info_to_string(err, test))
+        self._record(test, "error", format_error(err))
 
-    def addFailure(self, test: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addFailure(self, test: unittest.TestCase, err: Any) -> None:
         super().addFailure(test, err)
-        self._record(test, "fail", self._exc_info_to_string(err, test))
+        self._record(test, "fail", format_error(err))
 
-    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: Any) -> None:  # noqa: N802
+    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: Any) -> None:
         super().addSubTest(test, subtest, err)
         if err is not None:
             kind = "fail" if issubclass(err[0], test.failureException) else "error"
-            self._record(test, kind, f"{subtest}\n{self._exc_info_to_string(err, test)}")
+            self._record(test, kind, f"{subtest}\n{format_error(err)}")
 
-    def addSkip(self, test: unittest.TestCase, reason: str) -> None:  # noqa: N802
+    def addSkip(self, test: unittest.TestCase, reason: str) -> None:
         super().addSkip(test, reason)
         if not isinstance(test, unittest.TestCase):  # a skipped module or class fixture
             self._out.write("end", id=str(test), outcome="skip", detail=reason, seconds=0.0)
         elif self._outcome == "pass":
             self._outcome, self._detail = "skip", reason
 
-    def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:  # noqa: N802
+    def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
         super().addUnexpectedSuccess(test)
         self._record(test, "fail", "unexpected success")
 
 
+def format_error(err: Any) -> str:
+    return "".join(traceback.format_exception(*err))
+
+
+def cpython_test_support() -> Any:
+    """CPython's test.support (no type stubs exist for it)."""
+    return importlib.import_module("test.support")
+
+
 def take_environment_altered() -> bool:
     """Read and reset the flag that test.support sets on dangling threads or processes."""
-    from test import support
-
+    support = cpython_test_support()
     altered = bool(support.environment_altered)
     support.environment_altered = False
     return altered
@@ -148,8 +157,9 @@ def load_cases(names: list[str], out: JsonLines) -> list[unittest.TestCase]:
         except unittest.SkipTest as exc:
             out.write("end", id=name, outcome="skip", detail=str(exc), seconds=0.0)
             continue
-        except Exception as exc:
-            out.write("end", id=name, outcome="error", detail=f"import failed: {exc!r}", seconds=0.0)
+        except Exception:
+            detail = f"import failed:\n{traceback.format_exc()}"
+            out.write("end", id=name, outcome="error", detail=detail, seconds=0.0)
             continue
         cases.extend(iter_cases(loader.loadTestsFromModule(module)))
     return cases
@@ -230,9 +240,7 @@ def main(argv: list[str]) -> int:
     # Mirror what regrtest sets up: quiet tests (verbose=0), crash and hang stack dumps.
     # support.use_resources stays None, which enables every resource (3.13 puts the timeout
     # tests behind the 'walltime' resource; 3.10 runs them unconditionally).
-    from test import support
-
-    support.verbose = 0
+    cpython_test_support().verbose = 0
     faulthandler.enable(all_threads=True)
 
     with open(args.results, "a", encoding="utf-8") as stream:
