@@ -805,7 +805,11 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         if wait:
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.
-            self._tp_state.emitter.finish(timeout=2.0)
+            st = self._tp_state
+            st.emitter.finish(timeout=2.0)
+            if st.watcher is not None:
+                st.watcher.stop()
+                st.watcher.join(timeout=2.0)
 
     def stats(self) -> dict[str, Any]:
         """The live view: pending and running tasks (per worker pid, with ids and ages),

@@ -367,6 +367,11 @@ class Watcher:
         self._stopping = True
         self._event.set()
 
+    def join(self, timeout: float) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _run(self) -> None:
         try:
             while not self._stopping:

@@ -363,3 +363,20 @@ def configure_sdk_in_worker() -> None:
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker
     provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sink)))
     trace.set_tracer_provider(provider)
+
+
+def busy(seconds: float) -> int:
+    """Burns CPU for ``seconds``: slow, never stuck."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def stop_self_later(delay: float) -> int:
+    """Stops its own worker with SIGSTOP after ``delay`` (as a debugger or a frozen
+    container would); another process must SIGCONT or SIGKILL it."""
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return os.getpid()
