@@ -145,7 +145,7 @@ def py_spy_dump(pid: int, timeout: float) -> tuple[list[dict[str, Any]] | None, 
         return None, "py-spy is not installed"
     try:
         out = subprocess.run(
-            [exe, "dump", "--pid", str(pid), "--json"],
+            [exe, "dump", "--pid", str(pid), "--json", "--nonblocking"],
             capture_output=True,
             text=True,
             timeout=timeout,
