@@ -269,6 +269,8 @@ def test_pool_objects_are_freed_without_the_gc(fault: str, recorder: Any) -> Non
             weakref.ref(pool),
             weakref.ref(pool._executor_manager_thread),  # type: ignore[attr-defined]
             weakref.ref(pool._call_queue),  # type: ignore[attr-defined]
+            weakref.ref(pool._result_queue),  # type: ignore[attr-defined]
+            weakref.ref(pool._tp_state),  # type: ignore[attr-defined]
         ]
         pool.shutdown(wait=True)
         del pool

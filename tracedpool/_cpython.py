@@ -397,6 +397,14 @@ def future_outcome(future: Any) -> tuple[str, BaseException | None, Any]:
     return "result", None, future._result
 
 
+def remove_reader_hook(result_queue: Any) -> None:
+    """Drop the result reader's instance-level hook once the manager is done reading: it
+    refers to the reader's own bound method, a cycle only the GC would free."""
+    reader = getattr(result_queue, "_reader", None)
+    if reader is not None:
+        reader.__dict__.pop("_recv_bytes", None)
+
+
 def shutdown_requested(executor: Any) -> bool:
     return bool(executor._shutdown_thread)
 

@@ -139,8 +139,14 @@ class Emitter:
             if self._thread is not None or self._stopping:
                 return
             name = f"tracedpool-emitter-{self._state.pool_id}"
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name=name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # e.g. "can't create new thread at interpreter shutdown"
+                self._stopping = True
+                log.warning("tracedpool: could not start the span emitter; spans are dropped")
+                return
+            self._thread = thread
         _emitters.add(self)
         with _atexit_lock:
             if not _atexit_registered:

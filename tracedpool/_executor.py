@@ -120,7 +120,7 @@ class _PoolState:
         self.parent_pid = os.getpid()
         self.manager_name = ""
         self.manager: Any = None  # the pool's TracedManagerThread, once started
-        self.result_queue = executor._result_queue  # type: ignore[attr-defined]
+        self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
         self.oom_before = cgroup_oom_kills()
         self.rss = RssSampler()
@@ -410,8 +410,12 @@ class _PoolState:
         if self.watcher is not None:
             self.watcher.stop()
         # No reference to the finished manager may outlive it: the stdlib keys its
-        # exit-time wakeups on manager threads weakly and expects them to be freed.
+        # exit-time wakeups on manager threads weakly and expects them to be freed. The
+        # result queue's reader holds a hook that refers back here: drop that cycle too.
         self.manager = None
+        if self.result_queue is not None:
+            _cpython.remove_reader_hook(self.result_queue)
+        self.result_queue = None
         self.on_wait_start(time_ns())
         try:
             self.status.drain()
@@ -801,7 +805,14 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        result_queue = self._result_queue  # type: ignore[has-type]
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        st = self._tp_state
+        if st.manager is None and result_queue is not None:
+            # The manager never started (or has already finished): nothing else will
+            # drop the reader's hook.
+            _cpython.remove_reader_hook(result_queue)
+            st.result_queue = None
         if wait:
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.

@@ -356,8 +356,14 @@ class Watcher:
     def start(self) -> None:
         if self._thread is None and not self._stopping:
             name = f"tracedpool-stall-{self._state.pool_id}"
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name=name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # e.g. "can't create new thread at interpreter shutdown"
+                self._stopping = True
+                log.warning("tracedpool: could not start the stall watcher; no stall detection")
+                return
+            self._thread = thread
 
     def wake(self) -> None:
         self.idle = False
