@@ -280,3 +280,27 @@ def test_pool_objects_are_freed_without_the_gc(fault: str, recorder: Any) -> Non
         assert refs[1] not in [weakref.ref(t) for t in cfp._threads_wakeups]
     finally:
         gc.enable()
+
+
+def test_own_threads_failing_to_start_never_fail_submit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, recorder: Any
+) -> None:
+    """At interpreter shutdown threads cannot start: tracedpool's emitter and watcher
+    then go without, with a warning, and submit() still works."""
+    import threading
+    import types
+
+    from tracedpool import _threads
+
+    class NoStart(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    # Only tracedpool's own threads are refused; the pool's stdlib threads start.
+    monkeypatch.setattr(_threads, "threading", types.SimpleNamespace(Thread=NoStart))
+    provider, _exporter = recorder
+    with caplog.at_level("WARNING", logger="tracedpool"):
+        with TracedProcessPoolExecutor(1, tracer_provider=provider, stall_timeout=5) as pool:
+            assert pool.submit(square, 5).result(timeout=60) == 25
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "spans are dropped" in messages and "no stall detection" in messages

@@ -23,6 +23,7 @@ from typing import Any
 from . import _names as N
 from ._cpython import future_outcome
 from ._forensics import role_of
+from ._threads import start_daemon
 from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, fault_of, qualname
 
 log = logging.getLogger("tracedpool")
@@ -139,12 +140,9 @@ class Emitter:
             if self._thread is not None or self._stopping:
                 return
             name = f"tracedpool-emitter-{self._state.pool_id}"
-            thread = threading.Thread(target=self._run, name=name, daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # e.g. "can't create new thread at interpreter shutdown"
+            thread = start_daemon(self._run, name, "this pool's spans are dropped")
+            if thread is None:
                 self._stopping = True
-                log.warning("tracedpool: could not start the span emitter; spans are dropped")
                 return
             self._thread = thread
         _emitters.add(self)

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._threads import start_daemon
 from ._version import __version__
 
 log = logging.getLogger("tracedpool")
@@ -356,12 +357,9 @@ class Watcher:
     def start(self) -> None:
         if self._thread is None and not self._stopping:
             name = f"tracedpool-stall-{self._state.pool_id}"
-            thread = threading.Thread(target=self._run, name=name, daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # e.g. "can't create new thread at interpreter shutdown"
+            thread = start_daemon(self._run, name, "this pool has no stall detection")
+            if thread is None:
                 self._stopping = True
-                log.warning("tracedpool: could not start the stall watcher; no stall detection")
                 return
             self._thread = thread
 
