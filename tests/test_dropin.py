@@ -299,8 +299,10 @@ def test_own_threads_failing_to_start_never_fail_submit(
     # Only tracedpool's own threads are refused; the pool's stdlib threads start.
     monkeypatch.setattr(_threads, "threading", types.SimpleNamespace(Thread=NoStart))
     provider, _exporter = recorder
-    with caplog.at_level("WARNING", logger="tracedpool"):
-        with TracedProcessPoolExecutor(1, tracer_provider=provider, stall_timeout=5) as pool:
-            assert pool.submit(square, 5).result(timeout=60) == 25
+    with (
+        caplog.at_level("WARNING", logger="tracedpool"),
+        TracedProcessPoolExecutor(1, tracer_provider=provider, stall_timeout=5) as pool,
+    ):
+        assert pool.submit(square, 5).result(timeout=60) == 25
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "spans are dropped" in messages and "no stall detection" in messages
