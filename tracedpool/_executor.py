@@ -5,8 +5,8 @@ The data flow, with the six stages (S1-S6) and where tracedpool watches them::
     caller thread                 manager thread                feeder thread
     ---------------               ----------------              ---------------
     submit(fn, *a) --S1 submit--> work id queue
-      wraps the call in _Task       |
-      samples once (caller ctx)     v
+      samples once (caller ctx);    |
+      a sampled call -> _Task       v
                                   add_call_item_to_queue
                                   TracedCallQueue.put ---S2 enqueue---> buffer
                                                                         |
@@ -26,10 +26,15 @@ The data flow, with the six stages (S1-S6) and where tracedpool watches them::
     emitter thread  <----------------------------------------------------+
       builds the task span and its stage spans, hands them to the span processors
 
-    status pipe (workers -> parent): "task N started on pid P", "task N failed to
-    unpickle", "the initializer failed"; read at breakage for forensics.
+    status pipe (workers -> parent): "work item N started on pid P", "work item N failed
+    to unpickle", "the initializer failed"; drained every 64 manager wakes and at
+    breakage, for forensics.
 
-The stall detector (a later milestone) watches the manager's wakes and the status pipe.
+    stall watcher thread: while work is pending, compares futures completed and each
+    worker's CPU and I/O counters; on a stall it snapshots every stack and writes a report.
+
+A task that is not sampled (or any task with no SDK) travels unwrapped, exactly as the
+stdlib sends it; only a sampled task is wrapped in _Task.
 """
 
 from __future__ import annotations
