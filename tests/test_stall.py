@@ -190,3 +190,22 @@ def test_stall_timeout_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACEDPOOL_STALL_TIMEOUT", "later")
     with pytest.raises(ValueError, match="TRACEDPOOL_STALL_TIMEOUT"):
         TracedProcessPoolExecutor(1)
+
+
+def test_snapshots_fall_back_without_py_spy(
+    make_pool: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without py-spy (or ptrace), workers' stacks come from the faulthandler dump each
+    worker installed at start, and the report says so; still one report per episode."""
+    from tracedpool import _stall
+
+    monkeypatch.setattr(_stall, "py_spy_path", lambda: None)
+    reports: list[dict[str, Any]] = []
+    pool = make_pool(1, stall_timeout=TIMEOUT, stall_report_dir=tmp_path, on_stall=reports.append)
+    assert pool.submit(sleep_then, 1, 4 * TIMEOUT).result(timeout=60) == 1
+    assert len(reports) == 1
+    worker = next(p for p in reports[0]["processes"] if p["role"] == "worker")
+    assert worker["stack_method"].startswith("faulthandler signal dump")
+    frames = [f["function"] for t in worker["threads"] for f in t["frames"]]
+    assert "sleep_then" in frames
+    assert "sleep_then" in reports[0]["diagnosis"]

@@ -434,6 +434,9 @@ class Watcher:
             return
         self._in_episode = True
         self.handle(stalled_for)
+        # Taking the snapshots made the workers run a little (a signal-triggered dump
+        # runs Python code): that is not the pool's progress. Start from here.
+        self._signature = (state.completed, self._worker_signature(list(state.worker_pids())))
 
     # -- one stall -------------------------------------------------------------------------
     def handle(self, stalled_for: float) -> dict[str, Any]:
