@@ -35,7 +35,7 @@ other-pythons: venv
 	$(PY) tools/other_pythons.py
 
 stdlib-suite: venv
-	$(PY) tools/stdlib_suite.py
+	$(PY) tools/stdlib_suite.py --jobs 1
 
 bench: venv
 	$(PY) benchmarks/throughput.py

@@ -390,6 +390,9 @@ def venv_stamp(interp: Interpreter, substituted: bool) -> str:
     )
 
 
+_VENV_LOCK = threading.Lock()
+
+
 def prepare_venv(interp: Interpreter, source: TestSource, substituted: bool) -> Path | str:
     """The venv's python, built or reused, with the start-up hook for *source* in place."""
     root = venv_dir(interp, substituted)
@@ -414,10 +417,14 @@ def prepare_venv(interp: Interpreter, source: TestSource, substituted: bool) -> 
                     str(REPO),
                 ]
             )
-        for step in steps:
-            done = run_quiet(step)
-            if done.returncode != 0:
-                return f"`{' '.join(step)}` failed: {(done.stderr or done.stdout).strip()[-400:]}"
+        # One venv at a time: `pip install -e` writes build metadata into the checkout,
+        # and three of them at once (-j3) can leave one venv with a broken install.
+        with _VENV_LOCK:
+            for step in steps:
+                done = run_quiet(step)
+                if done.returncode != 0:
+                    tail = (done.stderr or done.stdout).strip()[-400:]
+                    return f"`{' '.join(step)}` failed: {tail}"
         stamp_file.write_text(stamp, encoding="utf-8")
     return install_hook(python, source, substituted)
 
