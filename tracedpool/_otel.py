@@ -46,8 +46,6 @@ Spec = tuple[Any, ...]
 class Sink:
     """Where a pool's finished spans go; chosen once per provider."""
 
-    sdk = False
-
     def new_trace(self, name: str) -> tuple[int, int, int, Any] | None:
         """Sample a root for the pool's own trace: (trace_id, span_id, flags, state)."""
         raise NotImplementedError
@@ -74,14 +72,11 @@ class Sink:
 
 
 class SdkSink(Sink):
-    sdk = True
-
     def __init__(self, provider: Any) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-        self._provider = provider
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._resource = provider.resource
