@@ -27,6 +27,7 @@ import inspect
 import multiprocessing.queues as _mpq
 import pickle
 import pickletools
+import select
 import threading
 import time
 import traceback
@@ -105,6 +106,34 @@ else:  # pragma: no cover - only on an unknown future layout
 
         def __str__(self) -> str:
             return str(self.tb)
+
+
+def _probe_fast_wait() -> tuple[bool, bool]:
+    """Whether the manager's wait can be served by a persistent poll set: (usable, clear
+    under ``shutdown_lock``).
+
+    The stdlib's ``wait_result_broken_or_wakeup`` (identical in 3.10 to 3.14 but for the
+    lock) builds a new selector over the result pipe, the wakeup pipe and every worker's
+    sentinel on every wake, and another one to drain the wakeup pipe: ~60 of the ~200
+    Python calls the manager spends per task. ``TracedManagerThread._poll_wait`` keeps
+    one ``select.poll`` set for as long as the worker set is unchanged and gives the
+    same answers. 3.10 clears the wakeup pipe under ``shutdown_lock``; gh-105829
+    (3.11.5+, 3.12.0+) dropped the lock there, and so do we where the stdlib has.
+    """
+    if not HOOKS_AVAILABLE or not hasattr(select, "poll"):
+        return False, False
+    names: set[str] = set()
+    stack = [getattr(_ManagerBase.wait_result_broken_or_wakeup, "__code__", None)]
+    while stack:  # with its comprehensions' code (nested before 3.12, PEP 709)
+        code = stack.pop()
+        if code is not None:
+            names.update(code.co_names)
+            stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    expected = {"result_queue", "_reader", "thread_wakeup", "processes", "sentinel", "clear"}
+    return expected <= names, "shutdown_lock" in names
+
+
+FAST_WAIT, _WAIT_CLEARS_UNDER_LOCK = _probe_fast_wait()
 
 
 def remote_traceback(text: str) -> BaseException:
@@ -479,13 +508,68 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             except BaseException:
                 pass
 
+    _tp_poll: Any = None
+    _tp_poll_key: Any = None
+    _tp_poll_fds: tuple[int, int] = (-1, -1)
+
+    def _poll_wait(self) -> Any:
+        """The stdlib's wait (see ``_probe_fast_wait``), on a persistent poll set."""
+        result_reader = self.result_queue._reader
+        wakeup = self.thread_wakeup
+        processes = self.processes
+        if wakeup._closed or processes is None:
+            return super().wait_result_broken_or_wakeup()  # the stdlib's own checks
+        key = tuple(processes.items())
+        if key != self._tp_poll_key:
+            # The worker set changed (started, retired or reaped): rebuild the set, so
+            # a closed sentinel's number is never polled after it is reused.
+            poll = select.poll()
+            fds = (result_reader.fileno(), wakeup._reader.fileno())
+            for fd in fds:
+                poll.register(fd, select.POLLIN)
+            for process in processes.values():
+                poll.register(process.sentinel, select.POLLIN)
+            self._tp_poll, self._tp_poll_key, self._tp_poll_fds = poll, key, fds
+        result_fd, wakeup_fd = self._tp_poll_fds
+        # As selectors.PollSelector reads them: any event but POLLOUT alone is "ready".
+        ready = [fd for fd, _event in self._tp_poll.poll()]
+        cause = None
+        is_broken = True
+        result_item = None
+        if result_fd in ready:
+            try:
+                result_item = result_reader.recv()
+                is_broken = False
+            except BaseException as e:
+                cause = traceback.format_exception(type(e), e, e.__traceback__)
+        elif wakeup_fd in ready:
+            is_broken = False
+        if wakeup_fd in ready:
+            # The stdlib drains the wakeup pipe after every wake; draining only when it
+            # was readable spares a selector per result. A wakeup written meanwhile is
+            # then seen by the next poll: one more loop turn, nothing lost.
+            if _WAIT_CLEARS_UNDER_LOCK:
+                with self.shutdown_lock:
+                    wakeup.clear()
+            else:
+                wakeup.clear()
+        return result_item, is_broken, cause
+
+    def _stdlib_wait(self) -> Any:
+        if FAST_WAIT:
+            try:
+                return self._poll_wait()
+            except (OSError, ValueError, AttributeError):
+                pass  # a closed pipe, or a shape we do not know: the stdlib decides
+        return super().wait_result_broken_or_wakeup()
+
     def wait_result_broken_or_wakeup(self) -> Any:
         observer = self._tp_observer
         if not observer.tracing and (observer.wakes + 1) & 63:
             # The common untraced wake: count it, and forget the last raw result (kept
             # only to attribute a result that fails to unpickle). Every 64th wake takes
             # the full path below, where the observer does its periodic upkeep.
-            result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+            result_item, is_broken, cause = self._stdlib_wait()
             if not is_broken:
                 observer.wakes += 1
                 observer.last_buf = None
@@ -494,7 +578,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         else:
             t0 = time_ns()
             observer.on_wait_start(t0)
-            result_item, is_broken, cause = super().wait_result_broken_or_wakeup()
+            result_item, is_broken, cause = self._stdlib_wait()
             t1 = time_ns()
         try:
             replaced = observer.on_wake(t0, t1, result_item, is_broken, cause, self)
@@ -587,8 +671,10 @@ class InternalsMixin(_cfp.ProcessPoolExecutor):
     _tp_state: Any = None
 
     def _start_executor_manager_thread(self) -> None:
+        if self._executor_manager_thread is not None:  # type: ignore[has-type]
+            return  # every submit asks; the stdlib's own method does nothing then either
         state = self._tp_state
-        if state is None or not state.hooked or self._executor_manager_thread is not None:
+        if state is None or not state.hooked:
             super()._start_executor_manager_thread()  # type: ignore[misc]
             return
         # The stdlib's own steps (identical in 3.10 to 3.14 and main), building our

@@ -108,7 +108,7 @@ class Emitter:
         self._event = threading.Event()
         self._idle = False
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # started by the first traced submit
         self._lock = threading.Lock()
         self._warned = False
         self._warned_drop = False
@@ -138,29 +138,25 @@ class Emitter:
     def start(self) -> None:
         global _atexit_registered
         with self._lock:
-            if self._thread is not None or self._stopping:
+            if self.thread is not None or self._stopping:
                 return
             name = f"tracedpool-emitter-{self._state.pool_id}"
             thread = start_daemon(self._run, name, "this pool's spans are dropped")
             if thread is None:
                 self._stopping = True
                 return
-            self._thread = thread
+            self.thread = thread
         _emitters.add(self)
         with _atexit_lock:
             if not _atexit_registered:
                 atexit.register(_flush_at_exit)
                 _atexit_registered = True
 
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
     def finish(self, timeout: float | None = None) -> None:
         """Emit what is queued, then stop; waits at most ``timeout`` seconds."""
         self._stopping = True
         self._event.set()
-        thread = self._thread
+        thread = self.thread
         if thread is None:
             self._drain()  # never started (no traced submit reached it): nothing queued
             return
@@ -252,7 +248,7 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
     This runs once per sampled task on the emitter thread; it is written for the common
     case (a result, no fault) to build as few objects as possible.
     """
-    new_id = st.sink.new_span_id
+    new_id = st.sink.leaf_span_id  # the stage spans parent nothing
     span_id = rec.span_id
     tid = f"{st.pool_id}:{rec.work_id}"
     fname = st.fn_name(rec.fn)

@@ -118,6 +118,7 @@ class _PoolState:
         self.status_writer = status_writer
         self.hooked = False
         self.sink: Sink | None = None
+        self.sink_final = False
         self._sink_provider: Any = _UNSET
         self.pool_trace: tuple[int, int, int, Any] | None = None
         self.emitter = Emitter(self)
@@ -146,16 +147,20 @@ class _PoolState:
 
     # -- sink ----------------------------------------------------------------------------------
     def current_sink(self) -> Sink | None:
+        """The sink for this submit. Once resolved for a provider that cannot change
+        (one passed in, or the global one once set: it can be set only once),
+        ``sink_final`` lets ``submit`` read ``sink`` directly."""
         provider = self.provider_arg
         if provider is None:
-            if self.sink is not None or not global_provider_unset():
-                # The global provider can be set only once: after that it never changes.
+            if not global_provider_unset():
                 provider = trace.get_tracer_provider()
             else:
                 return None
         if provider is self._sink_provider:
             return self.sink
-        return self._refresh_sink(provider)
+        sink = self._refresh_sink(provider)
+        self.sink_final = True
+        return sink
 
     def _refresh_sink(self, provider: Any) -> Sink | None:
         try:
@@ -426,7 +431,11 @@ class _PoolState:
             self.status.drain()
         except Exception:
             pass
-        if self.sink is not None and self.pool_trace is not None and self.emitter.started:
+        if (
+            self.sink is not None
+            and self.pool_trace is not None
+            and self.emitter.thread is not None
+        ):
             self.emitter.push(_POOL_END)
         self.emitter.finish(timeout=0)
 
@@ -448,7 +457,7 @@ class _PoolState:
         for thread, role in (
             (self.manager, "manager"),
             (feeder, "feeder"),
-            (self.emitter._thread, "emitter"),
+            (self.emitter.thread, "emitter"),
             (self.watcher._thread if self.watcher else None, "stall-watcher"),
         ):
             if thread is not None and thread.ident is not None:
@@ -515,7 +524,7 @@ class _PoolState:
                 stuck.append(rec)
         if self.sink is not None and self.pool_trace is not None:
             self.emitter.push(("stall", stamp, report["kind"], stuck))
-            if not self.emitter.started:
+            if self.emitter.thread is None:
                 self.emitter.start()
 
     # -- forensics for callers -------------------------------------------------------------------
@@ -744,9 +753,13 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         st = self._tp_state
-        sink = st.current_sink()
+        sink = st.sink if st.sink_final else st.current_sink()
         if sink is not None:
-            sampled = self._sample(st, sink)
+            try:
+                sampled = sink.sample(N.SPAN_TASK, None)
+            except Exception:
+                st.internal_error("sampling")
+                sampled = None
             if sampled is not None:
                 return self._submit_traced(st, sink, sampled, fn, args, kwargs)
         # Not traced (no SDK, or not sampled): the call travels exactly as the stdlib
@@ -760,14 +773,6 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         if watcher is not None and watcher.idle:
             _wake_watcher(watcher)
         return future
-
-    @staticmethod
-    def _sample(st: _PoolState, sink: Sink) -> Any:
-        try:
-            return sink.sample(N.SPAN_TASK, None)
-        except Exception:
-            st.internal_error("sampling")
-            return None
 
     def _submit_traced(
         self, st: _PoolState, sink: Sink, sampled: Any, fn: Any, args: Any, kwargs: Any
@@ -802,7 +807,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         if st.record_values:
             rec.future = future
         future.add_done_callback(rec)
-        if not st.emitter.started:
+        if st.emitter.thread is None:
             st.emitter.start()
         watcher = st.watcher
         if watcher is not None and watcher.idle:
