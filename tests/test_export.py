@@ -33,6 +33,7 @@ from tracedpool import TracedProcessPoolExecutor
 from tracedpool import _configure as C
 from tracedpool import _names as N
 from tracedpool._jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
+from tracedpool._otlpjson import read_spans, trace_files
 from tracedpool.testing import ErrorAtPickle, identity, traced_work
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -124,6 +125,43 @@ def test_json_lines_are_the_otlp_encoding_of_the_same_spans(tmp_path: Path) -> N
     joined = "\n".join(lines)
     assert '"key":"tracedpool.fault.stage","value":{"stringValue":"feeder-serialize"}' in joined
     assert '"status":{"message":' in joined and '"code":2}' in joined
+
+
+def test_read_spans_gives_back_what_was_written(tmp_path: Path) -> None:
+    """read_spans over the file and its rotated predecessors returns every span of a
+    traced pool, oldest first, with ids, parentage, attributes, events and status."""
+    memory = InMemorySpanExporter()
+    path = tmp_path / "t.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.add_span_processor(
+        SimpleSpanProcessor(JsonLinesSpanExporter(path, max_bytes=8192, count=50))
+    )
+    _traced_pool_run(provider)
+    provider.shutdown()
+    assert len(trace_files(path)) > 1  # rotated: the order across files matters
+
+    spans = memory.get_finished_spans()
+    read = list(read_spans(path))
+    assert len(read) == len(spans)
+    for span, got in zip(spans, read, strict=True):
+        parent = span.parent
+        assert got["trace_id"] == format(span.context.trace_id, "032x")
+        assert got["span_id"] == format(span.context.span_id, "016x")
+        assert got["parent_span_id"] == (format(parent.span_id, "016x") if parent else None)
+        assert (got["name"], got["start_ns"], got["end_ns"]) == (
+            span.name,
+            span.start_time,
+            span.end_time,
+        )
+        assert got["attributes"] == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in span.attributes.items()
+        }
+        assert [(e["name"], e["time_ns"]) for e in got["events"]] == [
+            (e.name, e.timestamp) for e in span.events
+        ]
+        assert got["status_code"] == span.status.status_code.value
+        assert got["resource"] == dict(span.resource.attributes)
 
 
 def test_attribute_values_use_the_otlp_any_value_forms(tmp_path: Path) -> None:
