@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,7 +156,7 @@ def test_read_spans_gives_back_what_was_written(tmp_path: Path) -> None:
             span.end_time,
         )
         assert got["attributes"] == {
-            k: list(v) if isinstance(v, tuple) else v for k, v in span.attributes.items()
+            k: list(v) if isinstance(v, tuple) else v for k, v in (span.attributes or {}).items()
         }
         assert [(e["name"], e["time_ns"]) for e in got["events"]] == [
             (e.name, e.timestamp) for e in span.events
@@ -169,7 +170,14 @@ def test_attribute_values_use_the_otlp_any_value_forms(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
-    attrs = {"s": "é", "i": -(2**62), "d": 0.5, "b": False, "a": [1, 2], "sa": ["x", "y"]}
+    attrs: dict[str, Any] = {
+        "s": "é",
+        "i": -(2**62),
+        "d": 0.5,
+        "b": False,
+        "a": [1, 2],
+        "sa": ["x", "y"],
+    }
     provider.get_tracer("t").start_span("x", attributes=attrs).end()
     provider.shutdown()
     span = json.loads(path.read_text(encoding="utf-8"))["resourceSpans"][0]["scopeSpans"][0]
@@ -579,7 +587,7 @@ def test_real_collector_accepts_the_pools_spans(env: pytest.MonkeyPatch) -> None
     assert OTLPSpanExporter().export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
     setup.provider.shutdown()
 
-    host = urllib.request.urlparse(endpoint).hostname
+    host = urllib.parse.urlparse(endpoint).hostname
     url = f"http://{host}:16686/api/traces/{trace_id:032x}"
     deadline = time.monotonic() + 45  # a collector's tail sampling waits before deciding
     names: set[str] = set()
