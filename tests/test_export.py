@@ -602,3 +602,27 @@ def test_real_collector_accepts_the_pools_spans(env: pytest.MonkeyPatch) -> None
             pytest.skip(f"no Jaeger query API at {url} ({e}); the export itself succeeded")
         time.sleep(1)
     assert {N.SPAN_TASK, N.SPAN_FEEDER_SERIALIZE, "user-inner"} <= names
+
+
+def test_a_forked_child_can_export_even_if_forked_mid_export(tmp_path: Path) -> None:
+    """A fork while another thread holds the exporter's lock does not deadlock the child."""
+    path = tmp_path / "traces.jsonl"
+    exporter = JsonLinesSpanExporter(path)
+    spans = _spans(1)
+    with exporter._lock:  # as if the batch processor's thread were mid-export
+        pid = os.fork()
+        if pid == 0:  # the child: export, then leave without running pytest's cleanup
+            code = 0 if exporter.export(spans) is SpanExportResult.SUCCESS else 1
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child deadlocked on the exporter's lock")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(path.read_text().splitlines()) == 1

@@ -24,6 +24,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,12 @@ class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
         self._warned = False
         self._closed = False
         self.dropped = 0  # spans lost to write failures, for tests and stats
+        # A fork while another thread exports would leave the lock held in the child for
+        # ever (the SDK's batch processor restarts its thread there and exports again).
+        # A weak reference: the hook must not keep a shut-down exporter alive.
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
 
     # SpanExporter API
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
@@ -93,6 +100,9 @@ class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
         return True  # every export is already an unbuffered write
 
     # internals
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
     def _drop(self, n: int, why: str) -> SpanExportResult:
         self.dropped += n
         if not self._warned:
