@@ -1,13 +1,16 @@
 """tracedpool demo: a request fanned out into pool tasks, a pickling fault, a killed worker.
 
-Run with ``make demo``. Spans go to an SDK provider with the embedded default: every span
-is written as one JSON line to ``demo-traces.jsonl`` (nothing needs to be running), and
-the demo prints each trace as a waterfall so you can see where the time went and what
+Run with ``make demo``. ``tracedpool.configure()`` sets up the SDK from the standard
+OTEL_* variables; with none set, that is the embedded default: spans are written as
+OTLP/JSON lines to a private file under ``~/.local/state/tracedpool/traces/`` (or
+``$TRACEDPOOL_TRACE_FILE``), and nothing needs to be running. The demo reads that file
+back and prints each trace as a waterfall, so you can see where the time went and what
 failed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -18,29 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+import tracedpool
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool import _names as N
+from tracedpool._otlpjson import decode_request, trace_files
 
-OUT = Path(os.environ.get("TRACEDPOOL_DEMO_OUT", "demo-traces.jsonl"))
 
-
-class Collect(SpanExporter):
-    """Keeps spans for the printout and appends them to a JSON-lines file."""
-
-    def __init__(self, path: Path) -> None:
-        self.spans: list[Any] = []
-        self._file = path.open("w", encoding="utf-8")
-
-    def export(self, spans: Any) -> SpanExportResult:
-        for span in spans:
-            self.spans.append(span)
-            self._file.write(span.to_json(indent=None) + "\n")
-        self._file.flush()
-        return SpanExportResult.SUCCESS
+def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
+    """The spans of one trace, read back from the trace file and its rotated ones."""
+    found: list[dict[str, Any]] = []
+    for file in trace_files(path):
+        with file.open(encoding="utf-8") as f:
+            for line in f:
+                if trace_id in line:  # cheap filter before decoding
+                    found += [
+                        s for s in decode_request(json.loads(line)) if s["trace_id"] == trace_id
+                    ]
+    return found
 
 
 def resize(width: int) -> int:
@@ -55,51 +53,59 @@ def kill_me() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def waterfall(spans: list[Any], trace_id: int) -> None:
-    mine = [s for s in spans if s.context.trace_id == trace_id]
-    children: dict[int | None, list[Any]] = defaultdict(list)
-    ids = {s.context.span_id for s in mine}
+def waterfall(path: Path | None, provider: Any, span: Any) -> None:
+    """Flush the provider, read this request's trace back from the file, print it."""
+    if path is None:
+        return
+    provider.force_flush()
+    mine = spans_of(path, format(span.get_span_context().trace_id, "032x"))
+    if not mine:
+        print("  (no spans found in the trace file)")
+        return
+    children: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+    ids = {s["span_id"] for s in mine}
     for s in mine:
-        parent = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+        parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
         children[parent].append(s)
-    t0 = min(s.start_time for s in mine)
+    t0 = min(s["start_ns"] for s in mine)
+    labels = {N.ATTR_CODE_FUNCTION: "fn", N.ATTR_PROCESS_PID: "pid", N.ATTR_PAYLOAD_BYTES: "bytes"}
 
-    def show(span: Any, depth: int) -> None:
-        start = (span.start_time - t0) / 1e6
-        took = (span.end_time - span.start_time) / 1e6
-        mark = " ERROR" if span.status.status_code.name == "ERROR" else ""
-        attrs = span.attributes or {}
-        labels = {
-            N.ATTR_CODE_FUNCTION: "fn",
-            N.ATTR_PROCESS_PID: "pid",
-            N.ATTR_PAYLOAD_BYTES: "bytes",
-        }
+    def show(s: dict[str, Any], depth: int) -> None:
+        start = (s["start_ns"] - t0) / 1e6
+        took = (s["end_ns"] - s["start_ns"]) / 1e6
+        mark = " ERROR" if s["status_code"] == 2 else ""
+        attrs = s["attributes"]
         extra = ", ".join(f"{label}={attrs[k]}" for k, label in labels.items() if k in attrs)
-        print(f"  {start:8.1f} ms {'  ' * depth}{span.name} ({took:.2f} ms){mark} {extra}")
-        for event in span.events:
-            facts = {k: v for k, v in event.attributes.items() if "stacktrace" not in k}
-            print(f"  {'':11} {'  ' * depth}  ! {event.name} {facts}")
-        for child in sorted(children[span.context.span_id], key=lambda s: s.start_time):
+        print(f"  {start:8.1f} ms {'  ' * depth}{s['name']} ({took:.2f} ms){mark} {extra}")
+        for event in s["events"]:
+            facts = {k: v for k, v in event["attributes"].items() if "stacktrace" not in k}
+            print(f"  {'':11} {'  ' * depth}  ! {event['name']} {facts}")
+        for child in sorted(children[s["span_id"]], key=lambda c: c["start_ns"]):
             show(child, depth + 1)
 
-    for root in sorted(children[None], key=lambda s: s.start_time):
+    for root in sorted(children[None], key=lambda c: c["start_ns"]):
         show(root, 0)
 
 
 def main() -> int:
-    exporter = Collect(OUT)
-    provider = TracerProvider(resource=Resource.create({"service.name": "tracedpool-demo"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    setup = tracedpool.configure(service_name="tracedpool-demo")
+    print(setup.describe())
+    path = setup.trace_file
+    if path is None:
+        print(
+            "(the waterfalls below read the embedded default's file: unset OTEL_TRACES_EXPORTER"
+            " and OTEL_EXPORTER_OTLP_ENDPOINT, or add tracedpool_jsonl to OTEL_TRACES_EXPORTER)"
+        )
+    provider = setup.provider
     tracer = trace.get_tracer("demo")
 
-    print("1) a request fans out into pool tasks: one trace, one waterfall")
+    print("\n1) a request fans out into pool tasks: one trace, one waterfall")
     with (
         TracedProcessPoolExecutor(max_workers=2, name="thumbnails") as pool,
         tracer.start_as_current_span("GET /thumbnails") as request,
     ):
         print("   results:", list(pool.map(resize, [640, 800, 1024])))
-    waterfall(exporter.spans, request.get_span_context().trace_id)
+    waterfall(path, provider, request)
 
     print("\n2) an argument that cannot be pickled: the part is named, the pool lives on")
     with (
@@ -114,7 +120,7 @@ def main() -> int:
             for note in getattr(e, "__notes__", []):
                 print(f"   note: {note}")
         print("   next task still works:", pool.submit(resize, 100).result())
-    waterfall(exporter.spans, request.get_span_context().trace_id)
+    waterfall(path, provider, request)
 
     print("\n3) a worker is SIGKILLed (as by the OOM killer): pid, signal and lost task named")
     with (
@@ -125,9 +131,11 @@ def main() -> int:
             pool.submit(kill_me).result()
         except Exception as e:
             print(f"   caller sees: {type(e).__name__}: {e}")
-    waterfall(exporter.spans, request.get_span_context().trace_id)
+    waterfall(path, provider, request)
 
-    print(f"\nAll {len(exporter.spans)} spans were written to {OUT.resolve()}")
+    if path is not None:
+        provider.force_flush()
+        print(f"\nThe spans are OTLP/JSON lines in {path}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """tracedpool: an observable, diagnosable drop-in ``ProcessPoolExecutor``."""
 
+from ._configure import TracingSetup, configure
 from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._executor import TracedProcessPoolExecutor
 from ._version import __version__
@@ -9,5 +10,7 @@ __all__ = [
     "ResultUnpicklingError",
     "TracedBrokenProcessPool",
     "TracedProcessPoolExecutor",
+    "TracingSetup",
     "__version__",
+    "configure",
 ]

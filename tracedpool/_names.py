@@ -281,6 +281,30 @@ ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "`0` to omit exception messages and stack traces from spans (default on).",
 )
 
+ENV_TRACE_FILE: Final = _reg(
+    "env",
+    "TRACEDPOOL_TRACE_FILE",
+    "Path of the embedded default exporter's OTLP/JSON-lines file (default "
+    "`$XDG_STATE_HOME/tracedpool/traces/traces.jsonl`, else "
+    "`~/.local/state/tracedpool/traces/traces.jsonl`).",
+)
+ENV_TRACE_FILE_MAX_BYTES: Final = _reg(
+    "env",
+    "TRACEDPOOL_TRACE_FILE_MAX_BYTES",
+    "Size at which the embedded default's file is rotated (default 16777216, 16 MiB).",
+)
+ENV_TRACE_FILE_COUNT: Final = _reg(
+    "env",
+    "TRACEDPOOL_TRACE_FILE_COUNT",
+    "How many files the embedded default keeps, the current one included (default 3).",
+)
+ENV_TEST_OTLP_ENDPOINT: Final = _reg(
+    "env",
+    "TRACEDPOOL_TEST_OTLP_ENDPOINT",
+    "Tests only: an OTLP/HTTP endpoint (a collector or Jaeger, e.g. `http://localhost:4318`) "
+    "for the opt-in integration test; skipped when unset.",
+)
+
 
 def render_markdown() -> str:
     """The docs table of every name above."""

@@ -1,0 +1,282 @@
+"""``tracedpool.configure()``: one call to set up the OpenTelemetry SDK for tracing.
+
+For services that have not configured OpenTelemetry themselves. It never replaces a
+provider the application already installed: it returns that one, and says so.
+
+Which exporter, in order (the first rule that applies wins):
+
+1. ``OTEL_TRACES_EXPORTER``, if set: a comma-separated list of ``otlp``, ``console``,
+   ``tracedpool_jsonl`` (the embedded default), any name installed under the
+   ``opentelemetry_traces_exporter`` entry point, or ``none`` alone.
+2. ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if set: OTLP.
+3. Otherwise the embedded default: OTLP/JSON lines in a private local file
+   (``tracedpool._jsonl``), so nothing needs to be running.
+
+OTLP uses ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``:
+``http/protobuf`` (the specification's default) or ``grpc``. The exporters themselves
+read the endpoint, headers, timeout, compression and certificate variables.
+``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and
+``OTEL_TRACES_SAMPLER_ARG`` are honoured; bad values raise ``ValueError`` naming the
+variable and the rule, before anything is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+
+from ._otel import global_provider_unset
+
+log = logging.getLogger("tracedpool")
+
+# The standard variables (OpenTelemetry's specification names; spelled here rather than
+# imported from the SDK so the rules can be checked before the SDK is imported).
+OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER"
+OTEL_TRACES_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
+OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
+OTEL_PYTHON_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
+
+EXPORTER_NAME = "tracedpool_jsonl"  # the embedded default's OTEL_TRACES_EXPORTER name
+RULE_EXISTING = "existing provider"
+RULE_DISABLED = OTEL_SDK_DISABLED
+RULE_DEFAULT = "embedded default"
+
+PROTOCOLS = ("http/protobuf", "grpc")
+BUILTIN_EXPORTERS = ("otlp", "console", EXPORTER_NAME, "none")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+_INSTALL_OTLP = "pip install 'tracedpool[otlp]'"
+_INSTALL_SDK = "pip install 'tracedpool[sdk]'"
+
+
+@dataclass(frozen=True)
+class TracingSetup:
+    """What ``configure()`` found or did."""
+
+    provider: Any  # the TracerProvider now in use
+    installed: bool  # True if configure() created it and made it the global provider
+    rule: str  # which rule chose: "existing provider", a variable's name, "embedded default"
+    exporters: tuple[str, ...]  # e.g. ("otlp http/protobuf",) or ("tracedpool_jsonl",)
+    trace_file: Path | None  # the embedded default's file, when it is one of the exporters
+
+    def describe(self) -> str:
+        """One line for a log or a demo's printout."""
+        if self.rule == RULE_EXISTING:
+            return "tracing: the application's own provider is in use; tracedpool left it alone"
+        if self.rule == RULE_DISABLED:
+            return f"tracing: disabled by {OTEL_SDK_DISABLED}"
+        what = ", ".join(self.exporters) or "no exporter"
+        where = f" -> {self.trace_file}" if self.trace_file is not None else ""
+        return f"tracing: {what}{where} (chosen by {self.rule})"
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    trace_file: str | os.PathLike[str] | None = None,
+    install: bool = True,
+) -> TracingSetup:
+    """Set up an SDK ``TracerProvider`` from the standard variables, unless one is set.
+
+    ``service_name``, ``resource_attributes`` and ``trace_file`` are defaults: the
+    standard variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``) and
+    ``TRACEDPOOL_TRACE_FILE`` win, so operators can re-point a deployed service without
+    a code change. With ``install=False`` the provider is built and returned but not
+    made global (pass it to ``TracedProcessPoolExecutor(tracer_provider=...)``).
+
+    Raises ``ValueError`` for a bad variable (naming it and the rule) and ``ImportError``
+    naming the extra to install when the SDK or a chosen exporter is missing.
+    """
+    if install:
+        existing = _existing_provider()
+        if existing is not None:
+            log.info("tracedpool: a tracer provider is already set; configure() leaves it")
+            return TracingSetup(existing, False, RULE_EXISTING, (), None)
+    if os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
+        return TracingSetup(trace.get_tracer_provider(), False, RULE_DISABLED, (), None)
+    try:
+        from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as e:
+        raise ImportError(
+            f"tracedpool.configure() needs the OpenTelemetry SDK: {_INSTALL_SDK}"
+        ) from e
+
+    # Everything that can be wrong is checked before anything is created or installed.
+    names, rule = exporter_names()
+    sampler = sampler_from_env()
+    exporters: list[tuple[str, Any]] = [_make_exporter(n, trace_file) for n in names]
+
+    attributes: dict[str, Any] = dict(resource_attributes or {})
+    if service_name is not None:
+        attributes["service.name"] = service_name
+    attributes.update(OTELResourceDetector().detect().attributes)  # the variables win
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    for _, exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+
+    file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
+    setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)
+    if install:
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:  # another thread won the race
+            provider.shutdown()
+            return TracingSetup(trace.get_tracer_provider(), False, RULE_EXISTING, (), None)
+    log.info("tracedpool: %s", setup.describe())
+    return setup
+
+
+def _existing_provider() -> Any:
+    """The global provider if the application (or anyone) already set one, else None."""
+    if global_provider_unset():
+        if not os.environ.get(OTEL_PYTHON_TRACER_PROVIDER):
+            return None
+        trace.get_tracer_provider()  # the API loads the provider that variable names
+        if global_provider_unset():
+            return None
+    return trace.get_tracer_provider()
+
+
+# -- the rules ------------------------------------------------------------------------------
+def exporter_names() -> tuple[list[str], str]:
+    """(exporter names, the rule that chose them), by the documented precedence."""
+    raw = os.environ.get(OTEL_TRACES_EXPORTER, "").strip()
+    if raw:
+        names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+        if "none" in names:
+            if len(names) > 1:
+                raise ValueError(
+                    f"{OTEL_TRACES_EXPORTER}={raw!r}: 'none' means no exporter and cannot "
+                    "be combined with others"
+                )
+            return [], OTEL_TRACES_EXPORTER
+        return names, OTEL_TRACES_EXPORTER
+    for var in (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT):
+        if os.environ.get(var, "").strip():
+            return ["otlp"], var
+    return [EXPORTER_NAME], RULE_DEFAULT
+
+
+def otlp_protocol() -> str:
+    """The OTLP protocol for traces: the traces variable, then the general one."""
+    for var in (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL):
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        value = raw.lower()
+        if value == "http/json":
+            raise ValueError(
+                f"{var}={raw!r}: the Python OTLP exporters do not send http/json; "
+                f"use one of {', '.join(PROTOCOLS)}"
+            )
+        if value not in PROTOCOLS:
+            raise ValueError(f"{var}={raw!r}: must be one of {', '.join(PROTOCOLS)}")
+        return value
+    return "http/protobuf"
+
+
+def sampler_from_env() -> Any:
+    """The sampler ``OTEL_TRACES_SAMPLER`` (and ``_ARG``) name; strict, unlike the SDK's
+    own parsing, which warns and falls back to a default."""
+    from opentelemetry.sdk.trace import sampling
+
+    name = os.environ.get(OTEL_TRACES_SAMPLER, "").strip().lower() or "parentbased_always_on"
+    arg = os.environ.get(OTEL_TRACES_SAMPLER_ARG, "").strip()
+    if name in ("traceidratio", "parentbased_traceidratio"):
+        ratio = 1.0
+        if arg:
+            try:
+                ratio = float(arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError(
+                    f"{OTEL_TRACES_SAMPLER_ARG}={arg!r}: the {name} sampler takes a "
+                    "probability between 0 and 1"
+                )
+        if name == "traceidratio":
+            return sampling.TraceIdRatioBased(ratio)
+        return sampling.ParentBasedTraceIdRatio(ratio)
+    fixed = {
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "parentbased_always_on": sampling.DEFAULT_ON,
+        "parentbased_always_off": sampling.DEFAULT_OFF,
+    }
+    if name in fixed:
+        return fixed[name]
+    factory = _entry_point("opentelemetry_traces_sampler", name)
+    if factory is None:
+        raise ValueError(
+            f"{OTEL_TRACES_SAMPLER}={name!r}: unknown sampler; use one of "
+            f"{', '.join(SAMPLERS)} or a name installed under the "
+            "opentelemetry_traces_sampler entry point"
+        )
+    return factory(arg or None)
+
+
+def _entry_point(group: str, name: str) -> Any:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=group):
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
+def _make_exporter(name: str, trace_file: Any) -> tuple[str, Any]:
+    if name == "otlp":
+        protocol = otlp_protocol()
+        module = (
+            "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
+            if protocol == "grpc"
+            else "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+        )
+        try:
+            import importlib
+
+            cls = importlib.import_module(module).OTLPSpanExporter
+        except ImportError as e:
+            package = "opentelemetry-exporter-otlp-proto-" + (
+                "grpc" if protocol == "grpc" else "http"
+            )
+            raise ImportError(
+                f"OTLP over {protocol} needs {package}, which is not installed: {_INSTALL_OTLP}"
+            ) from e
+        return f"otlp {protocol}", cls()
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return name, ConsoleSpanExporter()
+    if name == EXPORTER_NAME:
+        from ._jsonl import JsonLinesSpanExporter
+
+        return name, JsonLinesSpanExporter(trace_file)
+    cls = _entry_point("opentelemetry_traces_exporter", name)
+    if cls is None:
+        raise ValueError(
+            f"{OTEL_TRACES_EXPORTER}: unknown exporter {name!r}; use "
+            f"{', '.join(BUILTIN_EXPORTERS)} or a name installed under the "
+            "opentelemetry_traces_exporter entry point"
+        )
+    return name, cls()
