@@ -72,6 +72,12 @@ SPAN_STALL: Final = _reg(
     "A short span when the stall detector declares a stall, in the pool's trace, linked to "
     "the stuck tasks, with the diagnosis and the report's path.",
 )
+SPAN_DOCTOR_TEST: Final = _reg(
+    "span",
+    "tracedpool.doctor.test-span",
+    "The one span `tracedpool doctor` sends to the configured OTLP endpoint to check that "
+    "it accepts spans (with the configured `service.name`).",
+)
 SPAN_POOL: Final = _reg(
     "span",
     "tracedpool.pool",
@@ -279,6 +285,14 @@ ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "env",
     "TRACEDPOOL_RECORD_EXCEPTION_MESSAGES",
     "`0` to omit exception messages and stack traces from spans (default on).",
+)
+
+ENV_HEARTBEAT_DIR: Final = _reg(
+    "env",
+    "TRACEDPOOL_HEARTBEAT_DIR",
+    "Where each pool's stall watcher keeps its heartbeat file for `tracedpool doctor "
+    "--probe` (default: a private per-user directory, `$TMPDIR/tracedpool-<uid>/heartbeats`); "
+    "`none` turns heartbeats off.",
 )
 
 
