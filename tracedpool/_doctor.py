@@ -757,11 +757,18 @@ def _attach_check(exe: str | None, timeout: float) -> Check:
 
     if exe is None:
         return Check("snapshots.attach", "skip", "py-spy is not installed")
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; print('ready', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as e:
+        return Check(
+            "snapshots.attach",
+            "skip",
+            f"could not start a test child process ({sys.executable}): {e.strerror or e}",
+        )
     try:
         assert child.stdout is not None
         ready = _readline_within(child.stdout, timeout)
