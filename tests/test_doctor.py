@@ -58,6 +58,15 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
     )
 
 
+def _have_py_spy() -> bool:
+    from tracedpool._stall import py_spy_path
+
+    return py_spy_path() is not None
+
+
+needs_py_spy = pytest.mark.skipif(not _have_py_spy(), reason="py-spy is not installed")
+
+
 @pytest.fixture(autouse=True)
 def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in OTEL_VARS:
@@ -176,10 +185,9 @@ def test_low_open_file_limit_fails_end_to_end() -> None:
     assert doc["exit_code"] == 1 and doc["status"] == "fail"
 
 
+@needs_py_spy
 def test_snapshot_checks_attach_for_real() -> None:
     """py-spy is found and really attaches to a child process."""
-    if shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
-        pytest.skip("py-spy is not installed")
     checks = {c.id: c for c in run_checks(Options(groups=("snapshots",))).checks}
     assert checks["snapshots.py-spy"].status == "ok"
     assert checks["snapshots.attach"].status == "ok", checks["snapshots.attach"]
@@ -325,6 +333,7 @@ def test_endpoint_end_to_end_exit_codes(receiver: Receiver) -> None:
 
 
 # -- --pid, against real stuck pools -----------------------------------------------------------
+@needs_py_spy
 def test_pid_stopped_worker_is_diagnosed_and_reported(tmp_path: Path) -> None:
     """A plain stdlib pool whose worker is SIGSTOPped: found, named, exit 1, and the
     --report renders with `tracedpool report`."""
@@ -360,6 +369,7 @@ def test_pid_stopped_worker_is_diagnosed_and_reported(tmp_path: Path) -> None:
         assert rendered.returncode == 0 and f"worker pid {stopped[0]} is stopped" in rendered.stdout
 
 
+@needs_py_spy
 def test_pid_deadlocked_worker_names_its_frame() -> None:
     """A traced pool (spawn) whose worker deadlocked on a lock: the diagnosis points at
     the frame; the manager and feeder are found waiting normally."""
@@ -375,6 +385,7 @@ def test_pid_deadlocked_worker_names_its_frame() -> None:
         assert checks["pid.manager"].status == "ok"
 
 
+@needs_py_spy
 def test_pid_idle_pool_is_healthy_and_orphans_are_found() -> None:
     """An idle pool is healthy (exit 0); the workers of a SIGKILLed service (orphaned,
     blocked for ever on the call queue) are listed as orphans."""
@@ -416,6 +427,8 @@ def test_pid_errors_exit_2_with_the_fix() -> None:
     assert _run("--report", "x.json").returncode == 2  # --report needs --pid
     assert _run("--max-age", "3").returncode == 2  # needs --probe
     assert _run("--only", "nonsense").returncode == 2
+    if not _have_py_spy():
+        return
     with service("idle", "stdlib", "fork") as svc:
         out = _run("--pid", str(svc.pid), "--sample", "0.2", "--report", "/nonexistent/dir/r.json")
         assert out.returncode == 2 and "cannot write the report" in out.stderr
@@ -454,6 +467,7 @@ def _as_nobody() -> tuple[list[str], dict[str, str]]:
     return [*prefix, python, "-m", "tracedpool", "doctor"], env
 
 
+@needs_py_spy
 def test_unprivileged_user_is_refused_before_any_attach() -> None:
     """As nobody, --pid on a root-owned service is refused (exit 2) with the fix for this
     machine, and no py-spy is started; the same user's own child can still be attached."""
