@@ -72,6 +72,12 @@ SPAN_STALL: Final = _reg(
     "A short span when the stall detector declares a stall, in the pool's trace, linked to "
     "the stuck tasks, with the diagnosis and the report's path.",
 )
+SPAN_DOCTOR_TEST: Final = _reg(
+    "span",
+    "tracedpool.doctor.test-span",
+    "The one span `tracedpool doctor` sends to the configured OTLP endpoint to check that "
+    "it accepts spans (with the configured `service.name`).",
+)
 SPAN_POOL: Final = _reg(
     "span",
     "tracedpool.pool",
@@ -303,6 +309,13 @@ ENV_TEST_OTLP_ENDPOINT: Final = _reg(
     "TRACEDPOOL_TEST_OTLP_ENDPOINT",
     "Tests only: an OTLP/HTTP endpoint (a collector or Jaeger, e.g. `http://localhost:4318`) "
     "for the opt-in integration test; skipped when unset.",
+)
+ENV_HEARTBEAT_DIR: Final = _reg(
+    "env",
+    "TRACEDPOOL_HEARTBEAT_DIR",
+    "Where each pool's stall watcher keeps its heartbeat file for `tracedpool doctor "
+    "--probe` (default: a private per-user directory, `$TMPDIR/tracedpool-<uid>/heartbeats`); "
+    "`none` turns heartbeats off.",
 )
 
 

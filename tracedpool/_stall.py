@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._heartbeat import Heartbeat
 from ._threads import start_daemon
 from ._version import __version__
 
@@ -349,6 +350,7 @@ class Watcher:
         self.reports: list[str] = []
         self.stalls = 0
         self._warned_write = False
+        self._heartbeat = Heartbeat(state.pool_id)
 
     @property
     def started(self) -> bool:
@@ -379,11 +381,15 @@ class Watcher:
     def _run(self) -> None:
         try:
             while not self._stopping:
+                self._heartbeat.beat(self)
                 if self._state.pending() == 0:
                     self.idle = True
                     self._in_episode = False
                     if self._state.pending() == 0:  # re-check after publishing idle
-                        self._event.wait()
+                        # Idle: sleep until woken, refreshing the heartbeat file (if
+                        # any) every few seconds.
+                        while not self._event.wait(self._heartbeat.idle_wait):
+                            self._heartbeat.beat(self, force=True)
                         self._event.clear()
                     self.idle = False
                     self.last_progress = time.monotonic()
@@ -397,6 +403,8 @@ class Watcher:
             return  # the pool is gone
         except Exception:
             log.warning("tracedpool: the stall watcher failed and stopped", exc_info=True)
+        finally:
+            self._heartbeat.close()
 
     # -- progress --------------------------------------------------------------------------
     def _worker_signature(self, pids: list[int]) -> tuple[Any, ...]:
@@ -496,17 +504,9 @@ class Watcher:
         state = self._state
         facts = state.stall_facts()  # tasks, processes, threads, from the pool's own view
         workers = facts["workers"]
-        with ThreadPoolExecutor(max_workers=max(1, len(workers))) as snap:
-            futures = {w["pid"]: snap.submit(_snapshot, w["pid"]) for w in workers}
-            deadline = time.monotonic() + SNAPSHOT_BUDGET
-            for w in workers:
-                try:
-                    threads, method = futures[w["pid"]].result(
-                        timeout=max(0.0, deadline - time.monotonic())
-                    )
-                except Exception:
-                    threads, method = None, "snapshot timed out"
-                w["threads"], w["stack_method"] = threads, method
+        snapshots = snapshot_all([w["pid"] for w in workers])
+        for w in workers:
+            w["threads"], w["stack_method"] = snapshots[w["pid"]]
         kind, diagnosis, stuck = classify(facts, self.timeout)
         return {
             "schema": SCHEMA,
@@ -522,11 +522,32 @@ class Watcher:
         }
 
 
-def _snapshot(pid: int) -> tuple[list[dict[str, Any]] | None, str]:
-    threads, method = py_spy_dump(pid, SNAPSHOT_BUDGET * 0.8)
-    if threads is not None:
+def snapshot_all(
+    pids: list[int], budget: float = SNAPSHOT_BUDGET, *, signal_fallback: bool = True
+) -> dict[int, tuple[list[dict[str, Any]] | None, str]]:
+    """Every pid's threads, all in parallel within ``budget`` seconds: py-spy, then (only
+    for tracedpool's own workers, which handle ``DUMP_SIGNAL``) the signal dump."""
+    out: dict[int, tuple[list[dict[str, Any]] | None, str]] = {}
+    if not pids:
+        return out
+    with ThreadPoolExecutor(max_workers=len(pids)) as snap:
+        futures = {pid: snap.submit(_snapshot, pid, budget, signal_fallback) for pid in pids}
+        deadline = time.monotonic() + budget
+        for pid in pids:
+            try:
+                out[pid] = futures[pid].result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                out[pid] = (None, "snapshot timed out")
+    return out
+
+
+def _snapshot(
+    pid: int, budget: float, signal_fallback: bool
+) -> tuple[list[dict[str, Any]] | None, str]:
+    threads, method = py_spy_dump(pid, budget * 0.8)
+    if threads is not None or not signal_fallback:
         return threads, method
-    fallback, how = signal_dump(pid, SNAPSHOT_BUDGET * 0.5)
+    fallback, how = signal_dump(pid, budget * 0.5)
     return fallback, f"{how} ({method})"
 
 

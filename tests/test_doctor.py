@@ -1,0 +1,638 @@
+"""`tracedpool doctor`: checks against what this machine really has, `--pid` against real
+stuck pools, the exporter check against a real OTLP/HTTP receiver, `--probe` against real
+heartbeat files, and the command run end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import pty
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tracedpool import TracedProcessPoolExecutor, _heartbeat
+from tracedpool import _names as N
+from tracedpool._doctor import (
+    GROUPS,
+    DoctorError,
+    Options,
+    _fields,
+    endpoint_check,
+    probe,
+    run_checks,
+)
+from tracedpool._inspect import inspect_pid
+from tracedpool.testing import sleep_then, square
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = Path(__file__).resolve().parent / "doctor_service.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": ""}
+OTEL_VARS = [k for k in os.environ if k.startswith("OTEL_")]
+
+
+def _run(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "tracedpool", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env=env or ENV,
+        **kw,
+    )
+
+
+def _have_py_spy() -> bool:
+    from tracedpool._stall import py_spy_path
+
+    return py_spy_path() is not None
+
+
+needs_py_spy = pytest.mark.skipif(not _have_py_spy(), reason="py-spy is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in OTEL_VARS:
+        monkeypatch.delenv(key, raising=False)
+
+
+# -- a service whose pool is in a given state --------------------------------------------------
+class Service:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVICE), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(60):
+                self.kill()
+                pytest.fail("the service did not become ready in 60 s")
+        line = self.proc.stdout.readline().decode().split()
+        if not line or line[0] != "ready":
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            self.kill()
+            pytest.fail(f"the service failed: {err}")
+        self.pid = self.proc.pid
+        self.workers = [int(x) for x in line[1:]]
+        self.family = self._family()
+
+    def _family(self) -> list[int]:
+        try:
+            return [p.pid for p in psutil.Process(self.pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def kill(self, parent_only: bool = False) -> None:
+        targets = [self.proc.pid] + ([] if parent_only else self.family + self._family())
+        for pid in targets:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def service(*args: str) -> Iterator[Service]:
+    s = Service(*args)
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+# -- the checks, on this machine ------------------------------------------------------------------
+def test_limit_checks_report_what_the_machine_has() -> None:
+    """Each limit check states the real numbers: open-file limit, CPUs, /dev/shm."""
+    result = run_checks(Options(groups=("python", "limits")))
+    by_id = {c.id: c for c in result.checks}
+    assert set(by_id) == {
+        "python.version",
+        "python.start-method",
+        "limits.semaphores",
+        "limits.dev-shm",
+        "limits.open-files",
+        "limits.cpu",
+        "limits.memory",
+    }
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert by_id["limits.open-files"].data["soft"] == soft
+    assert by_id["limits.open-files"].data["hard"] == hard
+    assert by_id["limits.cpu"].data["cpu_count"] == os.cpu_count()
+    assert by_id["limits.cpu"].data["affinity"] == len(os.sched_getaffinity(0))
+    assert by_id["limits.semaphores"].status == "ok"
+    if Path("/dev/shm").is_dir():
+        st = os.statvfs("/dev/shm")
+        assert by_id["limits.dev-shm"].data["total_bytes"] == st.f_blocks * st.f_frsize
+    assert by_id["python.version"].status == "ok"
+    for c in result.checks:
+        assert c.status in ("ok", "warn", "fail", "skip") and c.finding
+        assert c.status in {"ok", "skip"} or c.fix
+
+
+def test_limit_checks_judge_the_workers_asked_for() -> None:
+    """More workers than CPUs warns; more than the open-file limit or memory fails."""
+    cpus = len(os.sched_getaffinity(0))
+    over = run_checks(Options(groups=("limits",), max_workers=cpus + 8))
+    cpu = next(c for c in over.checks if c.id == "limits.cpu")
+    assert cpu.status == "warn" and f"max_workers={cpus + 8}" in cpu.finding and cpu.fix
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit here")
+    huge = run_checks(Options(groups=("limits",), max_workers=soft))
+    by_id = {c.id: c for c in huge.checks}
+    assert by_id["limits.open-files"].status == "fail"
+    assert "ulimit -n" in (by_id["limits.open-files"].fix or "")
+    assert huge.exit_code == 1
+
+
+def test_low_open_file_limit_fails_end_to_end() -> None:
+    """A real RLIMIT_NOFILE of 64 fails a 64-worker pool: exit 1, the JSON says why."""
+
+    def lower() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        )
+
+    out = _run("--only", "limits", "--max-workers", "64", "--json", preexec_fn=lower)
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    files = next(c for c in doc["checks"] if c["id"] == "limits.open-files")
+    assert files["status"] == "fail" and files["data"]["soft"] == 64
+    assert doc["exit_code"] == 1 and doc["status"] == "fail"
+
+
+@needs_py_spy
+def test_snapshot_checks_attach_for_real() -> None:
+    """py-spy is found and really attaches to a child process."""
+    checks = {c.id: c for c in run_checks(Options(groups=("snapshots",))).checks}
+    assert checks["snapshots.py-spy"].status == "ok"
+    assert checks["snapshots.attach"].status == "ok", checks["snapshots.attach"]
+    assert checks["snapshots.attach"].data["seconds"] < 30
+
+
+def test_smoke_test_runs_a_real_traced_pool() -> None:
+    """A task round-trips under spawn, an unpicklable argument is located, spans arrive."""
+    checks = {c.id: c for c in run_checks(Options(groups=("smoke",), start_method="spawn")).checks}
+    trip = checks["smoke.round-trip"]
+    assert trip.status == "ok" and trip.data["start_method"] == "spawn"
+    assert 0 < trip.data["median_seconds"] < 30
+    assert checks["smoke.fault-located"].status == "ok"
+    assert checks["smoke.fault-located"].data["target"] == "args[0]"
+    assert (
+        checks["smoke.spans"].status == "ok"
+        and N.SPAN_WORKER_RUN in checks["smoke.spans"].data["names"]
+    )
+
+
+# -- the exporter check, against a real OTLP/HTTP receiver ---------------------------------------
+class Receiver:
+    """A tiny OTLP/HTTP receiver: records each POST, answers as configured."""
+
+    def __init__(self, status: int = 200, reply: bytes = b"") -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append(
+                    (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
+                code = status if self.path == "/v1/traces" else 404
+                self.send_response(code)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _span_of(body: bytes) -> tuple[dict[int, list[Any]], str]:
+    """(the span's fields, the resource's service.name) from a request body."""
+    resource_spans = _fields(_fields(body)[1][0])
+    resource_kv = _fields(_fields(resource_spans[1][0])[1][0])
+    service = _fields(resource_kv[2][0])[1][0].decode()
+    assert resource_kv[1][0] == b"service.name"
+    scope_spans = _fields(resource_spans[2][0])
+    return _fields(scope_spans[2][0]), service
+
+
+def test_endpoint_accepts_a_real_test_span(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The span is POSTed to /v1/traces as OTLP protobuf, with the service name and the
+    configured headers, and the receiver's 200 is reported as ok."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "doctor-test")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret%21")
+    check = endpoint_check(None, timeout=10)
+    assert check.status == "ok", check
+    assert check.data["http_status"] == 200 and "s3cret" not in json.dumps(check.data)
+    ((path, headers, body),) = receiver.requests
+    assert path == "/v1/traces"
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["x-api-key"] == "s3cret!"
+    span, service = _span_of(body)
+    assert service == "doctor-test"
+    assert span[5][0] == N.SPAN_DOCTOR_TEST.encode()
+    assert len(span[1][0]) == 16 and len(span[2][0]) == 8
+
+
+def test_endpoint_gzip_and_signal_specific_url(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A _TRACES_ENDPOINT is used as given; gzip compression is honoured."""
+    import gzip
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.url + "/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    assert endpoint_check(None, timeout=10).status == "ok"
+    ((_, headers, body),) = receiver.requests
+    assert headers["content-encoding"] == "gzip"
+    assert _span_of(gzip.decompress(body))[1] == "unknown_service:python"
+
+
+def test_endpoint_failures_are_reported_with_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rejected span, a wrong path and a closed port are each a fail with a fix."""
+    # ExportTraceServiceResponse{partial_success{rejected_spans: 1, error_message: "nope"}}
+    rejecting = Receiver(reply=b"\x0a\x08\x08\x01\x12\x04nope")
+    try:
+        check = endpoint_check(rejecting.url, timeout=10)
+        assert check.status == "fail" and "nope" in check.finding
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rejecting.url + "/wrong")
+        check = endpoint_check(None, timeout=10)
+        assert check.status == "fail" and "HTTP 404" in check.finding
+        assert "TRACES_ENDPOINT" in (check.fix or "")
+    finally:
+        rejecting.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    check = endpoint_check(f"http://127.0.0.1:{port}", timeout=5)
+    assert check.status == "fail" and "not reachable" in check.finding and check.fix
+
+
+def test_endpoint_end_to_end_exit_codes(receiver: Receiver) -> None:
+    """The command exits 0 when the receiver accepts the span, 1 on a closed port."""
+    env = {**ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "e2e"}
+    ok = _run("--only", "telemetry", "--json", env=env)
+    assert ok.returncode == 0, ok.stdout
+    doc = json.loads(ok.stdout)
+    assert next(c for c in doc["checks"] if c["id"] == "telemetry.endpoint")["status"] == "ok"
+    assert len(receiver.requests) == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    down = _run("--only", "telemetry", env=env)
+    assert down.returncode == 1
+    assert "fail  telemetry.endpoint" in down.stdout and "fix: start the collector" in down.stdout
+
+
+# -- --pid, against real stuck pools -----------------------------------------------------------
+@needs_py_spy
+def test_pid_stopped_worker_is_diagnosed_and_reported(tmp_path: Path) -> None:
+    """A plain stdlib pool whose worker is SIGSTOPped: found, named, exit 1, and the
+    --report renders with `tracedpool report`."""
+    with service("stopped", "stdlib", "fork") as svc:
+        result = inspect_pid(svc.pid, sample=0.5)
+        assert result.report is not None
+        report = result.report
+        assert report["kind"] == "worker-stopped", report["diagnosis"]
+        stopped = report["stuck_pids"]
+        assert len(stopped) == 1 and stopped[0] in svc.workers
+        assert f"worker pid {stopped[0]} is stopped" in report["diagnosis"]
+        assert "doctor_service.stop_self" in report["diagnosis"]
+        checks = {c.id: c for c in result.checks}
+        assert checks["pid.workers"].status == "fail"
+        assert checks["pid.manager"].status == "ok" and "waiting" in checks["pid.manager"].finding
+        assert checks["pid.feeder"].status == "ok"
+        assert result.exit_code == 1
+        parent = report["processes"][0]
+        assert {"main", "manager", "feeder"} <= {t["role"] for t in parent["threads"]}
+
+        path = tmp_path / "stuck.json"
+        out = _run("--pid", str(svc.pid), "--sample", "0.5", "--report", str(path), "--json")
+        assert out.returncode == 1, out.stderr
+        assert json.loads(out.stdout)["report"]["kind"] == "worker-stopped"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        rendered = subprocess.run(
+            [sys.executable, "-m", "tracedpool", "report", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert rendered.returncode == 0 and f"worker pid {stopped[0]} is stopped" in rendered.stdout
+
+
+@needs_py_spy
+def test_pid_deadlocked_worker_names_its_frame() -> None:
+    """A traced pool (spawn) whose worker deadlocked on a lock: the diagnosis points at
+    the frame; the manager and feeder are found waiting normally."""
+    with service("deadlock", "traced", "spawn") as svc:
+        result = inspect_pid(svc.pid, sample=1.0)
+        assert result.report is not None
+        report = result.report
+        assert report["kind"] == "worker-blocked", report["diagnosis"]
+        assert "deadlock (" in report["diagnosis"] and "doctor_service.py" in report["diagnosis"]
+        assert report["pool"]["start_method"] == "spawn"
+        checks = {c.id: c for c in result.checks}
+        assert checks["pid.diagnosis"].status == "warn" and checks["pid.diagnosis"].fix
+        assert checks["pid.manager"].status == "ok"
+
+
+@needs_py_spy
+def test_pid_idle_pool_is_healthy_and_orphans_are_found() -> None:
+    """An idle pool is healthy (exit 0); the workers of a SIGKILLed service (orphaned,
+    blocked for ever on the call queue) are listed as orphans."""
+    dead = Service("idle", "stdlib", "fork")
+    try:
+        dead.kill(parent_only=True)  # its workers stay behind, reparented
+        with service("idle", "stdlib", "fork") as svc:
+            result = inspect_pid(svc.pid, sample=0.3)
+            assert result.report is not None and result.report["kind"] == "idle"
+            checks = {c.id: c for c in result.checks}
+            assert checks["pid.workers"].data["workers"] and checks["pid.workers"].status == "ok"
+            orphans = {o["pid"] for o in checks["pid.orphans"].data["orphans"]}
+            assert set(dead.workers) <= orphans, checks["pid.orphans"].finding
+            assert checks["pid.orphans"].status == "warn"
+            assert result.exit_code == 0
+    finally:
+        dead.kill()
+
+
+def test_pid_errors_exit_2_with_the_fix() -> None:
+    """No such pid, not Python, bad values and a report path that cannot be written."""
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=10)
+    with pytest.raises(DoctorError, match="no process with pid"):
+        inspect_pid(gone.pid)
+    out = _run("--pid", str(gone.pid))
+    assert out.returncode == 2 and "no process with pid" in out.stderr
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        out = _run("--pid", str(sleeper.pid), "--json")
+        assert out.returncode == 2 and "not a Python process" in out.stderr
+        assert json.loads(out.stdout)["exit_code"] == 2
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    for bad in ("abc", "0", "-3"):
+        assert _run("--pid", bad).returncode == 2
+    assert _run("--frobnicate").returncode == 2
+    assert _run("--report", "x.json").returncode == 2  # --report needs --pid
+    assert _run("--max-age", "3").returncode == 2  # needs --probe
+    assert _run("--only", "nonsense").returncode == 2
+    if not _have_py_spy():
+        return
+    with service("idle", "stdlib", "fork") as svc:
+        out = _run("--pid", str(svc.pid), "--sample", "0.2", "--report", "/nonexistent/dir/r.json")
+        assert out.returncode == 2 and "cannot write the report" in out.stderr
+
+
+def _setpriv() -> list[str]:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _as_nobody() -> tuple[list[str], dict[str, str]]:
+    """(argv prefix, env) running `python -m tracedpool doctor` as nobody, with an
+    interpreter nobody may execute (a pyenv build under /root is not): this one, or the
+    system's of the same version given this one's site-packages."""
+    prefix = _setpriv()
+    env = {**ENV, "HOME": "/tmp", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    python = sys.executable
+    if subprocess.run([*prefix, "test", "-x", os.path.realpath(python)]).returncode != 0:
+        python = shutil.which("python3", path="/usr/bin:/bin") or ""
+        version = (
+            subprocess.run(
+                [python, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            if python
+            else ""
+        )
+        if version != str(sys.version_info[:2]):
+            pytest.skip("no Python of this version that nobody may execute")
+        import site
+
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
+    return [*prefix, python, "-m", "tracedpool", "doctor"], env
+
+
+@needs_py_spy
+def test_unprivileged_user_is_refused_before_any_attach() -> None:
+    """As nobody, --pid on a root-owned service is refused (exit 2) with the fix for this
+    machine, and no py-spy is started; the same user's own child can still be attached."""
+    command, env = _as_nobody()
+    with service("idle", "stdlib", "fork") as svc:
+        out = subprocess.run(
+            [*command, "--pid", str(svc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "permission denied" in out.stderr and "uid 0" in out.stderr
+        assert "fix:" in out.stderr
+    own = subprocess.run(
+        [*command, "--only", "snapshots", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    checks = {c["id"]: c for c in json.loads(own.stdout)["checks"]}
+    assert checks["snapshots.ptrace"]["data"]["cap_sys_ptrace"] is False
+    assert checks["snapshots.ptrace"]["data"]["euid"] == 65534
+    scope = checks["snapshots.ptrace"]["data"]["yama_ptrace_scope"]
+    if scope in (None, 0):  # same user suffices: the real attach must work
+        assert checks["snapshots.attach"]["status"] == "ok", checks["snapshots.attach"]
+    else:
+        assert checks["snapshots.ptrace"]["status"] == "warn"
+        assert checks["snapshots.ptrace"]["fix"]
+
+
+# -- --probe: heartbeats ---------------------------------------------------------------------
+def test_heartbeat_file_is_private_fresh_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A traced pool's watcher writes a 0600 heartbeat in a 0700 directory; the probe
+    reads it as healthy, then as stalled; shutdown removes it."""
+    beats = tmp_path / "beats"
+    monkeypatch.setenv(N.ENV_HEARTBEAT_DIR, str(beats))
+    pool = TracedProcessPoolExecutor(
+        1, stall_timeout=0.5, stall_report_dir=tmp_path / "reports", name="hb"
+    )
+    try:
+        assert pool.submit(square, 3).result(timeout=60) == 9
+        deadline = time.monotonic() + 30
+        while not list(beats.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (path,) = list(beats.glob("*.json"))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(beats.stat().st_mode) == 0o700
+        body = json.loads(path.read_text())
+        assert body["pid"] == os.getpid() and body["pool_id"] == pool.pool_id
+        assert {"pending", "seconds_since_progress", "stalled", "written_at"} <= set(body)
+        healthy = probe(beats, require=True)
+        assert healthy.exit_code == 0 and healthy.checks[0].status == "ok"
+
+        future = pool.submit(sleep_then, 1, 5.0)
+        deadline = time.monotonic() + 30
+        result = probe(beats)
+        while result.exit_code == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            result = probe(beats)
+        assert result.exit_code == 1 and "is stalled" in result.checks[0].finding
+        assert "tracedpool report" in (result.checks[0].fix or "")
+        out = _run("--probe", "--heartbeat-dir", str(beats), "--pid", str(os.getpid()))
+        assert out.returncode == 1 and "is stalled" in out.stdout
+        assert future.result(timeout=60) == 1
+    finally:
+        pool.shutdown(wait=True)
+    assert not list(beats.glob("*.json"))
+    assert probe(beats).checks[0].status == "skip"
+    assert probe(beats, require=True).exit_code == 1
+
+
+def test_probe_judges_stale_and_dead_heartbeats(tmp_path: Path) -> None:
+    """An old heartbeat of a live process fails (frozen); one of an exited process is
+    ignored; an unreadable directory is an error (exit 2)."""
+    beats = tmp_path / "beats"
+    beats.mkdir(mode=0o700)
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=10)
+    base = {"schema": _heartbeat.SCHEMA, "pending": 2, "seconds_since_progress": 1.0}
+    old = {**base, "pid": os.getpid(), "pool_id": "old", "written_at": time.time() - 120}
+    dead = {**base, "pid": gone.pid, "pool_id": "dead", "written_at": time.time()}
+    (beats / "a.json").write_text(json.dumps(old))
+    (beats / "b.json").write_text(json.dumps(dead))
+    (beats / "junk.json").write_text("not json")
+    result = probe(beats)
+    assert [c.status for c in result.checks] == ["fail"]
+    assert "frozen" in result.checks[0].finding and "120" in result.checks[0].finding
+    assert probe(beats, max_age=300).exit_code == 0
+    out = _run("--probe", "--heartbeat-dir", str(beats), "--json")
+    assert out.returncode == 1 and json.loads(out.stdout)["checks"][0]["data"]["pool_id"] == "old"
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = _run("--probe", "--heartbeat-dir", str(not_a_dir))
+    assert out.returncode == 2 and "cannot read the heartbeat directory" in out.stderr
+
+
+def test_probe_as_another_user_cannot_read_a_private_dir(tmp_path: Path) -> None:
+    """The heartbeat directory is private: another user's probe exits 2 and says so."""
+    command, env = _as_nobody()
+    beats = tmp_path / "beats"
+    beats.mkdir(mode=0o700)
+    out = subprocess.run(
+        [*command, "--probe", "--heartbeat-dir", str(beats)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 2 and "Permission denied" in out.stderr
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def test_doctor_end_to_end_text_json_and_exit_codes() -> None:
+    """Every group runs; the JSON follows the schema; the exit code matches the worst
+    status; plain text has no colour when not on a TTY."""
+    out = _run("--json")
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "tracedpool.doctor/1" and doc["mode"] == "checks"
+    assert {c["group"] for c in doc["checks"]} == set(GROUPS)
+    ids = [c["id"] for c in doc["checks"]]
+    assert len(ids) == len(set(ids))
+    for c in doc["checks"]:
+        assert set(c) == {"id", "group", "status", "finding", "fix", "data", "seconds"}
+    failed = any(c["status"] == "fail" for c in doc["checks"])
+    assert out.returncode == doc["exit_code"] == (1 if failed else 0)
+    assert sum(doc["counts"].values()) == len(ids)
+    text = _run("--only", "python,limits")
+    assert "python.version" in text.stdout and "\033[" not in text.stdout
+    assert text.stdout.rstrip().splitlines()[-1].startswith(f"{text.stdout.count('  ok  ')} ok")
+
+
+def test_colour_only_on_a_tty() -> None:
+    """On a terminal the statuses are coloured; NO_COLOR turns that off."""
+    for env, coloured in ((ENV, True), ({**ENV, "NO_COLOR": "1"}, False)):
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tracedpool", "doctor", "--only", "python"],
+                stdout=slave,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+            )
+            os.close(slave)
+            chunks = []
+            with selectors.DefaultSelector() as sel:
+                sel.register(master, selectors.EVENT_READ)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and sel.select(1):
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    chunks.append(data)
+            proc.wait(timeout=30)
+        finally:
+            os.close(master)
+        assert (b"\033[32m" in b"".join(chunks)) is coloured
