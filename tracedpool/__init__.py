@@ -2,6 +2,7 @@
 
 from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._executor import TracedProcessPoolExecutor
+from ._instrument import instrument, is_instrumented, uninstrument
 from ._version import __version__
 
 __all__ = [
@@ -10,4 +11,7 @@ __all__ = [
     "TracedBrokenProcessPool",
     "TracedProcessPoolExecutor",
     "__version__",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
 ]

@@ -280,6 +280,27 @@ ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "TRACEDPOOL_RECORD_EXCEPTION_MESSAGES",
     "`0` to omit exception messages and stack traces from spans (default on).",
 )
+ENV_STALL_ACTION: Final = _reg(
+    "env",
+    "TRACEDPOOL_STALL_ACTION",
+    "`stall_action` for pools that `tracedpool.instrument()` or the OpenTelemetry "
+    "instrumentor traces: `report` (default) or `break`.",
+)
+ENV_STALL_REPORT_DIR: Final = _reg(
+    "env",
+    "TRACEDPOOL_STALL_REPORT_DIR",
+    "`stall_report_dir` for pools that `tracedpool.instrument()` or the instrumentor traces.",
+)
+ENV_RESCUE_UNPICKLABLE_RESULTS: Final = _reg(
+    "env",
+    "TRACEDPOOL_RESCUE_UNPICKLABLE_RESULTS",
+    "`1` for `rescue_unpicklable_results=True` in pools that `tracedpool.instrument()` or "
+    "the instrumentor traces (default off).",
+)
+
+#: The name of tracedpool's ``opentelemetry_instrumentor`` entry point: what
+#: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names to switch it off. Stable.
+INSTRUMENTOR_NAME: Final = "tracedpool"
 
 
 def render_markdown() -> str:
