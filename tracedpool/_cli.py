@@ -1,8 +1,12 @@
 """``tracedpool`` command line: a thin argparse layer over library functions.
 
     tracedpool report PATH [--json]   render a stall report for a human, or as JSON
+    tracedpool timeline TRACEFILE [-o timeline.html]
+                                      a self-contained HTML timeline of a trace file
+                                      (OTLP/JSON lines)
 
-Exit codes: 0 success, 2 usage or error (bad path, not a tracedpool report).
+Exit codes: 0 success, 2 usage or error (bad path, not a tracedpool report, not an
+OTLP/JSON-lines trace file).
 """
 
 from __future__ import annotations
@@ -51,6 +55,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeline(args: argparse.Namespace) -> int:
+    from ._timeline import TimelineError, write_timeline
+
+    try:
+        result = write_timeline(args.tracefile, args.output)
+    except TimelineError as e:
+        print(f"tracedpool timeline: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {result.output}: {result.tasks} tasks on {result.lanes} lanes, "
+        f"{result.faults} faults, {result.stalls} stalls"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tracedpool", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,5 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("path", help="a stall report (.json, or the .txt beside it)")
     report.add_argument("--json", action="store_true", help="print it as JSON")
     report.set_defaults(run=_report)
+    timeline = sub.add_parser("timeline", help="build an HTML timeline from a trace file")
+    timeline.add_argument(
+        "tracefile", help="spans as OTLP/JSON lines (the default exporter's file)"
+    )
+    timeline.add_argument(
+        "-o", "--output", default="timeline.html", help="the page to write (timeline.html)"
+    )
+    timeline.set_defaults(run=_timeline)
     args = parser.parse_args(argv)  # exits with code 2 on bad usage
     return int(args.run(args))
