@@ -32,7 +32,7 @@ def _instrument_command() -> str | None:
 
 
 COMMAND = _instrument_command()
-pytestmark = pytest.mark.skipif(
+needs_command = pytest.mark.skipif(
     COMMAND is None,
     reason="needs tracedpool installed with its entry point and opentelemetry-distro "
     "(pip install -e '.[test]')",
@@ -73,6 +73,7 @@ def _run(start_method: str, **env: str) -> tuple[list[dict[str, Any]], str]:
     return spans, proc.stderr
 
 
+@needs_command
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_opentelemetry_instrument_traces_an_unmodified_app_once(start_method: str) -> None:
     """Every task has exactly one span of each stage and one of its own inner span, all
@@ -109,6 +110,7 @@ def test_opentelemetry_instrument_traces_an_unmodified_app_once(start_method: st
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"plain-app"}
 
 
+@needs_command
 def test_disabled_by_its_entry_point_name() -> None:
     """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tracedpool leaves the pool untraced (and
     working): no tracedpool span at all."""
@@ -116,8 +118,38 @@ def test_disabled_by_its_entry_point_name() -> None:
     assert not [s for s in spans if s["name"].startswith("tracedpool.")]
 
 
+@needs_command
 def test_a_bad_variable_is_logged_and_the_app_still_runs() -> None:
     """A bad TRACEDPOOL_* variable never stops the app: logged, pools untraced."""
     spans, stderr = _run("fork", TRACEDPOOL_STALL_ACTION="explode")
     assert "not instrumenting ProcessPoolExecutor" in stderr
     assert not [s for s in spans if s["name"].startswith("tracedpool.")]
+
+
+def test_instrumentor_api_in_process(recorder: Any, caplog: Any) -> None:
+    """TracedPoolInstrumentor().instrument(tracer_provider=...) traces stdlib pools,
+    ignores keywords it does not know, and uninstrument() restores the stdlib."""
+    pytest.importorskip("opentelemetry.instrumentation.instrumentor")
+    import concurrent.futures.process as cfp
+    import multiprocessing
+
+    from tracedpool import TracedProcessPoolExecutor, is_instrumented
+    from tracedpool.instrumentation import TracedPoolInstrumentor
+    from tracedpool.testing import square
+
+    original = cfp.ProcessPoolExecutor.__dict__["__init__"]
+    provider, exporter = recorder
+    instrumentor = TracedPoolInstrumentor()
+    assert instrumentor.instrumentation_dependencies() == ()
+    instrumentor.instrument(tracer_provider=provider, some_distro_option=1, stall_timeout=None)
+    try:
+        assert is_instrumented()
+        ctx = multiprocessing.get_context("fork")
+        with cfp.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            assert isinstance(pool, TracedProcessPoolExecutor)
+            assert pool.submit(square, 6).result(timeout=60) == 36
+        assert [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    finally:
+        instrumentor.uninstrument()
+    assert not is_instrumented()
+    assert cfp.ProcessPoolExecutor.__dict__["__init__"] is original
