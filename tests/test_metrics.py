@@ -214,6 +214,15 @@ def test_no_meter_provider_creates_nothing(make_pool: Any) -> None:
     assert _metrics._by_provider == before
 
 
+def test_a_noop_meter_provider_switches_a_pools_metrics_off(make_pool: Any) -> None:
+    """meter_provider=NoOpMeterProvider() gives the pool no instruments."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    pool = make_pool(1, start="fork", meter_provider=NoOpMeterProvider())
+    assert pool.submit(square, 3).result(timeout=60) == 9
+    assert pool._tp_state.metrics is None
+
+
 LATE_GLOBAL = """
 import multiprocessing
 from opentelemetry import metrics

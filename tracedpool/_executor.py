@@ -714,7 +714,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         as the stdlib does. Off by default.
     meter_provider
         The OpenTelemetry ``MeterProvider`` for the pool's metrics (docs/names.md); None
-        (default) means the global one. With none set, metrics cost nothing.
+        (default) means the global one. With none set, or ``NoOpMeterProvider()``,
+        metrics cost nothing.
     """
 
     def __init__(

@@ -109,6 +109,8 @@ def metrics_for(provider: Any) -> PoolMetrics | None:
         provider = global_meter_provider()
         if provider is None:
             return None
+    elif isinstance(provider, _api.NoOpMeterProvider):
+        return None  # the documented way to switch one pool's metrics off
     found = _by_provider.get(id(provider))
     if found is not None and found[0] is provider:
         return found[1]
