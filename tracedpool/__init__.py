@@ -3,6 +3,7 @@
 from ._configure import TracingSetup, configure
 from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._executor import TracedProcessPoolExecutor
+from ._instrument import instrument, is_instrumented, uninstrument
 from ._version import __version__
 
 __all__ = [
@@ -13,4 +14,7 @@ __all__ = [
     "TracingSetup",
     "__version__",
     "configure",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
 ]

@@ -4,10 +4,13 @@
     tracedpool doctor [...]           health checks (see docs/doctor.md)
     tracedpool doctor --pid PID       inspect a running process's pool
     tracedpool doctor --probe         judge running pools by their heartbeat files
+    tracedpool timeline TRACEFILE [-o timeline.html]
+                                      a self-contained HTML timeline of a trace file
+                                      (OTLP/JSON lines)
 
 Exit codes: 0 success (doctor: healthy, warnings and skips included), 1 a doctor check
-failed, 2 usage or error (bad path, not a tracedpool report, no such pid, permission
-denied).
+failed, 2 usage or error (bad path, not a tracedpool report, not an OTLP/JSON-lines trace
+file, no such pid, permission denied).
 """
 
 from __future__ import annotations
@@ -263,6 +266,21 @@ def _doctor_parser(sub: Any) -> None:
     doctor.set_defaults(run=_doctor)
 
 
+def _timeline(args: argparse.Namespace) -> int:
+    from ._timeline import TimelineError, write_timeline
+
+    try:
+        result = write_timeline(args.tracefile, args.output)
+    except TimelineError as e:
+        print(f"tracedpool timeline: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {result.output}: {result.tasks} tasks on {result.lanes} lanes, "
+        f"{result.faults} faults, {result.stalls} stalls"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tracedpool", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,5 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--json", action="store_true", help="print it as JSON")
     report.set_defaults(run=_report)
     _doctor_parser(sub)
+
+    timeline = sub.add_parser("timeline", help="build an HTML timeline from a trace file")
+    timeline.add_argument(
+        "tracefile", help="spans as OTLP/JSON lines (the default exporter's file)"
+    )
+    timeline.add_argument(
+        "-o", "--output", default="timeline.html", help="the page to write (timeline.html)"
+    )
+    timeline.set_defaults(run=_timeline)
     args = parser.parse_args(argv)  # exits with code 2 on bad usage
     return int(args.run(args))

@@ -53,7 +53,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from . import _cpython
+from . import _cpython, _metrics
 from . import _names as N
 from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
 from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
@@ -144,6 +144,9 @@ class _PoolState:
         self._internal_warned = False
         self._broken_excs: weakref.WeakSet[BaseException] = weakref.WeakSet()
         self._fn_names: dict[Any, str] = {}
+        self.metrics: _metrics.PoolMetrics | None = None
+        self.meter_provider_arg: Any = None
+        self.metrics_dropped_seen = 0
 
     # -- sink ----------------------------------------------------------------------------------
     def current_sink(self) -> Sink | None:
@@ -210,6 +213,8 @@ class _PoolState:
 
     def on_feeder_error(self, e: BaseException, call_item: Any) -> None:
         self._feeder_error = True
+        if self.metrics is not None:
+            self.metrics.fault("feeder-serialize", self)
         target, typename = probe_parts(call_item.fn, call_item.args, call_item.kwargs)
         annotate_fault(e, "feeder-serialize", target, typename, call_item.work_id)
         rec = getattr(call_item.fn, "rec", None)
@@ -306,6 +311,8 @@ class _PoolState:
         )
         exc.__cause__ = _cpython.remote_traceback(text)
         annotate_fault(exc, "result-unpickle", target, "", work_id)
+        if self.metrics is not None:
+            self.metrics.fault("result-unpickle", self)
         rec = getattr(task, "rec", None)
         if rec is not None:
             rec.fault = ("result-unpickle", target, "")
@@ -373,6 +380,10 @@ class _PoolState:
         info.task_ids = {w: f"{self.pool_id}:{w}" for w in tasks}
         info.names = {w: self._task_name(item.fn) for w, item in tasks.items()}
         self.break_info = info
+        if self.metrics is not None:
+            self.metrics.pool_broken(info.reason, self)
+            if info.fault is not None and info.fault.get("stage") != "feeder-serialize":
+                self.metrics.fault(info.fault.get("stage") or "worker-unpickle", self)
 
         text = summary(info)
         failures: dict[int, BaseException] = {}
@@ -438,6 +449,32 @@ class _PoolState:
         ):
             self.emitter.push(_POOL_END)
         self.emitter.finish(timeout=0)
+
+    # -- the metrics' view (the metric reader's thread) -------------------------------------------
+    def live_counts(self) -> tuple[int, int, int] | None:
+        """(tasks not yet started on a worker, tasks running on one, live workers)."""
+        executor = self.executor_ref()
+        if executor is None:
+            return None
+        manager = self.manager
+        in_flight = _cpython.pending_count(executor)
+        running = 0
+        live = 0
+        if manager is not None:
+            self.status.drain()
+            processes = manager.worker_processes()
+            pending = dict(manager.pending_items())
+            running = sum(
+                1
+                for pid, (work_id, _t) in list(self.status.started.items())
+                if work_id in pending and pid in processes
+            )
+            for process in processes.values():
+                try:
+                    live += process.exitcode is None
+                except Exception:
+                    pass
+        return max(0, in_flight - running), running, live
 
     # -- the stall detector's view --------------------------------------------------------------
     def pending(self) -> int:
@@ -522,6 +559,8 @@ class _PoolState:
             if rec is not None:
                 rec.stall = stamp
                 stuck.append(rec)
+        if self.metrics is not None:
+            self.metrics.stall(report["kind"], self)
         if self.sink is not None and self.pool_trace is not None:
             self.emitter.push(("stall", stamp, report["kind"], stuck))
             if self.emitter.thread is None:
@@ -595,6 +634,14 @@ class _PoolState:
         if sink is None:
             return
         if type(item) is TaskRecord:
+            metrics = self.metrics
+            if metrics is None and self.meter_provider_arg is None:
+                metrics = _metrics.late_metrics(self)
+            if metrics is not None:
+                try:
+                    metrics.record_task(item, self)
+                except Exception:
+                    self.internal_error("metrics")
             try:
                 specs = task_specs(item, self)
             finally:
@@ -674,6 +721,10 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         When a task's result or exception cannot be unpickled in the parent, fail only
         that future with ``ResultUnpicklingError`` instead of breaking the whole pool,
         as the stdlib does. Off by default.
+    meter_provider
+        The OpenTelemetry ``MeterProvider`` for the pool's metrics (docs/names.md); None
+        (default) means the global one. With none set, or ``NoOpMeterProvider()``,
+        metrics cost nothing.
     """
 
     def __init__(
@@ -692,6 +743,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         stall_report_dir: Any = None,
         on_stall: Any = None,
         stall_action: str = "report",
+        meter_provider: Any = None,
         **kwargs: Any,
     ) -> None:
         if initializer is not None and not callable(initializer):
@@ -700,6 +752,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
         if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
             raise TypeError("tracer_provider must be an OpenTelemetry TracerProvider or None")
+        if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
+            raise TypeError("meter_provider must be an OpenTelemetry MeterProvider or None")
         if not isinstance(rescue_unpicklable_results, bool):
             raise TypeError("rescue_unpicklable_results must be a bool")
         if record_values is None:
@@ -742,6 +796,10 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         )
         self._tp_state = state
         state.stall_config = stall
+        state.meter_provider_arg = meter_provider
+        state.metrics = _metrics.metrics_for(meter_provider)
+        if state.metrics is not None:
+            state.metrics.pools.add(state)
         state.hooked = _cpython.install_queue_hooks(self, state)
         if stall.timeout is not None and state.hooked:
             state.watcher = Watcher(state, stall)

@@ -14,9 +14,10 @@ from typing import Final
 
 @dataclass(frozen=True)
 class _Entry:
-    kind: str  # "span", "attribute", "event", "env"
+    kind: str  # "span", "attribute", "event", "metric", "env"
     value: str
     doc: str
+    unit: str = ""
 
 
 REGISTRY: list[_Entry] = []
@@ -24,6 +25,11 @@ REGISTRY: list[_Entry] = []
 
 def _reg(kind: str, value: str, doc: str) -> str:
     REGISTRY.append(_Entry(kind, value, doc))
+    return value
+
+
+def _metric(value: str, instrument: str, unit: str, doc: str) -> str:
+    REGISTRY.append(_Entry("metric", value, f"{instrument}. {doc}", unit))
     return value
 
 
@@ -166,6 +172,11 @@ ATTR_RESULT_BYTES: Final = _reg(
     "tracedpool.result.bytes",
     "Size in bytes of the pickled result message read from the result pipe.",
 )
+ATTR_TASK_STAGE: Final = _reg(
+    "attribute",
+    "tracedpool.task.stage",
+    "On the stage-duration metric: `queue`, `serialize`, `run`, `sendback` or `deliver`.",
+)
 ATTR_WAKE_REASON: Final = _reg(
     "attribute",
     "tracedpool.wake.reason",
@@ -270,6 +281,89 @@ EVENT_INTERNAL_ERROR: Final = _reg(
     "tracedpool's own instrumentation failed for this task; the task itself was unaffected.",
 )
 
+# -- metrics ----------------------------------------------------------------------------------
+# OpenTelemetry conventions: dot-separated, UCUM units (`s`, `By`, `{task}`), no unit or
+# `_total` in the name, attributes from the tables above. Stage durations partition a
+# traced task's life, so they add up to its duration (but for sub-microsecond gaps).
+#: The values of ``tracedpool.task.stage`` on the stage-duration metric, in task order.
+METRIC_STAGES: Final = ("queue", "serialize", "run", "sendback", "deliver")
+METRIC_TASK_DURATION: Final = _metric(
+    "tracedpool.task.duration",
+    "Histogram",
+    "s",
+    "A traced task from `submit()` to its future's completion. Attributes: "
+    "`code.function.name`, `tracedpool.task.outcome`, `error.type` when it failed, "
+    "`tracedpool.pool.name` when set.",
+)
+METRIC_STAGE_DURATION: Final = _metric(
+    "tracedpool.task.stage.duration",
+    "Histogram",
+    "s",
+    "Time a traced task spent in one stage (`tracedpool.task.stage`): `queue` (waiting "
+    "for the feeder, then for a free worker), `serialize`, `run`, `sendback`, `deliver` "
+    "(unpickling the result and completing the future). Attributes: "
+    "`tracedpool.task.stage`, `code.function.name`, `tracedpool.pool.name` when set.",
+)
+METRIC_PAYLOAD_SIZE: Final = _metric(
+    "tracedpool.task.payload.size",
+    "Histogram",
+    "By",
+    "Pickled size of a traced task's call (function and arguments). Attributes: "
+    "`code.function.name`, `tracedpool.pool.name` when set.",
+)
+METRIC_RESULT_SIZE: Final = _metric(
+    "tracedpool.task.result.size",
+    "Histogram",
+    "By",
+    "Pickled size of a traced task's result message. Attributes as for the payload size.",
+)
+METRIC_PICKLING_FAULTS: Final = _metric(
+    "tracedpool.pickling.faults",
+    "Counter",
+    "{fault}",
+    "Pickling faults, by `tracedpool.fault.stage`. Feeder, worker-unpickle and "
+    "result-unpickle faults are counted for every task; sendback faults for traced tasks.",
+)
+METRIC_POOL_BREAKS: Final = _metric(
+    "tracedpool.pool.breaks",
+    "Counter",
+    "{break}",
+    "Pools broken, by `tracedpool.broken.reason`.",
+)
+METRIC_STALLS: Final = _metric(
+    "tracedpool.stalls",
+    "Counter",
+    "{stall}",
+    "Stalls the stall detector declared, by `tracedpool.stall.kind`.",
+)
+METRIC_SPANS_DROPPED: Final = _metric(
+    "tracedpool.spans.dropped",
+    "Observable counter",
+    "{record}",
+    "Finished tasks (each a task span and its stage spans) and manager wakes whose spans "
+    "were never built because span building fell too far behind (the emitter's backlog "
+    "limit), per `tracedpool.pool.name` when set.",
+)
+METRIC_TASKS_PENDING: Final = _metric(
+    "tracedpool.tasks.pending",
+    "Observable up-down counter",
+    "{task}",
+    "Tasks submitted and not yet started on a worker, summed over live pools (per "
+    "`tracedpool.pool.name` when set).",
+)
+METRIC_TASKS_RUNNING: Final = _metric(
+    "tracedpool.tasks.running",
+    "Observable up-down counter",
+    "{task}",
+    "Tasks running on a worker, summed likewise.",
+)
+METRIC_WORKERS_LIVE: Final = _metric(
+    "tracedpool.workers.live",
+    "Observable up-down counter",
+    "{process}",
+    "Live worker processes, summed likewise.",
+)
+
 # -- environment variables -------------------------------------------------------------------
 ENV_RECORD_VALUES: Final = _reg(
     "env",
@@ -286,6 +380,27 @@ ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "TRACEDPOOL_RECORD_EXCEPTION_MESSAGES",
     "`0` to omit exception messages and stack traces from spans (default on).",
 )
+ENV_STALL_ACTION: Final = _reg(
+    "env",
+    "TRACEDPOOL_STALL_ACTION",
+    "`stall_action` for pools that `tracedpool.instrument()` or the OpenTelemetry "
+    "instrumentor traces: `report` (default) or `break`.",
+)
+ENV_STALL_REPORT_DIR: Final = _reg(
+    "env",
+    "TRACEDPOOL_STALL_REPORT_DIR",
+    "`stall_report_dir` for pools that `tracedpool.instrument()` or the instrumentor traces.",
+)
+ENV_RESCUE_UNPICKLABLE_RESULTS: Final = _reg(
+    "env",
+    "TRACEDPOOL_RESCUE_UNPICKLABLE_RESULTS",
+    "`1` for `rescue_unpicklable_results=True` in pools that `tracedpool.instrument()` or "
+    "the instrumentor traces (default off).",
+)
+
+#: The name of tracedpool's ``opentelemetry_instrumentor`` entry point: what
+#: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names to switch it off. Stable.
+INSTRUMENTOR_NAME: Final = "tracedpool"
 
 ENV_TRACE_FILE: Final = _reg(
     "env",
@@ -325,6 +440,7 @@ def render_markdown() -> str:
         "span": "Spans",
         "attribute": "Attributes",
         "event": "Events",
+        "metric": "Metrics",
         "env": "Environment variables",
     }
     out = [
@@ -334,8 +450,12 @@ def render_markdown() -> str:
         "",
     ]
     for kind, title in titles.items():
-        out += [f"## {title}", "", "| name | meaning |", "|---|---|"]
-        out += [f"| `{e.value}` | {e.doc} |" for e in REGISTRY if e.kind == kind]
+        if kind == "metric":
+            out += [f"## {title}", "", "| name | unit | meaning |", "|---|---|---|"]
+            out += [f"| `{e.value}` | `{e.unit}` | {e.doc} |" for e in REGISTRY if e.kind == kind]
+        else:
+            out += [f"## {title}", "", "| name | meaning |", "|---|---|"]
+            out += [f"| `{e.value}` | {e.doc} |" for e in REGISTRY if e.kind == kind]
         out.append("")
     return "\n".join(out)
 

@@ -1,0 +1,183 @@
+"""``tracedpool timeline``: a self-contained page from a real pool run's trace file."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracedpool import _names as N
+from tracedpool._timeline import TimelineError, build_timeline, render_html, write_timeline
+from tracedpool.testing import (
+    ErrorAtPickle,
+    identity,
+    otlp_json_line,
+    recording_provider,
+    sleep_then,
+    stop_self_later,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracedpool", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def _trace_file(make_pool: Any, path: Path) -> tuple[Path, list[Any]]:
+    """A real run: six tasks on two workers and one feeder pickling fault, written as
+    OTLP/JSON lines (two export requests, as a batch processor would write them)."""
+    provider, exporter = recording_provider()
+    pool = make_pool(2, start="fork", tracer_provider=provider, name="timeline")
+    futures = [pool.submit(sleep_then, i, 0.02) for i in range(6)]
+    bad = pool.submit(identity, ErrorAtPickle())
+    assert [f.result(timeout=60) for f in futures] == list(range(6))
+    with pytest.raises(ValueError):
+        bad.result(timeout=60)
+    pool.shutdown(wait=True)
+    spans = list(exporter.get_finished_spans())
+    half = len(spans) // 2
+    path.write_text(otlp_json_line(spans[:half]) + "\n" + otlp_json_line(spans[half:]) + "\n")
+    return path, spans
+
+
+def _no_external_assets(page: str) -> None:
+    lowered = page.lower()
+    for needle in ("http://", "https://", "<script", "<link", " src=", "url(", "@import"):
+        assert needle not in lowered, needle
+
+
+def test_cli_builds_a_self_contained_page_with_lanes_stages_and_faults(
+    make_pool: Any, tmp_path: Path
+) -> None:
+    """The page has one lane per worker, manager and feeder lanes, every task with its
+    stages, the fault named, and the stage breakdown; it loads nothing from anywhere."""
+    trace, spans = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    out = tmp_path / "timeline.html"
+    proc = _run("timeline", str(trace), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "7 tasks" in proc.stdout and "1 faults" in proc.stdout
+    page = out.read_text(encoding="utf-8")
+    _no_external_assets(page)
+    tasks = {s.attributes[N.ATTR_TASK_ID] for s in spans if s.name == N.SPAN_TASK}
+    assert len(tasks) == 7
+    for tid in tasks:
+        assert html.escape(tid) in page
+    pids = {s.attributes[N.ATTR_PROCESS_PID] for s in spans if s.name == N.SPAN_WORKER_RUN}
+    lanes = re.findall(r">worker pid (\d+)<", page)
+    assert sorted(map(int, lanes)) == sorted(pids)
+    pool_id = next(iter(tasks)).partition(":")[0]
+    assert f"pool {pool_id} feeder thread" in page
+    assert f"pool {pool_id} manager thread" in page
+    for stage in N.METRIC_STAGES:
+        assert f"{stage} " in page  # in the tooltips and the breakdown
+    assert "feeder-serialize: args[0] (tracedpool.testing.ErrorAtPickle)" in page
+    assert 'id="breakdown"' in page and 'id="lanes"' in page and 'id="tasks"' in page
+
+
+def test_breakdown_matches_the_tasks_stage_by_stage(make_pool: Any, tmp_path: Path) -> None:
+    """The breakdown sums the same stage segments the task rows draw; the run stage
+    holds at least the tasks' sleeps."""
+    trace, _ = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    tl = build_timeline(trace)
+    totals = dict.fromkeys(N.METRIC_STAGES, 0)
+    for task in tl.tasks:
+        for stage, a, b in task.segments():
+            assert b > a
+            totals[stage] += b - a
+    assert totals == tl.breakdown
+    assert tl.breakdown["run"] >= 6 * 0.02e9
+    assert sum(1 for t in tl.tasks if t.fault) == 1
+
+
+def test_trace_strings_are_escaped(make_pool: Any, tmp_path: Path) -> None:
+    """A hostile function name in the trace file appears only escaped in the page."""
+    trace, _ = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    hostile = "<script>alert('x')</script>&\"<img onerror=1>"
+    text = trace.read_text().replace("tracedpool.testing.sleep_then", json.dumps(hostile)[1:-1])
+    trace.write_text(text)
+    page = render_html(build_timeline(trace))
+    assert hostile not in page
+    assert "<script" not in page and "<img" not in page
+    assert html.escape(hostile, quote=True) in page
+
+
+@pytest.mark.breaks_pool
+def test_stalls_are_marked(make_pool: Any, tmp_path: Path) -> None:
+    """A stopped worker's stall appears in the faults list and as a mark on its lanes."""
+    provider, exporter = recording_provider()
+    pool = make_pool(
+        1,
+        start="fork",
+        tracer_provider=provider,
+        stall_timeout=1.0,
+        stall_report_dir=tmp_path / "reports",
+        stall_action="break",
+    )
+    with pytest.raises(Exception, match="stall"):
+        pool.submit(stop_self_later, 0.1).result(timeout=60)
+    pool.shutdown(wait=True)
+    trace = tmp_path / "stall.jsonl"
+    trace.write_text(otlp_json_line(exporter.get_finished_spans()) + "\n")
+    result = write_timeline(trace, tmp_path / "stall.html")
+    assert result.stalls == 1
+    page = (tmp_path / "stall.html").read_text()
+    assert "stall (worker-stopped)" in page
+    assert "is stopped" in page
+
+
+def test_bad_input_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
+    """A missing file, a corrupt line and JSON that is not a trace export each exit 2
+    with a message naming the file (and line)."""
+    proc = _run("timeline", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.html"))
+    assert proc.returncode == 2
+    assert "cannot read" in proc.stderr and "missing.jsonl" in proc.stderr
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text('{"resourceSpans": []}\n{"resourceSpans": [\n')
+    proc = _run("timeline", str(corrupt), "-o", str(tmp_path / "x.html"))
+    assert proc.returncode == 2
+    assert "line 2" in proc.stderr and "not an OTLP/JSON trace export" in proc.stderr
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"name": "a span, but not an export request"}\n')
+    with pytest.raises(TimelineError, match="line 1"):
+        build_timeline(other)
+    assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_page_renders_in_headless_chromium(make_pool: Any, tmp_path: Path) -> None:
+    """Chromium renders the page offline: the lanes and task rows are in its DOM, and a
+    screenshot is taken (kept beside the page for a person to look at)."""
+    trace, _ = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    out = tmp_path / "timeline.html"
+    write_timeline(trace, out)
+    common = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    dom = subprocess.run(
+        ["chromium", *common, "--dump-dom", out.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<rect") > 20
+    assert "worker pid" in dom.stdout and "Where the time went" in dom.stdout
+    shot = tmp_path / "timeline.png"
+    subprocess.run(
+        ["chromium", *common, f"--screenshot={shot}", "--window-size=1400,1200", out.as_uri()],
+        capture_output=True,
+        timeout=90,
+    )
+    assert shot.exists() and shot.stat().st_size > 5000

@@ -1,0 +1,543 @@
+"""``tracedpool timeline``: a self-contained HTML page from an OTLP/JSON-lines trace file.
+
+The input is what the embedded default exporter writes: one ``ExportTraceServiceRequest``
+JSON object per line (``resourceSpans[].scopeSpans[].spans[]``, hex ids, times as decimal
+strings, integer enums, attributes as ``{key, value: {stringValue|intValue|...}}``).
+
+The page needs no network: CSS and SVG are inline, tooltips are SVG ``<title>`` elements,
+and every string that came from the trace (function names, diagnoses, thread names) is
+HTML-escaped. It shows
+
+* one lane per worker process (what ran there: ``run`` then ``sendback`` of each task)
+  and, per pool, lanes for the parent's feeder thread (``serialize``) and manager thread
+  (its wakes, and stalls);
+* one row per task, its bar split into its stages, with faults and stalls marked;
+* where the time went, stage by stage, with the same stage definitions as the
+  ``tracedpool.task.stage.duration`` metric.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _names as N
+
+#: At most this many task rows are drawn (the breakdown still counts every task).
+MAX_TASK_ROWS = 2000
+#: At most this many bars are drawn across all lanes.
+MAX_LANE_BARS = 50000
+
+STAGE_COLOURS = {
+    "queue": "#c9d3df",
+    "serialize": "#f2b134",
+    "run": "#3b82c4",
+    "sendback": "#7bbf6a",
+    "deliver": "#a57fc9",
+}
+FAULT_COLOUR = "#d7263d"
+STALL_COLOUR = "#ff8c00"
+
+
+class TimelineError(Exception):
+    """The trace file cannot be read or is not OTLP/JSON lines."""
+
+
+@dataclass
+class Span:
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    start: int
+    end: int
+    attrs: dict[str, Any]
+    events: list[tuple[str, int, dict[str, Any]]]
+    error: bool
+    status_message: str
+
+
+@dataclass
+class Task:
+    task_id: str
+    pool_id: str
+    function: str
+    outcome: str
+    start: int
+    end: int
+    stages: dict[str, Span] = field(default_factory=dict)
+    fault: str | None = None  # "stage: target (type)" or a broken-pool reason
+    stall: str | None = None  # the stall's diagnosis
+    error_type: str | None = None
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """(stage, start, end) in task order: queue, serialize, queue (waiting for a
+        worker), run, sendback, deliver; the breakdown's definitions."""
+        ser = self.stages.get(N.SPAN_FEEDER_SERIALIZE)
+        run = self.stages.get(N.SPAN_WORKER_RUN)
+        send = self.stages.get(N.SPAN_SENDBACK)
+        out: list[tuple[str, int, int]] = []
+        cursor = self.start
+        if ser is not None:
+            out.append(("queue", cursor, ser.start))
+            out.append(("serialize", ser.start, ser.end))
+            cursor = ser.end
+        if run is not None:
+            out.append(("queue", cursor, run.start))
+            out.append(("run", run.start, run.end))
+            cursor = run.end
+        if send is not None:
+            out.append(("sendback", max(cursor, send.start), send.end))
+            cursor = send.end
+        if run is not None or send is not None:
+            out.append(("deliver", cursor, self.end))
+        else:
+            out.append(("queue", cursor, self.end))
+        return [(s, a, b) for s, a, b in out if b > a]
+
+
+@dataclass
+class Bar:
+    stage: str
+    start: int
+    end: int
+    label: str
+    fault: bool = False
+
+
+@dataclass
+class Lane:
+    key: str
+    title: str
+    bars: list[Bar] = field(default_factory=list)
+    marks: list[tuple[int, str, str]] = field(default_factory=list)  # (t, colour, label)
+
+
+@dataclass
+class Timeline:
+    """The page's model: built by ``build_timeline``, drawn by ``render_html``."""
+
+    source: str
+    t0: int
+    t1: int
+    tasks: list[Task]
+    lanes: list[Lane]
+    breakdown: dict[str, int]  # stage -> total ns over all tasks
+    spans_read: int
+    services: list[str]
+    stalls: list[tuple[int, str, str]]  # (t, kind, diagnosis)
+
+    @property
+    def faults(self) -> int:
+        return sum(1 for t in self.tasks if t.fault is not None)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _value(v: Any) -> Any:
+    if not isinstance(v, dict):
+        return v
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "arrayValue" in v:
+        return tuple(_value(x) for x in (v["arrayValue"] or {}).get("values", []))
+    if "kvlistValue" in v:
+        return {kv["key"]: _value(kv.get("value")) for kv in v["kvlistValue"].get("values", [])}
+    if "bytesValue" in v:
+        return v["bytesValue"]
+    return None
+
+
+def _attrs(items: Any) -> dict[str, Any]:
+    return {kv["key"]: _value(kv.get("value")) for kv in items or []}
+
+
+def read_spans(path: str | Path) -> tuple[list[Span], list[str]]:
+    """Every span in an OTLP/JSON-lines file, and the service names it names."""
+    p = Path(path)
+    try:
+        f = p.open(encoding="utf-8")
+    except OSError as e:
+        raise TimelineError(f"cannot read {p}: {e.strerror or e}") from None
+    spans: list[Span] = []
+    services: set[str] = set()
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                for rs in request["resourceSpans"]:
+                    resource = _attrs((rs.get("resource") or {}).get("attributes"))
+                    if "service.name" in resource:
+                        services.add(str(resource["service.name"]))
+                    for ss in rs.get("scopeSpans", []):
+                        for s in ss.get("spans", []):
+                            status = s.get("status") or {}
+                            spans.append(
+                                Span(
+                                    name=str(s["name"]),
+                                    trace_id=str(s["traceId"]),
+                                    span_id=str(s["spanId"]),
+                                    parent_id=str(s.get("parentSpanId") or ""),
+                                    start=int(s["startTimeUnixNano"]),
+                                    end=int(s["endTimeUnixNano"]),
+                                    attrs=_attrs(s.get("attributes")),
+                                    events=[
+                                        (
+                                            str(e.get("name", "")),
+                                            int(e.get("timeUnixNano", 0)),
+                                            _attrs(e.get("attributes")),
+                                        )
+                                        for e in s.get("events", [])
+                                    ],
+                                    error=int(status.get("code", 0)) == 2,
+                                    status_message=str(status.get("message", "")),
+                                )
+                            )
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise TimelineError(
+                    f"{p}, line {lineno}: not an OTLP/JSON trace export "
+                    f"({type(e).__name__}: {e}); expected one ExportTraceServiceRequest "
+                    "JSON object per line"
+                ) from None
+    return spans, sorted(services)
+
+
+# -- building ----------------------------------------------------------------------------------
+def build_timeline(path: str | Path) -> Timeline:
+    """Read a trace file and arrange its tracedpool spans into tasks, lanes and totals."""
+    spans, services = read_spans(path)
+    tasks: dict[str, Task] = {}
+    stage_spans: list[Span] = []
+    for s in spans:
+        tid = s.attrs.get(N.ATTR_TASK_ID)
+        if s.name == N.SPAN_TASK and tid is not None:
+            tid = str(tid)
+            task = Task(
+                task_id=tid,
+                pool_id=str(s.attrs.get(N.ATTR_POOL_ID) or tid.partition(":")[0]),
+                function=str(s.attrs.get(N.ATTR_CODE_FUNCTION, "?")),
+                outcome=str(s.attrs.get(N.ATTR_TASK_OUTCOME, "")),
+                start=s.start,
+                end=s.end,
+                error_type=s.attrs.get(N.ATTR_ERROR_TYPE),
+            )
+            for name, _t, a in s.events:
+                if name == N.EVENT_STALL:
+                    task.stall = str(a.get(N.ATTR_STALL_DIAGNOSIS, "stalled"))
+                elif name == N.EVENT_POOL_BROKEN:
+                    task.fault = f"pool broken: {a.get(N.ATTR_BROKEN_REASON, '?')}"
+                elif name == "exception" and N.ATTR_FAULT_STAGE in a:
+                    task.fault = _fault_text(a)
+            if task.fault is None and task.outcome in ("exception", "broken"):
+                task.fault = f"raised {task.error_type or 'an exception'}"
+            tasks[tid] = task
+        elif tid is not None:
+            stage_spans.append(s)
+    for s in stage_spans:
+        owner = tasks.get(str(s.attrs.get(N.ATTR_TASK_ID)))
+        if owner is None:
+            continue
+        owner.stages[s.name] = s
+        for name, _t, a in s.events:
+            if name == "exception" and N.ATTR_FAULT_STAGE in a:
+                owner.fault = _fault_text(a)
+    ordered = sorted(tasks.values(), key=lambda t: (t.start, t.task_id))
+
+    lanes: dict[str, Lane] = {}
+
+    def lane(key: str, title: str) -> Lane:
+        found = lanes.get(key)
+        if found is None:
+            found = lanes[key] = Lane(key, title)
+        return found
+
+    breakdown = dict.fromkeys(STAGE_COLOURS, 0)
+    for task in ordered:
+        for stage, t_a, t_b in task.segments():
+            breakdown[stage] += t_b - t_a
+        short = f"{task.task_id} {task.function}"
+        ser = task.stages.get(N.SPAN_FEEDER_SERIALIZE)
+        if ser is not None:
+            lane(f"{task.pool_id}/feeder", f"pool {task.pool_id} feeder thread").bars.append(
+                Bar("serialize", ser.start, ser.end, short, ser.error)
+            )
+        for span_name, stage in ((N.SPAN_WORKER_RUN, "run"), (N.SPAN_SENDBACK, "sendback")):
+            ws = task.stages.get(span_name)
+            if ws is None:
+                continue
+            pid = ws.attrs.get(N.ATTR_PROCESS_PID)
+            w = lane(f"worker/{pid}", f"worker pid {pid}")
+            w.bars.append(Bar(stage, ws.start, max(ws.end, ws.start), short, ws.error))
+            if task.stall is not None and stage == "run":
+                w.marks.append((ws.start, STALL_COLOUR, f"stall: {task.stall}"))
+    stalls: list[tuple[int, str, str]] = []
+    for s in spans:
+        pool = s.attrs.get(N.ATTR_POOL_ID)
+        if s.name == N.SPAN_MANAGER_WAKE and pool is not None:
+            reason = s.attrs.get(N.ATTR_WAKE_REASON, "")
+            lane(f"{pool}/manager", f"pool {pool} manager thread").bars.append(
+                Bar("wake", s.start, s.end, f"wake: {reason}")
+            )
+        elif s.name == N.SPAN_STALL:
+            kind = str(s.attrs.get(N.ATTR_STALL_KIND, "stall"))
+            diagnosis = str(s.attrs.get(N.ATTR_STALL_DIAGNOSIS, ""))
+            stalls.append((s.start, kind, diagnosis))
+            lane(f"{pool}/manager", f"pool {pool} manager thread").marks.append(
+                (s.start, STALL_COLOUR, f"stall ({kind}): {diagnosis}")
+            )
+
+    def order(lane: Lane) -> tuple[int, str]:
+        rank = 0 if lane.key.endswith("/manager") else 1 if lane.key.endswith("/feeder") else 2
+        return rank, lane.key
+
+    times = [t.start for t in ordered] + [t.end for t in ordered]
+    times += [b.start for ln in lanes.values() for b in ln.bars]
+    times += [b.end for ln in lanes.values() for b in ln.bars]
+    t0 = min(times) if times else 0
+    t1 = max(times) if times else 0
+    return Timeline(
+        source=str(path),
+        t0=t0,
+        t1=max(t1, t0 + 1),
+        tasks=ordered,
+        lanes=sorted(lanes.values(), key=order),
+        breakdown=breakdown,
+        spans_read=len(spans),
+        services=services,
+        stalls=stalls,
+    )
+
+
+def _fault_text(a: dict[str, Any]) -> str:
+    text = f"{a.get(N.ATTR_FAULT_STAGE)}: {a.get(N.ATTR_FAULT_TARGET, '?')}"
+    typename = a.get(N.ATTR_FAULT_TYPE) or a.get("exception.type")
+    return f"{text} ({typename})" if typename else text
+
+
+# -- drawing -----------------------------------------------------------------------------------
+_CSS = """
+body{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px;color:#222}
+h1{font-size:18px;margin:0 0 4px} h2{font-size:15px;margin:20px 0 6px}
+.meta{color:#555} table{border-collapse:collapse} td,th{padding:2px 8px;text-align:left}
+th{border-bottom:1px solid #ccc} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.key span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-2px}
+svg{display:block;border:1px solid #ddd;background:#fff}
+svg text{font-size:11px;fill:#333} .fault{color:#d7263d;font-weight:600}
+.scroll{overflow-x:auto;max-width:100%}
+"""
+
+_LABEL_W = 260
+_PLOT_W = 1100
+_ROW_H = 18
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _ms(ns: int) -> str:
+    ms = ns / 1e6
+    if ms >= 1000:
+        return f"{ms / 1000:.3f} s"
+    return f"{ms:.3f} ms" if ms < 10 else f"{ms:.1f} ms"
+
+
+def _axis(tl: Timeline, y: int) -> list[str]:
+    span = tl.t1 - tl.t0
+    out = [f'<line x1="{_LABEL_W}" y1="{y}" x2="{_LABEL_W + _PLOT_W}" y2="{y}" stroke="#999"/>']
+    for i in range(11):
+        x = _LABEL_W + _PLOT_W * i / 10
+        out.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#999"/>')
+        anchor = "end" if i == 10 else "middle"
+        label = _ms(int(span * i / 10))
+        out.append(f'<text x="{x:.1f}" y="{y + 15}" text-anchor="{anchor}">{label}</text>')
+    return out
+
+
+def _x(tl: Timeline, t: int) -> float:
+    return _LABEL_W + _PLOT_W * (t - tl.t0) / (tl.t1 - tl.t0)
+
+
+def _rect(tl: Timeline, y: int, a: int, b: int, colour: str, tip: str, fault: bool) -> str:
+    x0, x1 = _x(tl, a), _x(tl, b)
+    # a hairline of white keeps back-to-back tasks on a worker lane apart
+    stroke = (
+        f' stroke="{FAULT_COLOUR}" stroke-width="2"'
+        if fault
+        else ' stroke="#fff" stroke-width="0.4"'
+    )
+    return (
+        f'<rect x="{x0:.2f}" y="{y + 2}" width="{max(x1 - x0, 0.8):.2f}" height="{_ROW_H - 4}" '
+        f'fill="{colour}"{stroke}><title>{_esc(tip)}</title></rect>'
+    )
+
+
+def _mark(tl: Timeline, y: int, t: int, colour: str, tip: str) -> str:
+    x = _x(tl, t)
+    return (
+        f'<path d="M{x:.2f} {y + 1}l5 8l-5 8l-5-8z" fill="{colour}" stroke="#222" '
+        f'stroke-width="0.5"><title>{_esc(tip)}</title></path>'
+    )
+
+
+def _lanes_svg(tl: Timeline) -> str:
+    rows: list[str] = []
+    drawn = 0
+    for i, lane in enumerate(tl.lanes):
+        y = i * _ROW_H
+        if i % 2:
+            width = _LABEL_W + _PLOT_W
+            rows.append(f'<rect x="0" y="{y}" width="{width}" height="{_ROW_H}" fill="#f6f7f9"/>')
+        rows.append(f'<text x="4" y="{y + 13}">{_esc(lane.title)}</text>')
+        for bar in lane.bars:
+            if drawn >= MAX_LANE_BARS:
+                break
+            drawn += 1
+            colour = STAGE_COLOURS.get(bar.stage, "#8899aa")
+            tip = f"{bar.label} - {bar.stage} {_ms(bar.end - bar.start)}"
+            rows.append(_rect(tl, y, bar.start, bar.end, colour, tip, bar.fault))
+        for t, colour, label in lane.marks:
+            rows.append(_mark(tl, y, t, colour, label))
+    height = len(tl.lanes) * _ROW_H
+    rows += _axis(tl, height + 2)
+    return _svg(rows, height + 24, "lanes")
+
+
+def _tasks_svg(tl: Timeline) -> str:
+    rows: list[str] = []
+    for i, task in enumerate(tl.tasks[:MAX_TASK_ROWS]):
+        y = i * _ROW_H
+        label = f"{task.task_id} {task.function.rpartition('.')[2]}"
+        cls = ' class="fault"' if task.fault else ""
+        title = f"<title>{_esc(task.function)}</title>"
+        rows.append(f'<text x="4" y="{y + 13}"{cls}>{_esc(label[:40])}{title}</text>')
+        for stage, a, b in task.segments():
+            tip = f"{task.task_id} {task.function}: {stage} {_ms(b - a)}"
+            if task.fault:
+                tip += f" [fault: {task.fault}]"
+            fault = task.fault is not None and stage != "queue"
+            rows.append(_rect(tl, y, a, b, STAGE_COLOURS[stage], tip, fault))
+        if task.fault:
+            rows.append(_mark(tl, y, task.end, FAULT_COLOUR, f"{task.task_id}: {task.fault}"))
+        if task.stall:
+            rows.append(_mark(tl, y, task.start, STALL_COLOUR, f"stall: {task.stall}"))
+    height = min(len(tl.tasks), MAX_TASK_ROWS) * _ROW_H
+    rows += _axis(tl, height + 2)
+    return _svg(rows, height + 24, "tasks")
+
+
+def _svg(rows: list[str], height: int, name: str) -> str:
+    width = _LABEL_W + _PLOT_W + 10
+    return (
+        f'<div class="scroll"><svg id="{name}" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        + "".join(rows)
+        + "</svg></div>"
+    )
+
+
+def _breakdown_html(tl: Timeline) -> str:
+    total = sum(tl.breakdown.values()) or 1
+    rows = []
+    for stage, ns in tl.breakdown.items():
+        share = ns / total
+        rows.append(
+            f'<tr><td><span style="display:inline-block;width:12px;height:12px;'
+            f'background:{STAGE_COLOURS[stage]}"></span> {stage}</td>'
+            f'<td class="n">{_ms(ns)}</td><td class="n">{share:.1%}</td>'
+            f'<td><svg width="300" height="12"><rect width="{300 * share:.1f}" height="12" '
+            f'fill="{STAGE_COLOURS[stage]}"/></svg></td></tr>'
+        )
+    return (
+        '<table id="breakdown"><tr><th>stage</th><th>total</th><th>share</th><th></th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _faults_html(tl: Timeline) -> str:
+    items = [
+        f"<li><b>{_esc(t.task_id)}</b> {_esc(t.function)}: {_esc(t.fault)}</li>"
+        for t in tl.tasks
+        if t.fault
+    ]
+    items += [
+        f"<li><b>stall ({_esc(kind)})</b>: {_esc(diagnosis)}</li>"
+        for _t, kind, diagnosis in tl.stalls
+    ]
+    if not items:
+        return "<p>No faults or stalls.</p>"
+    return '<ul id="faults">' + "".join(items[:500]) + "</ul>"
+
+
+def render_html(tl: Timeline) -> str:
+    """The page: self-contained, every trace-supplied string escaped."""
+    key = "".join(f'<span style="background:{c}"></span>{s}' for s, c in STAGE_COLOURS.items())
+    key += f'<span style="background:{FAULT_COLOUR}"></span>fault'
+    key += f'<span style="background:{STALL_COLOUR}"></span>stall'
+    outcomes: dict[str, int] = {}
+    for t in tl.tasks:
+        outcomes[t.outcome or "?"] = outcomes.get(t.outcome or "?", 0) + 1
+    summary = ", ".join(f"{n} {_esc(o)}" for o, n in sorted(outcomes.items()))
+    truncated = (
+        f" (the first {MAX_TASK_ROWS} of {len(tl.tasks)} are drawn)"
+        if len(tl.tasks) > MAX_TASK_ROWS
+        else ""
+    )
+    services = ", ".join(_esc(s) for s in tl.services) or "unknown service"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>tracedpool timeline - {_esc(Path(tl.source).name)}</title>
+<style>{_CSS}</style></head><body>
+<h1>tracedpool timeline</h1>
+<p class="meta">{_esc(tl.source)} - {services} - {tl.spans_read} spans,
+{len(tl.tasks)} tasks ({summary}), {len(tl.lanes)} lanes, {_ms(tl.t1 - tl.t0)} shown;
+{tl.faults} faults, {len(tl.stalls)} stalls</p>
+<p class="key">{key}</p>
+<h2>Where the time went</h2>
+<p class="meta">Summed over every task, stage by stage (queue: waiting for the feeder and
+then for a free worker; deliver: unpickling the result and completing the future).</p>
+{_breakdown_html(tl)}
+<h2>Faults and stalls</h2>
+{_faults_html(tl)}
+<h2>Processes and threads</h2>
+<p class="meta">One lane per worker process, and per pool the parent's manager thread
+(its wakes) and feeder thread (pickling calls). Hover for details.</p>
+{_lanes_svg(tl)}
+<h2>Tasks{truncated}</h2>
+{_tasks_svg(tl)}
+</body></html>
+"""
+
+
+@dataclass
+class TimelineResult:
+    """What ``write_timeline`` produced."""
+
+    output: Path
+    tasks: int
+    lanes: int
+    faults: int
+    stalls: int
+
+
+def write_timeline(trace_file: str | Path, output: str | Path) -> TimelineResult:
+    """Build the page for ``trace_file`` and write it to ``output``."""
+    tl = build_timeline(trace_file)
+    out = Path(output)
+    try:
+        out.write_text(render_html(tl), encoding="utf-8")
+    except OSError as e:
+        raise TimelineError(f"cannot write {out}: {e.strerror or e}") from None
+    return TimelineResult(out, len(tl.tasks), len(tl.lanes), tl.faults, len(tl.stalls))
