@@ -101,7 +101,7 @@ def test_done_callback_blocking_the_manager_is_diagnosed(make_pool: Any, tmp_pat
     def blocking_callback(_future: Any) -> None:
         release.wait(30)
 
-    first = pool.submit(square, 2)
+    first = pool.submit(sleep_then, 4, 0.3)  # still running when the callback is added
     first.add_done_callback(blocking_callback)
     second = pool.submit(square, 3)
     assert _wait_for(lambda: reports)
