@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -689,23 +688,31 @@ class Watcher:
 
 def snapshot_stacks(workers: list[dict[str, Any]], budget: float = SNAPSHOT_BUDGET) -> None:
     """Every worker's stacks, one py-spy call per pid, all in parallel, within ``budget``
-    seconds in all; sets ``threads`` and ``stack_method`` on each entry."""
-    if not workers:
-        return
+    seconds in all; sets ``threads`` and ``stack_method`` on each entry. Plain daemon
+    threads, not a ThreadPoolExecutor: that refuses work once the interpreter is exiting,
+    which is when a stall can matter most."""
     deadline = time.monotonic() + budget
-    snap = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="tracedpool-snapshot")
-    try:
-        futures = {w["pid"]: snap.submit(_snapshot, w["pid"], deadline) for w in workers}
-        for w in workers:
-            try:
-                threads, method = futures[w["pid"]].result(
-                    timeout=max(0.0, deadline - time.monotonic()) + 0.2
-                )
-            except Exception:
-                threads, method = None, "snapshot timed out"
-            w["threads"], w["stack_method"] = threads, method
-    finally:
-        snap.shutdown(wait=False)  # each call is bounded by its own timeout anyway
+    results: dict[int, tuple[list[dict[str, Any]] | None, str]] = {}
+
+    def one(pid: int) -> None:
+        try:
+            results[pid] = _snapshot(pid, deadline)
+        except Exception as e:
+            results[pid] = (None, f"snapshot failed: {type(e).__name__}")
+
+    threads = []
+    for w in workers:
+        thread = threading.Thread(target=one, args=(w["pid"],), daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads (interpreter finalizing): do it here
+            one(w["pid"])
+            continue
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 0.2)
+    for w in workers:
+        w["threads"], w["stack_method"] = results.get(w["pid"], (None, "snapshot timed out"))
 
 
 def _snapshot(pid: int, deadline: float) -> tuple[list[dict[str, Any]] | None, str]:
