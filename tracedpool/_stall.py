@@ -2,8 +2,8 @@
 where, and leave a report an engineer can read after the incident.
 
 One watcher thread per pool. It sleeps on an event while no work is pending (an idle
-pool costs nothing) and otherwise wakes every ``min(timeout / 4, 5 s)`` to compare the
-pool's progress signals:
+pool costs nothing) and otherwise wakes every ``min(timeout / 4, MAX_TICK)`` to compare
+the pool's progress signals:
 
 * futures completed (results delivered, pickling faults, breakage), counted by the hooks;
 * each worker's CPU time and I/O counters (psutil).
@@ -42,6 +42,13 @@ SCHEMA = "tracedpool.stall-report/1"
 DEFAULT_TIMEOUT = 60.0
 KEEP_REPORTS = 50
 SNAPSHOT_BUDGET = 2.0  # seconds for every stack snapshot of one stall, all in parallel
+#: Longest wait between two checks while work is pending. A check only sees *that*
+#: progress happened since the previous one, so the stall's start is known to within one
+#: interval: this bounds the detection's lateness (stall_timeout + 1 s is the promise, and
+#: the snapshots take ~0.05-0.15 s). Each check costs ~0.1 ms per worker (psutil reads):
+#: about 0.1% of a core with 8 workers busy; nothing at all while no work is pending.
+#: Measured in benchmarks/stall.py, recorded in docs/performance.md.
+MAX_TICK = 0.75
 DUMP_SIGNAL = signal.SIGUSR1
 ACTIONS = ("report", "break")
 
@@ -436,7 +443,7 @@ class Watcher:
         self.config = config
         assert config.timeout is not None
         self.timeout: float = config.timeout
-        self._tick = min(self.timeout / 4, 5.0)
+        self._tick = min(self.timeout / 4, MAX_TICK)
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
