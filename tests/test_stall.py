@@ -231,3 +231,14 @@ def test_snapshots_fall_back_without_py_spy(
     frames = [f["function"] for t in worker["threads"] for f in t["frames"]]
     assert "sleep_then" in frames
     assert "sleep_then" in reports[0]["diagnosis"]
+
+
+def test_report_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the newest KEEP_REPORTS reports (JSON and text) are kept."""
+    from tracedpool import _stall
+
+    monkeypatch.setattr(_stall, "KEEP_REPORTS", 3)
+    report = {"schema": _stall.SCHEMA, "diagnosis": "d", "pool": {"id": "p"}, "processes": []}
+    paths = [_stall.write_report(report, tmp_path) for _ in range(5)]
+    assert sorted(tmp_path.glob("*.json")) == sorted(paths[-3:])
+    assert len(list(tmp_path.glob("*.txt"))) == 3

@@ -334,7 +334,8 @@ def write_report(report: dict[str, Any], directory: Path) -> Path:
 
 
 def _prune(directory: Path) -> None:
-    reports = sorted(directory.glob("stall-*.json"), key=lambda p: p.stat().st_mtime)
+    # The name (its UTC stamp, to the microsecond) breaks ties: file times are coarse.
+    reports = sorted(directory.glob("stall-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
     for old in reports[:-KEEP_REPORTS]:
         for path in (old, old.with_suffix(".txt")):
             with contextlib.suppress(OSError):
@@ -455,6 +456,7 @@ class Watcher:
         self.reports: list[str] = []
         self.stalls = 0
         self.last_report: dict[str, Any] | None = None
+        self._escalated = False
         self._warned_write = False
 
     @property
@@ -577,7 +579,7 @@ class Watcher:
                 # A result that arrived with the first wake-up used it up: wake again.
                 state.break_for_stall(*state.stall_break)
             return
-        if self.last_report is not None and self._exiting():
+        if self.last_report is not None and not self._escalated and self._exiting():
             self.break_pool(self.last_report)
 
     def _exiting(self) -> bool:
@@ -588,6 +590,7 @@ class Watcher:
 
         if self.config.action == "break" or not interpreter_shutting_down():
             return False
+        self._escalated = True  # once: a pool that cannot be broken is not retried
         log.warning(
             "tracedpool: the interpreter is exiting while pool %s is stalled; breaking it "
             "so that the process can end",
