@@ -124,7 +124,10 @@ def raise_with_lock() -> Any:
     raise e
 
 
-def kill_self(signum: int) -> Any:
+def kill_self(signum: int, delay: float = 0.0) -> Any:
+    """Sends ``signum`` to its own worker, after ``delay`` seconds."""
+    if delay:
+        time.sleep(delay)
     os.kill(os.getpid(), signum)
     time.sleep(10)
 
@@ -465,3 +468,57 @@ def otlp_json_line(spans: Any) -> str:
             }
         )
     return json.dumps({"resourceSpans": resource_spans}, separators=(",", ":"))
+
+
+#: A lock a parent thread can hold while workers are forked: each worker then inherits
+#: it locked, with no thread of its own to release it.
+INHERITED_LOCK = threading.Lock()
+
+
+def take_inherited_lock() -> int:
+    """Acquires ``INHERITED_LOCK`` in the worker: blocks for ever if it was held at fork."""
+    INHERITED_LOCK.acquire()
+    INHERITED_LOCK.release()
+    return os.getpid()
+
+
+def _sleep_on_load(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+class SlowToUnpickle:
+    """Pickles fine; unpickling it sleeps ``seconds`` (a worker stuck before its task)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        return (_sleep_on_load, (self.seconds,))
+
+
+def big_result(nbytes: int) -> bytes:
+    """A result too large for the pipe's buffer: the worker blocks until it is read."""
+    return b"x" * nbytes
+
+
+def exit_leaving_child(pid_file: str, seconds: float) -> Any:
+    """Exits the worker abruptly after forking a child that outlives it for ``seconds``.
+    The child inherits the worker's end of the pipe the parent watches to learn that the
+    worker died, so the stdlib never notices (the child's pid goes to ``pid_file``)."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(child))
+    os._exit(1)
+
+
+def make_undumpable() -> None:
+    """An initializer: the worker refuses ptrace from anyone without CAP_SYS_PTRACE, as a
+    process that changed credentials does (Linux ``PR_SET_DUMPABLE``)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
