@@ -239,3 +239,30 @@ def test_default_trace_file_is_the_embedded_defaults(make_pool: Any, tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     assert "7 tasks" in proc.stdout and out.exists()
+
+
+def test_demo_ends_by_pointing_at_its_timeline_page(tmp_path: Path) -> None:
+    """`make demo`'s script writes a page of its own run (not the file's earlier runs)
+    and prints where it is."""
+    page = tmp_path / "timeline.html"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        N.ENV_TRACE_FILE: str(tmp_path / "traces.jsonl"),
+        "DEMO_TIMELINE": str(page),
+    }
+    for name in list(env):
+        if name.startswith("OTEL_"):
+            del env[name]
+    for _ in range(2):  # the second run's page must not show the first run's tasks
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo.py")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Timeline of this run (6 tasks, 2 faults): {page.as_uri()}" in proc.stdout
+    assert "feeder-serialize: args[0] (_thread.lock)" in page.read_text(encoding="utf-8")
