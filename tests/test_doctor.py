@@ -208,6 +208,22 @@ def test_smoke_test_runs_a_real_traced_pool() -> None:
     )
 
 
+def test_smoke_test_really_runs_its_tasks_under_python_O() -> None:
+    """`python -O` strips asserts: the 20 timed round trips must still be submitted (each
+    task leaves its spans), not timed as empty statements."""
+    proc = subprocess.run(
+        [sys.executable, "-O", "-m", "tracedpool", "doctor", "--only", "smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {c["id"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["smoke.spans"]["data"]["spans"] >= 20 * 5  # 20 tasks, 5+ spans each
+
+
 # -- the exporter check, against a real OTLP/HTTP receiver ---------------------------------------
 class Receiver:
     """A tiny OTLP/HTTP receiver: records each POST, answers as configured."""

@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import socket
 import statistics
 import struct
@@ -1194,6 +1195,13 @@ def _echo(value: Any) -> Any:
     return value
 
 
+def _round_trip(pool: Any, value: int, timeout: float) -> None:
+    # Not an assert: under `python -O` the task would never be submitted at all.
+    got = pool.submit(_echo, value).result(timeout=timeout)
+    if got != value:
+        raise RuntimeError(f"a task returned {got!r} instead of {value!r}")
+
+
 def smoke_checks(opts: Options) -> list[Check]:
     from ._executor import TracedProcessPoolExecutor
     from ._wire import fault_of
@@ -1218,7 +1226,7 @@ def smoke_checks(opts: Options) -> list[Check]:
         laps = []
         for i in range(20):
             t = time.perf_counter()
-            assert pool.submit(_echo, i).result(timeout=opts.timeout) == i
+            _round_trip(pool, i, opts.timeout)
             laps.append(time.perf_counter() - t)
         median = statistics.median(laps)
         checks.append(
@@ -1262,7 +1270,7 @@ def smoke_checks(opts: Options) -> list[Check]:
                     "report this as a tracedpool bug, with the output of `--json`",
                 )
             )
-        assert pool.submit(_echo, 2).result(timeout=opts.timeout) == 2
+        _round_trip(pool, 2, opts.timeout)
         clean = True
     except Exception as e:
         checks.append(
@@ -1275,10 +1283,10 @@ def smoke_checks(opts: Options) -> list[Check]:
             )
         )
     finally:
-        if not clean:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    proc.kill()
+        if not clean:  # a hung worker must not hang the doctor's exit
+            for wpid in pool._tp_state.worker_pids():
+                with contextlib.suppress(OSError):
+                    os.kill(wpid, signal.SIGKILL)
         pool.shutdown(wait=clean, cancel_futures=True)
     if exporter is None:
         checks.append(Check("smoke.spans", "skip", "opentelemetry-sdk is not installed"))
