@@ -541,6 +541,8 @@ def test_heartbeat_file_is_private_fresh_and_removed(
         body = json.loads(path.read_text())
         assert body["pid"] == os.getpid() and body["pool_id"] == pool.pool_id
         assert {"pending", "seconds_since_progress", "stalled", "written_at"} <= set(body)
+        if sys.platform.startswith("linux"):
+            assert body["start_ticks"] == _heartbeat.start_ticks(os.getpid())
         healthy = probe(beats, require=True)
         assert healthy.exit_code == 0 and healthy.checks[0].status == "ok"
 
@@ -585,6 +587,38 @@ def test_probe_judges_stale_and_dead_heartbeats(tmp_path: Path) -> None:
     not_a_dir.write_text("")
     out = _run("--probe", "--heartbeat-dir", str(not_a_dir))
     assert out.returncode == 2 and "cannot read the heartbeat directory" in out.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start ticks: /proc")
+def test_probe_ignores_a_heartbeat_whose_pid_was_reused(tmp_path: Path) -> None:
+    """A stale heartbeat left by a killed process whose pid now belongs to another live
+    process is not judged (it would fail the probe as "frozen" for ever)."""
+    beats = tmp_path / "beats"
+    beats.mkdir(mode=0o700)
+    mine = _heartbeat.start_ticks(os.getpid())
+    assert mine is not None
+    base = {"schema": _heartbeat.SCHEMA, "pending": 0, "seconds_since_progress": 0.0}
+    stale = {**base, "pid": os.getpid(), "written_at": time.time() - 600}
+    (beats / "reused.json").write_text(json.dumps({**stale, "start_ticks": mine - 1}))
+    result = probe(beats)
+    assert [c.status for c in result.checks] == ["skip"], result.checks
+    assert "1 left by exited processes" in result.checks[0].finding
+    (beats / "reused.json").write_text(json.dumps({**stale, "start_ticks": mine}))
+    assert [c.status for c in probe(beats).checks] == ["fail"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's directory")
+def test_heartbeat_refuses_a_parent_directory_another_user_owns(tmp_path: Path) -> None:
+    """Another user who pre-created the (predictable) parent could swap the heartbeat
+    directory for a symlink: such a parent is refused, an own or root one is not."""
+    foreign = tmp_path / "tracedpool-0"
+    foreign.mkdir(mode=0o777)
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(PermissionError, match="another user"):
+        _heartbeat._private_dir(foreign / "heartbeats")
+    assert not (foreign / "heartbeats").exists()
+    _heartbeat._private_dir(tmp_path / "own" / "heartbeats")
+    assert (tmp_path / "own" / "heartbeats").is_dir()
 
 
 def test_probe_as_another_user_cannot_read_a_private_dir(tmp_path: Path) -> None:

@@ -1350,6 +1350,11 @@ def probe(
             alive = psutil.Process(bpid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             alive = False
+        written_by = beat.get("start_ticks")
+        if alive and isinstance(written_by, int):
+            now_ticks = _heartbeat.start_ticks(bpid)
+            # The pid now belongs to another process: the writer died and it was reused.
+            alive = now_ticks is None or now_ticks == written_by
         if not alive:
             gone += 1  # left by a process that was killed; nothing to judge
             continue
