@@ -194,6 +194,21 @@ def test_snapshot_checks_attach_for_real() -> None:
     assert checks["snapshots.attach"].data["seconds"] < 30
 
 
+def test_telemetry_check_says_what_configure_would_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The SDK check names configure()'s choice (the trace file by default, not the
+    OTLP that opentelemetry-instrument defaults to), and fails a variable it refuses."""
+    monkeypatch.setenv(N.ENV_TRACE_FILE, str(tmp_path / "t.jsonl"))
+    (sdk,) = [c for c in run_checks(Options(groups=("telemetry",))).checks if "sdk" in c.id]
+    assert sdk.status == "ok" and sdk.data["configure_rule"] == "embedded default"
+    assert f"tracedpool_jsonl -> {tmp_path / 't.jsonl'}" in sdk.finding
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    out = _run("--only", "telemetry", env={**ENV, **os.environ})
+    assert out.returncode == 1 and "OTEL_TRACES_SAMPLER_ARG" in out.stdout
+
+
 def test_smoke_test_runs_a_real_traced_pool() -> None:
     """A task round-trips under spawn, an unpicklable argument is located, spans arrive."""
     checks = {c.id: c for c in run_checks(Options(groups=("smoke",), start_method="spawn")).checks}

@@ -897,11 +897,35 @@ def _sdk_check() -> Check:
         if data["global_provider"] not in ("ProxyTracerProvider", "NoOpTracerProvider")
         else "not configured in this process (the service configures its own)"
     )
+    # What tracedpool.configure() would pick, by its documented precedence (its default,
+    # the trace file, differs from opentelemetry-instrument's, OTLP).
+    from . import _configure
+    from ._otlpjson import file_settings
+
+    try:
+        names, rule = _configure.exporter_names()
+        if "otlp" in names:
+            _configure.otlp_protocol()
+        _configure.sampler_from_env()
+        trace_file = file_settings()[0]
+    except ValueError as e:
+        return Check(
+            "telemetry.sdk",
+            "fail",
+            f"tracedpool.configure() would refuse this configuration: {e}",
+            "fix the variable named above",
+            data,
+        )
+    chosen = ", ".join(names) or "none"
+    if _configure.EXPORTER_NAME in names:
+        chosen += f" -> {trace_file}"
+    data["configure_exporters"], data["configure_rule"] = names, rule
     return Check(
         "telemetry.sdk",
         "ok",
-        f"opentelemetry-sdk {data['sdk']}; global provider {configured}; exporter "
-        f"{data['traces_exporter']}",
+        f"opentelemetry-sdk {data['sdk']}; global provider {configured}; "
+        f"opentelemetry-instrument would export with {data['traces_exporter']}, "
+        f"tracedpool.configure() with {chosen} (by {rule})",
         data=data,
     )
 
