@@ -837,7 +837,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         state.meter_provider_arg = meter_provider
         state.metrics = _metrics.metrics_for(meter_provider)
         if state.metrics is not None:
-            state.metrics.pools.add(state)
+            # register(), not pools.add(): its finalizer keeps a collected pool's dropped
+            # count, so the cumulative spans.dropped counter never goes down.
+            state.metrics.register(state)
         state.hooked = _cpython.install_queue_hooks(self, state)
         if stall.timeout is not None and state.hooked:
             state.watcher = Watcher(state, stall)
