@@ -701,3 +701,17 @@ def test_colour_only_on_a_tty() -> None:
         finally:
             os.close(master)
         assert (b"\033[32m" in b"".join(chunks)) is coloured
+
+
+def test_report_written_over_an_existing_file_is_made_private(tmp_path: Path) -> None:
+    """--report PATH over an existing, world-readable file: both files end up 0600."""
+    from tracedpool._inspect import save_report
+
+    target = tmp_path / "stuck.json"
+    target.write_text("old")
+    target.chmod(0o644)
+    report = {"schema": "tracedpool.stall-report/1", "diagnosis": "x", "processes": [], "tasks": []}
+    written = save_report(report, target)
+    assert written == target
+    for path in (target, target.with_suffix(".txt")):
+        assert path.stat().st_mode & 0o777 == 0o600
