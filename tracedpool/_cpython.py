@@ -136,6 +136,16 @@ def _probe_fast_wait() -> tuple[bool, bool]:
 
 FAST_WAIT, _WAIT_CLEARS_UNDER_LOCK = _probe_fast_wait()
 
+#: gh-94777: a worker that dies while the feeder writes a call leaves the feeder blocked
+#: for ever, and terminate_broken's join of it with it. 3.11.x closes the parent's copy
+#: of the call queue's read end in terminate_broken; 3.12+ closes it through
+#: ``Queue._terminate_broken`` (gh-107219); 3.10 does neither, so tracedpool
+#: does it there.
+TERMINATE_CLOSES_CALL_READER: bool = HOOKS_AVAILABLE and bool(
+    {"_reader", "_terminate_broken"}
+    & set(getattr(getattr(_ManagerBase.terminate_broken, "__code__", None), "co_names", ()))
+)
+
 
 def remote_traceback(text: str) -> BaseException:
     """The stdlib's carrier for a traceback text, used as an exception's ``__cause__``."""
@@ -637,6 +647,18 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                 except BaseException:  # InvalidStateError: cancelled meanwhile
                     pass
                 pending.pop(work_id, None)
+        if not TERMINATE_CLOSES_CALL_READER:
+            # gh-94777: the feeder may be blocked writing a call no worker will read,
+            # and the parent's own copy of the pipe's read end keeps the write from
+            # failing, so the stdlib's join of the feeder below waits for ever. The
+            # parent never reads the call queue: closing its copy turns the blocked
+            # write into EPIPE, which the feeder handles.
+            reader = getattr(self.call_queue, "_reader", None)
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:
+                    pass
         super().terminate_broken(cause, *args, **kwargs)
 
     def flag_executor_shutting_down(self) -> None:
