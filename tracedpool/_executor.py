@@ -479,9 +479,15 @@ class _PoolState:
     # -- the stall detector's view --------------------------------------------------------------
     def pending(self) -> int:
         executor = self.executor_ref()
-        if executor is None:
-            return 0
-        return _cpython.pending_count(executor)
+        if executor is not None:
+            return _cpython.pending_count(executor)
+        # The executor was dropped without shutdown() (it went out of scope, or the
+        # program is exiting): the manager thread still runs what was submitted, and
+        # interpreter exit waits for it, so a stall there still needs detecting.
+        manager = self.manager
+        if manager is not None and manager.is_alive():
+            return len(manager.pending_items())
+        return 0
 
     def worker_pids(self) -> list[int]:
         manager = self.manager

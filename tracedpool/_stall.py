@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -527,18 +526,31 @@ def snapshot_all(
 ) -> dict[int, tuple[list[dict[str, Any]] | None, str]]:
     """Every pid's threads, all in parallel within ``budget`` seconds: py-spy, then (only
     for tracedpool's own workers, which handle ``DUMP_SIGNAL``) the signal dump."""
-    out: dict[int, tuple[list[dict[str, Any]] | None, str]] = {}
-    if not pids:
-        return out
-    with ThreadPoolExecutor(max_workers=len(pids)) as snap:
-        futures = {pid: snap.submit(_snapshot, pid, budget, signal_fallback) for pid in pids}
-        deadline = time.monotonic() + budget
-        for pid in pids:
-            try:
-                out[pid] = futures[pid].result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:
-                out[pid] = (None, "snapshot timed out")
-    return out
+    # Plain daemon threads, not a ThreadPoolExecutor: that refuses work once the
+    # interpreter is exiting, which is exactly when a pool left with a stuck worker
+    # (interpreter exit waits for its pending work) most needs its stall reported.
+    results: dict[int, tuple[list[dict[str, Any]] | None, str]] = {}
+
+    def take(pid: int) -> None:
+        try:
+            results[pid] = _snapshot(pid, budget, signal_fallback)
+        except Exception as e:
+            results[pid] = (None, f"snapshot failed: {type(e).__name__}")
+
+    threads = []
+    for pid in pids:
+        thread = threading.Thread(target=take, args=(pid,), name=f"tracedpool-snapshot-{pid}")
+        thread.daemon = True
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads (late in interpreter shutdown): one by one
+            take(pid)
+            continue
+        threads.append(thread)
+    deadline = time.monotonic() + budget
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {pid: results.get(pid, (None, "snapshot timed out")) for pid in pids}
 
 
 def _snapshot(
