@@ -209,7 +209,7 @@ class ScenarioResult:
     pool_shutdown_s: float = 0.0
     provider_shutdown_s: float = 0.0
     null_spans: int = 0
-    outage_bsp_dropped: int | None = None
+    outage_bsp_dropped: int = 0
     outage_emitter_dropped: int = 0
     null_emitter_dropped: int = 0
     received_spans: int = 0
@@ -318,7 +318,7 @@ def run_scenario(scenario: str, params: Params, logs: LogCounter) -> ScenarioRes
             pools["outage"].shutdown(wait=True, cancel_futures=True)
             res.pool_shutdown_s = time.monotonic() - t0
             pools["null"].shutdown(wait=True, cancel_futures=True)
-        res.outage_bsp_dropped = queue_drops(out.processor)
+        res.outage_bsp_dropped = queue_drops(out.processor) or 0
         if isinstance(server, Receiver):
             out.provider.force_flush(30_000)
         t0 = time.monotonic()
@@ -392,8 +392,9 @@ def render(
         lines.append(
             f"| {r.scenario} | {r.ratio:.3f} ({lo:.3f}-{hi:.3f}) | "
             f"{statistics.median(r.null_tps):,.0f} -> {statistics.median(r.outage_tps):,.0f} | "
-            f"{r.wrong} | {r.rss_growth_mb:+.1f} MB | {r.outage_bsp_dropped} / "
-            f"{r.outage_emitter_dropped} | {received} | {r.pool_shutdown_s:.2f} s | "
+            f"{r.wrong} | {r.rss_growth_mb:+.1f} MB | {r.outage_bsp_dropped:,} / "
+            f"{r.outage_emitter_dropped:,} (null pool: {r.null_emitter_dropped:,}) | "
+            f"{received} | {r.pool_shutdown_s:.2f} s | "
             f"{r.provider_shutdown_s:.2f} s | "
             f"{'PASS' if not r.failures else 'FAIL: ' + '; '.join(r.failures)} |"
         )

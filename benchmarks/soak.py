@@ -119,12 +119,12 @@ class Holdings:
     def now(cls) -> Holdings:
         return cls(open_fds(), thread_names(), os_threads())
 
-    def diff(self, later: Holdings) -> list[str]:
+    def diff(self, later: Holdings, *, threads: bool = True) -> list[str]:
         out = []
         extra = {fd: t for fd, t in later.fds.items() if self.fds.get(fd) != t}
         if len(later.fds) != len(self.fds) or extra:
             out.append(f"fds {len(self.fds)} -> {len(later.fds)}, new: {extra}")
-        if later.threads != self.threads or later.os_threads != self.os_threads:
+        if threads and (later.threads != self.threads or later.os_threads != self.os_threads):
             out.append(
                 f"threads {self.threads} ({self.os_threads} OS) -> "
                 f"{later.threads} ({later.os_threads} OS)"
@@ -160,8 +160,11 @@ class LogCounter(logging.Handler):
         self.lock_ = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        # tracedpool's own messages by their text (each names its pool: "once" means
+        # once per pool); the SDK's by their template, which is what repeats.
+        text = record.getMessage() if record.name == "tracedpool" else str(record.msg)
         with self.lock_:
-            self.counts[(record.name, record.levelno, str(record.msg)[:120])] += 1
+            self.counts[(record.name, record.levelno, text[:160])] += 1
 
     def summary(self, min_level: int = logging.WARNING) -> list[dict[str, Any]]:
         with self.lock_:
@@ -384,16 +387,21 @@ def soak(params: Params, sdk: Sdk | None = None) -> SoakResult:
     t0 = time.monotonic()
     pool.shutdown(wait=True)
     result.shutdown_seconds = time.monotonic() - t0
-    result.right_after_shutdown = holdings_dict(Holdings.now())
+    right_after = Holdings.now()
+    result.right_after_shutdown = holdings_dict(right_after)
     result.emitter_backlog_at_shutdown_end = len(state.emitter._queue)
-    del state, pool
-    # shutdown() waits at most 2 s for the emitter; a backlog left then is emitted in
-    # the background. Wait for that (bounded), then flush the processor, so that spans
-    # still in the SDK's queue are not counted as left over by the pool.
+    # Descriptors: shutdown() itself must have closed them, with the pool still
+    # referenced (no help from the garbage collector).
+    result.holdings_diff = [f"right after: {d}" for d in baseline.diff(right_after, threads=False)]
+    # Threads: shutdown() waits at most 2 s for the emitter; a backlog left then is
+    # emitted in the background. Wait for that (bounded), the pool still referenced.
     now, result.settle_seconds = settle_to(baseline, 10.0)
-    sdk.provider.force_flush(30_000)
     result.after_shutdown = holdings_dict(now)
-    result.holdings_diff = baseline.diff(now)
+    result.holdings_diff += baseline.diff(now)
+    del state, pool
+    # Flush the processor, so that spans still in the SDK's queue are not counted as
+    # left over by the pool.
+    sdk.provider.force_flush(30_000)
     samples += [("ReadableSpan", r) for r in span_probe]
     gc.collect()
     result.weakrefs_alive = [name for name, ref in samples if ref() is not None]
@@ -475,8 +483,8 @@ def render(result: SoakResult, params: Params, info: dict[str, Any], argv: list[
         "| RSS curve (tasks done: MB) | "
         + ", ".join(f"{n // 1000}k: {mb:.0f}" for n, mb in picks)
         + " |",
-        f"| fds before pool / after shutdown | {result.before_pool.get('fds')} / "
-        f"{result.after_shutdown.get('fds')} |",
+        f"| fds before pool / right after shutdown() | {result.before_pool.get('fds')} / "
+        f"{result.right_after_shutdown.get('fds')} |",
         f"| threads before pool / after shutdown | {len(result.before_pool.get('threads', []))}"
         f" ({result.before_pool.get('os_threads')} OS) / "
         f"{len(result.after_shutdown.get('threads', []))}"

@@ -442,6 +442,10 @@ class _PoolState:
             self.status.drain()
         except Exception:
             pass
+        # The manager exits only after joining the workers, and no worker is started
+        # after it: close the status pipe now, so a shut-down pool holds no descriptor
+        # (as the stdlib's holds none), rather than when the executor is collected.
+        _close_status(self.status, self.status_writer)
         if (
             self.sink is not None
             and self.pool_trace is not None
@@ -887,6 +891,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             # drop the reader's hook.
             _cpython.remove_reader_hook(result_queue)
             st.result_queue = None
+            _close_status(st.status, st.status_writer)  # no worker is left to write
         if wait:
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.
