@@ -121,6 +121,8 @@ class _OtlpHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 
+        from tracedpool import _names as N
+
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = pb.ExportTraceServiceRequest()
         request.ParseFromString(body)
@@ -130,9 +132,9 @@ class _OtlpHandler(BaseHTTPRequestHandler):
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     n += 1
-                    if span.name == "tracedpool.task":
+                    if span.name == N.SPAN_TASK:
                         for kv in span.attributes:
-                            if kv.key == "tracedpool.task.id":
+                            if kv.key == N.ATTR_TASK_ID:
                                 ids.append(int(kv.value.string_value.rsplit(":", 1)[1]))
         with self.server.lock:
             self.server.spans += n

@@ -29,6 +29,16 @@ import tracedpool
 from tracedpool.testing import sleep_then, stop_self_later
 
 
+def _states(pids: list[int]) -> list[str]:
+    out: list[str] = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).status())
+        except psutil.Error:
+            continue  # already gone (the stall detector may have killed it)
+    return out
+
+
 def main(mode: str, start_method: str, facts_file: str) -> None:
     tracedpool.configure(service_name="exit-app")
     options: dict[str, Any] = {"stall_timeout": None}
@@ -52,8 +62,7 @@ def main(mode: str, start_method: str, facts_file: str) -> None:
     if mode.startswith("stopped-"):
         # The stopped worker is what the exit must get past: wait until it is stopped.
         while time.monotonic() < deadline:
-            states = [psutil.Process(p).status() for p in list(pool._processes)]  # type: ignore[attr-defined]
-            if psutil.STATUS_STOPPED in states:
+            if psutil.STATUS_STOPPED in _states(list(pool._processes)):  # type: ignore[attr-defined]
                 break
             time.sleep(0.02)
     me = psutil.Process()
