@@ -405,7 +405,7 @@ def render(
         for e in r.logs:
             lines.append(
                 f"- {r.scenario}: {e['count']} x {e['level']} `{e['logger']}`: "
-                f'"{e["message"][:90]}"'
+                f'"{e["message"][:150]}"'
             )
     return "\n".join(lines)
 

@@ -497,8 +497,8 @@ def render(result: SoakResult, params: Params, info: dict[str, Any], argv: list[
         f"| objects left (tracked classes, weakref samples) | "
         f"{sum(result.leftovers.values())}, {len(result.weakrefs_alive)} |",
         f"| spans exported / dropped by the processor (queue full) / by the emitter | "
-        f"{result.spans_exported:,} / {result.spans_dropped_by_processor} / "
-        f"{result.emitter_dropped} |",
+        f"{result.spans_exported:,} / {result.spans_dropped_by_processor or 0:,} / "
+        f"{result.emitter_dropped:,} task records |",
         f"| verdict | {'PASS' if not result.failures else 'FAIL: ' + '; '.join(result.failures)} |",
     ]
     return "\n".join(lines)
