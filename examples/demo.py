@@ -5,7 +5,8 @@ OTEL_* variables; with none set, that is the embedded default: spans are written
 OTLP/JSON lines to a private file under ``~/.local/state/tracedpool/traces/`` (or
 ``$TRACEDPOOL_TRACE_FILE``), and nothing needs to be running. The demo reads that file
 back and prints each trace as a waterfall, so you can see where the time went and what
-failed.
+failed, and ends by writing this run's timeline page (``tracedpool timeline``) to
+``timeline.html`` (or ``$DEMO_TIMELINE``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tracedpool
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool import _names as N
 from tracedpool._otlpjson import decode_request, trace_files
+from tracedpool._timeline import TimelineError, write_timeline
 
 
 def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
@@ -88,6 +90,7 @@ def waterfall(path: Path | None, provider: Any, span: Any) -> None:
 
 
 def main() -> int:
+    started = time.time_ns()
     setup = tracedpool.configure(service_name="tracedpool-demo")
     print(setup.describe())
     path = setup.trace_file
@@ -136,6 +139,18 @@ def main() -> int:
     if path is not None:
         provider.force_flush()
         print(f"\nThe spans are OTLP/JSON lines in {path}")
+        # The file keeps earlier runs too: the page shows this one.
+        page = Path(os.environ.get("DEMO_TIMELINE", "timeline.html")).resolve()
+        try:
+            result = write_timeline(path, page, since_ns=started)
+        except TimelineError as e:
+            print(f"(no timeline page: {e})")
+            return 0
+        print(
+            f"Timeline of this run ({result.tasks} tasks, {result.faults} faults): "
+            f"{page.as_uri()}\n  open it in a browser; "
+            f"`tracedpool timeline --last 60` rebuilds it from the file"
+        )
     return 0
 
 

@@ -194,6 +194,21 @@ def test_snapshot_checks_attach_for_real() -> None:
     assert checks["snapshots.attach"].data["seconds"] < 30
 
 
+def test_telemetry_check_says_what_configure_would_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The SDK check names configure()'s choice (the trace file by default, not the
+    OTLP that opentelemetry-instrument defaults to), and fails a variable it refuses."""
+    monkeypatch.setenv(N.ENV_TRACE_FILE, str(tmp_path / "t.jsonl"))
+    (sdk,) = [c for c in run_checks(Options(groups=("telemetry",))).checks if "sdk" in c.id]
+    assert sdk.status == "ok" and sdk.data["configure_rule"] == "embedded default"
+    assert f"tracedpool_jsonl -> {tmp_path / 't.jsonl'}" in sdk.finding
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    out = _run("--only", "telemetry", env={**ENV, **os.environ})
+    assert out.returncode == 1 and "OTEL_TRACES_SAMPLER_ARG" in out.stdout
+
+
 def test_smoke_test_runs_a_real_traced_pool() -> None:
     """A task round-trips under spawn, an unpicklable argument is located, spans arrive."""
     checks = {c.id: c for c in run_checks(Options(groups=("smoke",), start_method="spawn")).checks}
@@ -206,6 +221,22 @@ def test_smoke_test_runs_a_real_traced_pool() -> None:
         checks["smoke.spans"].status == "ok"
         and N.SPAN_WORKER_RUN in checks["smoke.spans"].data["names"]
     )
+
+
+def test_smoke_test_really_runs_its_tasks_under_python_O() -> None:
+    """`python -O` strips asserts: the 20 timed round trips must still be submitted (each
+    task leaves its spans), not timed as empty statements."""
+    proc = subprocess.run(
+        [sys.executable, "-O", "-m", "tracedpool", "doctor", "--only", "smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {c["id"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["smoke.spans"]["data"]["spans"] >= 20 * 5  # 20 tasks, 5+ spans each
 
 
 # -- the exporter check, against a real OTLP/HTTP receiver ---------------------------------------
@@ -525,6 +556,8 @@ def test_heartbeat_file_is_private_fresh_and_removed(
         body = json.loads(path.read_text())
         assert body["pid"] == os.getpid() and body["pool_id"] == pool.pool_id
         assert {"pending", "seconds_since_progress", "stalled", "written_at"} <= set(body)
+        if sys.platform.startswith("linux"):
+            assert body["start_ticks"] == _heartbeat.start_ticks(os.getpid())
         healthy = probe(beats, require=True)
         assert healthy.exit_code == 0 and healthy.checks[0].status == "ok"
 
@@ -569,6 +602,38 @@ def test_probe_judges_stale_and_dead_heartbeats(tmp_path: Path) -> None:
     not_a_dir.write_text("")
     out = _run("--probe", "--heartbeat-dir", str(not_a_dir))
     assert out.returncode == 2 and "cannot read the heartbeat directory" in out.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start ticks: /proc")
+def test_probe_ignores_a_heartbeat_whose_pid_was_reused(tmp_path: Path) -> None:
+    """A stale heartbeat left by a killed process whose pid now belongs to another live
+    process is not judged (it would fail the probe as "frozen" for ever)."""
+    beats = tmp_path / "beats"
+    beats.mkdir(mode=0o700)
+    mine = _heartbeat.start_ticks(os.getpid())
+    assert mine is not None
+    base = {"schema": _heartbeat.SCHEMA, "pending": 0, "seconds_since_progress": 0.0}
+    stale = {**base, "pid": os.getpid(), "written_at": time.time() - 600}
+    (beats / "reused.json").write_text(json.dumps({**stale, "start_ticks": mine - 1}))
+    result = probe(beats)
+    assert [c.status for c in result.checks] == ["skip"], result.checks
+    assert "1 left by exited processes" in result.checks[0].finding
+    (beats / "reused.json").write_text(json.dumps({**stale, "start_ticks": mine}))
+    assert [c.status for c in probe(beats).checks] == ["fail"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's directory")
+def test_heartbeat_refuses_a_parent_directory_another_user_owns(tmp_path: Path) -> None:
+    """Another user who pre-created the (predictable) parent could swap the heartbeat
+    directory for a symlink: such a parent is refused, an own or root one is not."""
+    foreign = tmp_path / "tracedpool-0"
+    foreign.mkdir(mode=0o777)
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(PermissionError, match="another user"):
+        _heartbeat._private_dir(foreign / "heartbeats")
+    assert not (foreign / "heartbeats").exists()
+    _heartbeat._private_dir(tmp_path / "own" / "heartbeats")
+    assert (tmp_path / "own" / "heartbeats").is_dir()
 
 
 def test_probe_as_another_user_cannot_read_a_private_dir(tmp_path: Path) -> None:
@@ -636,3 +701,17 @@ def test_colour_only_on_a_tty() -> None:
         finally:
             os.close(master)
         assert (b"\033[32m" in b"".join(chunks)) is coloured
+
+
+def test_report_written_over_an_existing_file_is_made_private(tmp_path: Path) -> None:
+    """--report PATH over an existing, world-readable file: both files end up 0600."""
+    from tracedpool._inspect import save_report
+
+    target = tmp_path / "stuck.json"
+    target.write_text("old")
+    target.chmod(0o644)
+    report = {"schema": "tracedpool.stall-report/1", "diagnosis": "x", "processes": [], "tasks": []}
+    written = save_report(report, target)
+    assert written == target
+    for path in (target, target.with_suffix(".txt")):
+        assert path.stat().st_mode & 0o777 == 0o600

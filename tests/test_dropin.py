@@ -114,7 +114,9 @@ def test_bystanders_and_queued_tasks_are_told_apart(make_pool: Any) -> None:
     import time
 
     time.sleep(0.5)  # the bystander is running on one worker
-    victim = pool.submit(kill_self, signal.SIGKILL)
+    # The victim waits before dying: submitting the queued tasks must not race the
+    # breakage (a fast manager may otherwise break the pool before they are in).
+    victim = pool.submit(kill_self, signal.SIGKILL, 1.0)
     queued = [pool.submit(sleep_then, i, 5) for i in range(4)]
     roles = {}
     for name, f in [("victim", victim), ("bystander", bystander), *[("queued", q) for q in queued]]:

@@ -266,6 +266,39 @@ def test_an_unwritable_directory_drops_spans_with_one_warning(
     assert len(ours) == 1 and ours[0].levelno == logging.WARNING
 
 
+def test_a_failed_file_is_retried_even_while_exports_keep_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exports during the retry wait do not push the retry back: once the directory can
+    be created again, the next export after the wait writes the file."""
+    from tracedpool import _jsonl
+
+    monkeypatch.setattr(_jsonl, "RETRY_SECONDS", 0.3)
+    blocker = tmp_path / "d"
+    blocker.write_text("")  # a file where the directory must go: the open fails
+    exporter = JsonLinesSpanExporter(blocker / "traces.jsonl")
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    blocker.unlink()
+    deadline = time.monotonic() + 10
+    while exporter.export(_spans(1)) is SpanExportResult.FAILURE:  # more often than 0.3 s
+        assert time.monotonic() < deadline, "the file was never retried"
+        time.sleep(0.05)
+    assert (blocker / "traces.jsonl").exists()
+
+
+def test_a_hard_link_planted_at_the_path_is_refused(tmp_path: Path) -> None:
+    """A hard link to another of the user's files is not appended to (O_NOFOLLOW only
+    stops symlinks)."""
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    target.chmod(0o600)
+    path = tmp_path / "traces.jsonl"
+    os.link(target, path)
+    exporter = JsonLinesSpanExporter(path)
+    assert exporter.export(_spans(1)) is SpanExportResult.FAILURE
+    assert target.read_text() == "precious\n"
+
+
 def test_rotation_keeps_the_file_count_and_size_bounded(tmp_path: Path) -> None:
     """With 3 files of 4 KiB: never more than 3 files, none over the bound, newest kept."""
     path = tmp_path / "traces.jsonl"

@@ -201,6 +201,47 @@ def test_dropped_span_records_are_counted(make_pool: Any, monkeypatch: Any) -> N
     assert _counter(_points(reader), N.METRIC_SPANS_DROPPED) == dropped
 
 
+def test_a_collected_pools_dropped_count_is_kept(monkeypatch: Any) -> None:
+    """spans.dropped is a cumulative counter: it must not go down when a pool that
+    dropped records (built with a meter provider) is garbage collected."""
+    import gc
+    import multiprocessing
+    import weakref
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tracedpool import TracedProcessPoolExecutor
+
+    monkeypatch.setattr(_emit, "MAX_BACKLOG", 2)
+    gate = _Gate()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(gate))
+    meter_provider, reader = _meter()
+    pool = TracedProcessPoolExecutor(
+        1,
+        multiprocessing.get_context("fork"),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        name="collected",
+    )
+    try:
+        assert pool.submit(square, 1).result(timeout=60) == 1
+        assert gate.entered.wait(30)
+        assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
+    finally:
+        gate.release.set()
+        pool.shutdown(wait=True)
+    dropped = pool._tp_state.emitter.dropped
+    assert dropped > 0
+    state = weakref.ref(pool._tp_state)
+    del pool
+    for _ in range(3):
+        gc.collect()
+    assert state() is None
+    points = _points(reader)
+    assert _counter(points, N.METRIC_SPANS_DROPPED, **{N.ATTR_POOL_NAME: "collected"}) == dropped
+
+
 def test_no_meter_provider_creates_nothing(make_pool: Any) -> None:
     """With no MeterProvider a pool holds no instruments and records nothing."""
     if _metrics.global_meter_provider() is not None:

@@ -101,7 +101,7 @@ def test_done_callback_blocking_the_manager_is_diagnosed(make_pool: Any, tmp_pat
     def blocking_callback(_future: Any) -> None:
         release.wait(30)
 
-    first = pool.submit(square, 2)
+    first = pool.submit(sleep_then, 4, 0.3)  # still running when the callback is added
     first.add_done_callback(blocking_callback)
     second = pool.submit(square, 3)
     assert _wait_for(lambda: reports)
@@ -111,14 +111,37 @@ def test_done_callback_blocking_the_manager_is_diagnosed(make_pool: Any, tmp_pat
     assert "blocking_callback" in reports[0]["diagnosis"]
 
 
-def test_busy_task_is_slow_not_stuck(make_pool: Any, tmp_path: Path) -> None:
-    """A task burning CPU for 3x the timeout is not a stall, and an idle pool is not."""
+def test_busy_task_is_slow_not_stuck(make_pool: Any, tmp_path: Path, recorder: Any) -> None:
+    """A task burning CPU for 3x the timeout is not a stall (its span gets one slow-task
+    event instead), and an idle pool is not either."""
+    provider, exporter = recorder
     reports: list[dict[str, Any]] = []
-    pool = make_pool(1, stall_timeout=TIMEOUT, stall_report_dir=tmp_path, on_stall=reports.append)
+    pool = make_pool(
+        1,
+        tracer_provider=provider,
+        stall_timeout=TIMEOUT,
+        stall_report_dir=tmp_path,
+        on_stall=reports.append,
+    )
     assert pool.submit(busy, 3 * TIMEOUT).result(timeout=60) > 0
+    quick = pool.submit(square, 4)
+    assert quick.result(timeout=60) == 16
     time.sleep(2 * TIMEOUT)  # idle, nothing pending
     assert reports == []
     assert pool.stats()["pending"] == 0
+    assert list(tmp_path.iterdir()) == []
+    pool.shutdown(wait=True)
+    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    slow = {
+        s.attributes[N.ATTR_TASK_ID]: [e for e in s.events if e.name == N.EVENT_SLOW_TASK]
+        for s in tasks
+    }
+    busy_id, quick_id = sorted(slow)  # task ids are the pool id and a rising work id
+    (event,) = slow[busy_id]
+    assert TIMEOUT <= event.attributes[N.ATTR_SLOW_TASK_SECONDS] < 3 * TIMEOUT
+    assert event.attributes[N.ATTR_WORKER_PID] > 0
+    assert slow[quick_id] == []
+    assert not [s for s in exporter.get_finished_spans() if s.name == N.SPAN_STALL]
 
 
 def test_unwritable_report_dir_keeps_the_pool_working(
@@ -195,11 +218,10 @@ def test_stall_timeout_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_snapshots_fall_back_without_py_spy(
     make_pool: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without py-spy (or ptrace), workers' stacks come from the faulthandler dump each
-    worker installed at start, and the report says so; still one report per episode."""
-    from tracedpool import _stall
-
-    monkeypatch.setattr(_stall, "py_spy_path", lambda: None)
+    """With py-spy turned off (TRACEDPOOL_PY_SPY=off), workers' stacks come from the
+    faulthandler dump each worker installed at start, and the report says so; still one
+    report per episode."""
+    monkeypatch.setenv(N.ENV_PY_SPY, "off")
     reports: list[dict[str, Any]] = []
     pool = make_pool(1, stall_timeout=TIMEOUT, stall_report_dir=tmp_path, on_stall=reports.append)
     assert pool.submit(sleep_then, 1, 4 * TIMEOUT).result(timeout=60) == 1
@@ -209,3 +231,14 @@ def test_snapshots_fall_back_without_py_spy(
     frames = [f["function"] for t in worker["threads"] for f in t["frames"]]
     assert "sleep_then" in frames
     assert "sleep_then" in reports[0]["diagnosis"]
+
+
+def test_report_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the newest KEEP_REPORTS reports (JSON and text) are kept."""
+    from tracedpool import _stall
+
+    monkeypatch.setattr(_stall, "KEEP_REPORTS", 3)
+    report = {"schema": _stall.SCHEMA, "diagnosis": "d", "pool": {"id": "p"}, "processes": []}
+    paths = [_stall.write_report(report, tmp_path) for _ in range(5)]
+    assert sorted(tmp_path.glob("*.json")) == sorted(paths[-3:])
+    assert len(list(tmp_path.glob("*.txt"))) == 3

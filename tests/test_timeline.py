@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -140,16 +141,16 @@ def test_stalls_are_marked(make_pool: Any, tmp_path: Path) -> None:
 
 
 def test_bad_input_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
-    """A missing file, a corrupt line and JSON that is not a trace export each exit 2
-    with a message naming the file (and line)."""
+    """A missing file, a file with no JSON line and JSON that is not a trace export each
+    exit 2 with a message naming the file (and line)."""
     proc = _run("timeline", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.html"))
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr and "missing.jsonl" in proc.stderr
     corrupt = tmp_path / "corrupt.jsonl"
-    corrupt.write_text('{"resourceSpans": []}\n{"resourceSpans": [\n')
+    corrupt.write_text("PK\x03\x04 not json\n{]\n")
     proc = _run("timeline", str(corrupt), "-o", str(tmp_path / "x.html"))
     assert proc.returncode == 2
-    assert "line 2" in proc.stderr and "not an OTLP/JSON trace export" in proc.stderr
+    assert "line 1" in proc.stderr and "not an OTLP/JSON trace export" in proc.stderr
     other = tmp_path / "other.jsonl"
     other.write_text('{"name": "a span, but not an export request"}\n')
     with pytest.raises(TimelineError, match="line 1"):
@@ -181,3 +182,87 @@ def test_page_renders_in_headless_chromium(make_pool: Any, tmp_path: Path) -> No
         timeout=90,
     )
     assert shot.exists() and shot.stat().st_size > 5000
+
+
+def _shifted(line: str, seconds: int, pool_id: str, new_pool_id: str) -> str:
+    """The same export request, ``seconds`` earlier and under another pool id: an
+    earlier run's spans, as the embedded default's file keeps them."""
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {
+                k: str(int(v) - seconds * 10**9) if k.endswith("UnixNano") else walk(v)
+                for k, v in obj.items()
+            }
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return json.dumps(walk(json.loads(line.replace(pool_id, new_pool_id))))
+
+
+def test_rotated_files_cut_lines_and_earlier_runs(make_pool: Any, tmp_path: Path) -> None:
+    """The page reads the rotated predecessors too, skips a line cut short by a crash
+    (and says so), and --last keeps only the newest run of a file that holds several."""
+    trace, spans = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    pool_id = str(next(s.attributes[N.ATTR_POOL_ID] for s in spans if s.name == N.SPAN_TASK))
+    lines = trace.read_text().splitlines()
+    day = 86400
+    (tmp_path / "traces.jsonl.2").write_text(
+        "".join(_shifted(ln, day, pool_id, "0ldp0o1a") + "\n" for ln in lines)
+    )
+    (tmp_path / "traces.jsonl.1").write_text(lines[0] + "\n")
+    trace.write_text(lines[1] + "\n" + lines[0][: len(lines[0]) // 2])  # cut mid-write
+    tl = build_timeline(trace)
+    assert len(tl.tasks) == 14 and tl.skipped_lines == 1
+    assert "1 unreadable line(s) skipped" in render_html(tl)
+    proc = _run("timeline", str(trace), "-o", str(tmp_path / "last.html"), "--last", "3600")
+    assert proc.returncode == 0, proc.stderr
+    assert "7 tasks" in proc.stdout and "1 unreadable line(s) skipped" in proc.stdout
+    page = (tmp_path / "last.html").read_text()
+    assert pool_id in page and "0ldp0o1a" not in page
+    since = build_timeline(trace, since_ns=min(s.start_time for s in spans))
+    assert {t.pool_id for t in since.tasks} == {pool_id}
+
+
+def test_default_trace_file_is_the_embedded_defaults(make_pool: Any, tmp_path: Path) -> None:
+    """With no TRACEFILE the command reads the file the embedded default writes."""
+    trace, _ = _trace_file(make_pool, tmp_path / "traces.jsonl")
+    out = tmp_path / "t.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracedpool", "timeline", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, N.ENV_TRACE_FILE: str(trace)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "7 tasks" in proc.stdout and out.exists()
+
+
+def test_demo_ends_by_pointing_at_its_timeline_page(tmp_path: Path) -> None:
+    """`make demo`'s script writes a page of its own run (not the file's earlier runs)
+    and prints where it is."""
+    page = tmp_path / "timeline.html"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        N.ENV_TRACE_FILE: str(tmp_path / "traces.jsonl"),
+        "DEMO_TIMELINE": str(page),
+    }
+    for name in list(env):
+        if name.startswith("OTEL_"):
+            del env[name]
+    for _ in range(2):  # the second run's page must not show the first run's tasks
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo.py")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Timeline of this run (6 tasks, 2 faults): {page.as_uri()}" in proc.stdout
+    assert "feeder-serialize: args[0] (_thread.lock)" in page.read_text(encoding="utf-8")

@@ -592,11 +592,11 @@ def absorb(
             outcome, detail = "crash", f"runner exit {code}\n{last_lines}{see_log}"
         run.records[running] = Record(running, outcome, detail)
     elif code is not None:
-        # Died between tests (a fixture or the interpreter): don't retry forever.
+        # Died between tests (a fixture or the interpreter): don't retry forever, and keep
+        # the runner's last words with every test it never reached.
+        detail = f"runner exit {code} outside any test\n{log_tail(log, log_start)}"
         for test_id in plan:
-            run.records.setdefault(
-                test_id, Record(test_id, "crash", f"runner exit {code} outside any test")
-            )
+            run.records.setdefault(test_id, Record(test_id, "crash", detail))
         return []
     return [test_id for test_id in plan if test_id not in run.records]
 
@@ -651,26 +651,6 @@ def verify_python(interp: Interpreter, source: TestSource, opts: Options) -> Ver
         verdict.result.fatal = python
         return verdict
     verdict.result = run_tests(python, interp, mode, opts, exclude=exclude)
-    # The runner process itself died between two tests (not during one): seen in about
-    # one clean-clone CI run in three, at a different place each time, never in
-    # isolation. Run the tests it never reached once more, in a fresh runner, and say
-    # so; a second death is judged like any failure.
-    unreached = [
-        r.id
-        for r in verdict.result.records.values()
-        if r.outcome == "crash" and r.detail.endswith("outside any test")
-    ]
-    if unreached and not STOP.is_set():
-        print(
-            f"  {interp.full}: the runner died between tests; re-running the "
-            f"{len(unreached)} tests it never reached, once",
-            flush=True,
-        )
-        again = run_tests(python, interp, f"{mode}-rerun", opts, ids=unreached, exclude=exclude)
-        for test_id in unreached:
-            if test_id in again.records:
-                verdict.result.records[test_id] = again.records[test_id]
-        verdict.result.seconds += again.seconds
     failed = verdict.result.failed_ids()
     if verdict.result.fatal or not failed or STOP.is_set():
         return verdict
@@ -723,7 +703,8 @@ def summarize(verdict: Verdict) -> Counter[str]:
         f"  {len(run.records)} tests: {counts['pass']} passed, {counts['fail']} failed, "
         f"{counts['error']} errors, {counts['timeout']} timeouts, {counts['crash']} crashes, "
         f"{counts['skip']} skipped, {counts['not-run']} not run; "
-        f"{env_changed} left threads/processes behind  [{run.seconds:.1f}s]"
+        f"{env_changed} left threads, processes or replaced sys streams behind "
+        f"[{run.seconds:.1f}s]"
     )
     for known in verdict.deselected:
         print(f"  deselected {known.id_glob}: {known.reason}")

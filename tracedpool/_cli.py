@@ -4,9 +4,9 @@
     tracedpool doctor [...]           health checks (see docs/doctor.md)
     tracedpool doctor --pid PID       inspect a running process's pool
     tracedpool doctor --probe         judge running pools by their heartbeat files
-    tracedpool timeline TRACEFILE [-o timeline.html]
+    tracedpool timeline [TRACEFILE] [-o timeline.html] [--last SECONDS]
                                       a self-contained HTML timeline of a trace file
-                                      (OTLP/JSON lines)
+                                      (OTLP/JSON lines; default: the embedded default's)
 
 Exit codes: 0 success (doctor: healthy, warnings and skips included), 1 a doctor check
 failed, 2 usage or error (bad path, not a tracedpool report, not an OTLP/JSON-lines trace
@@ -270,13 +270,21 @@ def _timeline(args: argparse.Namespace) -> int:
     from ._timeline import TimelineError, write_timeline
 
     try:
-        result = write_timeline(args.tracefile, args.output)
-    except TimelineError as e:
+        tracefile = args.tracefile
+        if tracefile is None:
+            from ._otlpjson import file_settings
+
+            tracefile = file_settings()[0]
+        result = write_timeline(tracefile, args.output, last_seconds=args.last)
+    except (TimelineError, ValueError) as e:
         print(f"tracedpool timeline: {e}", file=sys.stderr)
         return 2
+    skipped = (
+        f" ({result.skipped_lines} unreadable line(s) skipped)" if result.skipped_lines else ""
+    )
     print(
         f"wrote {result.output}: {result.tasks} tasks on {result.lanes} lanes, "
-        f"{result.faults} faults, {result.stalls} stalls"
+        f"{result.faults} faults, {result.stalls} stalls{skipped}"
     )
     return 0
 
@@ -292,10 +300,19 @@ def main(argv: list[str] | None = None) -> int:
 
     timeline = sub.add_parser("timeline", help="build an HTML timeline from a trace file")
     timeline.add_argument(
-        "tracefile", help="spans as OTLP/JSON lines (the default exporter's file)"
+        "tracefile",
+        nargs="?",
+        help="spans as OTLP/JSON lines (default: the embedded default exporter's file, "
+        "$TRACEDPOOL_TRACE_FILE or the per-user one)",
     )
     timeline.add_argument(
         "-o", "--output", default="timeline.html", help="the page to write (timeline.html)"
+    )
+    timeline.add_argument(
+        "--last",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="only tasks that started within SECONDS of the file's newest span",
     )
     timeline.set_defaults(run=_timeline)
     args = parser.parse_args(argv)  # exits with code 2 on bad usage

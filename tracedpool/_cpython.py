@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures.process as _cfp
 import inspect
 import multiprocessing.queues as _mpq
+import os
 import pickle
 import pickletools
 import select
@@ -573,6 +574,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             if not is_broken:
                 observer.wakes += 1
                 observer.last_buf = None
+                if result_item is None and observer.stall_break is not None:
+                    return None, True, None  # see below
                 return result_item, is_broken, cause
             t0 = t1 = 0
         else:
@@ -590,6 +593,11 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             # own future fails, as a result item carrying the error.
             work_id, exc = replaced
             return _ResultItem(work_id, exception=exc), False, None
+        if result_item is None and not is_broken and observer.stall_break is not None:
+            # The stall detector decided to break the pool (stall_action="break") and
+            # woke this thread: take the stdlib's broken-pool path, which fails every
+            # pending future and terminates the workers.
+            return None, True, None
         return result_item, is_broken, cause
 
     def process_result_item(self, result_item: Any) -> None:
@@ -663,6 +671,45 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     def worker_processes(self) -> dict[int, Any]:
         return dict(self.processes) if self.processes is not None else {}
+
+    def pending_item(self, work_id: int) -> Any:
+        return self.pending_work_items.get(work_id)
+
+
+def wake_manager(executor: Any) -> None:
+    """Wake the pool's manager thread from its wait (as submit() does)."""
+    wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
+    if wakeup is not None and not getattr(wakeup, "_closed", False):
+        wakeup.wakeup()
+
+
+def unblock_result_read(
+    result_queue: Any, still_blocked: Callable[[], bool], seconds: float
+) -> int:
+    """Complete the result message the manager thread is stuck reading, with zero bytes.
+
+    A worker killed while writing a large result leaves a truncated message in the result
+    pipe; the manager reads its announced length and waits for the rest for ever (the
+    parent holds a write end, so EOF never comes). Only the parent can write now (the
+    caller has killed every worker first), so filling the pipe with zeros completes the
+    read; the message then fails to unpickle and the stdlib takes its broken-pool path.
+    The write end is made non-blocking (the workers sharing its file description are
+    dead): this thread stops as soon as the manager has left the read, or after
+    ``seconds``. Returns the bytes written."""
+    writer = getattr(result_queue, "_writer", None)
+    if writer is None:
+        return 0
+    fd = writer.fileno()
+    os.set_blocking(fd, False)
+    chunk = bytes(65536)
+    written = 0
+    deadline = time.monotonic() + seconds
+    while still_blocked() and time.monotonic() < deadline:
+        try:
+            written += os.write(fd, chunk)
+        except BlockingIOError:
+            time.sleep(0.01)  # the manager is draining the pipe
+    return written
 
 
 class InternalsMixin(_cfp.ProcessPoolExecutor):

@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import socket
 import statistics
 import struct
@@ -896,11 +897,35 @@ def _sdk_check() -> Check:
         if data["global_provider"] not in ("ProxyTracerProvider", "NoOpTracerProvider")
         else "not configured in this process (the service configures its own)"
     )
+    # What tracedpool.configure() would pick, by its documented precedence (its default,
+    # the trace file, differs from opentelemetry-instrument's, OTLP).
+    from . import _configure
+    from ._otlpjson import file_settings
+
+    try:
+        names, rule = _configure.exporter_names()
+        if "otlp" in names:
+            _configure.otlp_protocol()
+        _configure.sampler_from_env()
+        trace_file = file_settings()[0]
+    except ValueError as e:
+        return Check(
+            "telemetry.sdk",
+            "fail",
+            f"tracedpool.configure() would refuse this configuration: {e}",
+            "fix the variable named above",
+            data,
+        )
+    chosen = ", ".join(names) or "none"
+    if _configure.EXPORTER_NAME in names:
+        chosen += f" -> {trace_file}"
+    data["configure_exporters"], data["configure_rule"] = names, rule
     return Check(
         "telemetry.sdk",
         "ok",
-        f"opentelemetry-sdk {data['sdk']}; global provider {configured}; exporter "
-        f"{data['traces_exporter']}",
+        f"opentelemetry-sdk {data['sdk']}; global provider {configured}; "
+        f"opentelemetry-instrument would export with {data['traces_exporter']}, "
+        f"tracedpool.configure() with {chosen} (by {rule})",
         data=data,
     )
 
@@ -1194,6 +1219,13 @@ def _echo(value: Any) -> Any:
     return value
 
 
+def _round_trip(pool: Any, value: int, timeout: float) -> None:
+    # Not an assert: under `python -O` the task would never be submitted at all.
+    got = pool.submit(_echo, value).result(timeout=timeout)
+    if got != value:
+        raise RuntimeError(f"a task returned {got!r} instead of {value!r}")
+
+
 def smoke_checks(opts: Options) -> list[Check]:
     from ._executor import TracedProcessPoolExecutor
     from ._wire import fault_of
@@ -1218,7 +1250,7 @@ def smoke_checks(opts: Options) -> list[Check]:
         laps = []
         for i in range(20):
             t = time.perf_counter()
-            assert pool.submit(_echo, i).result(timeout=opts.timeout) == i
+            _round_trip(pool, i, opts.timeout)
             laps.append(time.perf_counter() - t)
         median = statistics.median(laps)
         checks.append(
@@ -1262,7 +1294,7 @@ def smoke_checks(opts: Options) -> list[Check]:
                     "report this as a tracedpool bug, with the output of `--json`",
                 )
             )
-        assert pool.submit(_echo, 2).result(timeout=opts.timeout) == 2
+        _round_trip(pool, 2, opts.timeout)
         clean = True
     except Exception as e:
         checks.append(
@@ -1275,10 +1307,10 @@ def smoke_checks(opts: Options) -> list[Check]:
             )
         )
     finally:
-        if not clean:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    proc.kill()
+        if not clean:  # a hung worker must not hang the doctor's exit
+            for wpid in pool._tp_state.worker_pids():
+                with contextlib.suppress(OSError):
+                    os.kill(wpid, signal.SIGKILL)
         pool.shutdown(wait=clean, cancel_futures=True)
     if exporter is None:
         checks.append(Check("smoke.spans", "skip", "opentelemetry-sdk is not installed"))
@@ -1342,6 +1374,11 @@ def probe(
             alive = psutil.Process(bpid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             alive = False
+        written_by = beat.get("start_ticks")
+        if alive and isinstance(written_by, int):
+            now_ticks = _heartbeat.start_ticks(bpid)
+            # The pid now belongs to another process: the writer died and it was reused.
+            alive = now_ticks is None or now_ticks == written_by
         if not alive:
             gone += 1  # left by a process that was killed; nothing to judge
             continue

@@ -59,6 +59,7 @@ class TaskRecord:
     future: Any = None
     submit_thread = ""
     stall: tuple[int, str, str | None] | None = None  # (t_ns, diagnosis, report path)
+    slow: tuple[int, float, int] | None = None  # (t_ns, seconds running, worker pid)
 
     def __init__(self, state: Any, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
@@ -309,6 +310,11 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
         if path:
             ev_attrs[N.ATTR_STALL_REPORT] = path
         events.append((N.EVENT_STALL, t_stall, ev_attrs))
+    if rec.slow is not None:
+        t_slow, seconds, pid = rec.slow
+        events.append(
+            (N.EVENT_SLOW_TASK, t_slow, {N.ATTR_SLOW_TASK_SECONDS: seconds, N.ATTR_WORKER_PID: pid})
+        )
     specs: list[tuple[Any, ...]] = [
         (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ())
     ]

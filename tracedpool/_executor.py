@@ -376,6 +376,8 @@ class _PoolState:
             info.reason = "worker-died"
         if info.reason in ("worker-died", "worker-unpickle-failed"):
             info.culprits.update(w for w, pid in running_on.items() if pid in dead_pids)
+        if self.stall_break is not None:
+            info.reason = "stalled"
         self.last_buf = None
         info.task_ids = {w: f"{self.pool_id}:{w}" for w in tasks}
         info.names = {w: self._task_name(item.fn) for w, item in tasks.items()}
@@ -557,6 +559,42 @@ class _PoolState:
             "feeder_alive": feeder is None or feeder.is_alive(),
             "feeder_backlog": _cpython.feeder_backlog(executor) if executor is not None else 0,
         }
+
+    def note_slow_tasks(self, pids: list[int], threshold: float) -> None:
+        """Tasks running longer than ``threshold`` seconds on these workers, which are
+        still using CPU: slow, not stuck. Their spans get one slow-task event."""
+        manager = self.manager
+        if manager is None or self.sink is None:
+            return  # only sampled tasks have a span to carry the event
+        self.status.drain()
+        now = time_ns()
+        for pid in pids:
+            begun = self.status.started.get(pid)
+            if begun is None or (now - begun[1]) / 1e9 < threshold:
+                continue
+            item = manager.pending_item(begun[0])
+            rec = getattr(item.fn, "rec", None) if item is not None else None
+            if rec is not None and rec.slow is None:
+                rec.slow = (now, round((now - begun[1]) / 1e9, 3), pid)
+
+    def break_for_stall(self, diagnosis: str, report_path: str | None) -> None:
+        """Make the manager take the broken-pool path: every pending future fails with
+        PoolStalledError. Called by the watcher after it killed the stuck workers."""
+        self.stall_break = (diagnosis, report_path)
+        executor = self.executor_ref()
+        if executor is not None:
+            _cpython.wake_manager(executor)
+
+    def unblock_manager_read(self, seconds: float) -> int:
+        """The manager is stuck reading a truncated result: complete it (see
+        _cpython.unblock_result_read); the read then fails and the pool breaks."""
+        result_queue = self.result_queue
+        manager = self.manager
+        if result_queue is None or manager is None:
+            return 0
+        return _cpython.unblock_result_read(
+            result_queue, lambda: manager.is_alive() and self.break_info is None, seconds
+        )
 
     def on_stall_detected(self, report: dict[str, Any]) -> None:
         """Mark the stuck tasks' records (their spans carry the stall when they end) and
@@ -809,7 +847,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         state.meter_provider_arg = meter_provider
         state.metrics = _metrics.metrics_for(meter_provider)
         if state.metrics is not None:
-            state.metrics.pools.add(state)
+            # register(), not pools.add(): its finalizer keeps a collected pool's dropped
+            # count, so the cumulative spans.dropped counter never goes down.
+            state.metrics.register(state)
         state.hooked = _cpython.install_queue_hooks(self, state)
         if stall.timeout is not None and state.hooked:
             state.watcher = Watcher(state, stall)

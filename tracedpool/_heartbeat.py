@@ -44,17 +44,40 @@ def default_dir() -> Path | None:
     return Path(tempfile.gettempdir()) / f"tracedpool-{os.getuid()}" / "heartbeats"
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux ``/proc/PID/stat`` field
+    22), or None. Unlike a wall-clock start time it does not move with clock steps, so a
+    heartbeat and a later reader agree on it exactly: a different value means the pid
+    was reused by another process after the heartbeat's writer died."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        # the command name (field 2) may hold spaces and parentheses: split after it
+        return int(text[text.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _private_dir(directory: Path, *, private_parent: bool = False) -> None:
-    """Create ``directory`` (0700) and refuse one that another user owns or a symlink.
+    """Create ``directory`` (0700) and refuse one that another user owns or a symlink,
+    or one whose parent another (non-root) user owns: the default parent's name in the
+    shared temporary directory is predictable, and whoever owns it could swap our
+    directory for a symlink between two writes.
 
     With ``private_parent`` (the default location: ``tracedpool-<uid>`` in the shared
-    temporary directory) the parent must pass the same test, or anyone could plant it
-    first as a symlink to a directory of theirs and have the files created there."""
+    temporary directory, which the workers' stack dumps share) the parent must pass the
+    same test as the directory: a real directory of ours, never a symlink, as the
+    stack dumps already require."""
     if private_parent:
         directory.parent.mkdir(mode=0o700, exist_ok=True)
         _refuse_unless_private(directory.parent)
     else:
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        parent = os.lstat(directory.parent)
+        if parent.st_uid not in (os.getuid(), 0):
+            raise PermissionError(
+                f"{directory.parent} belongs to another user (uid {parent.st_uid})"
+            )
     directory.mkdir(mode=0o700, exist_ok=True)
     _refuse_unless_private(directory)
 
@@ -81,6 +104,7 @@ class Heartbeat:
         self._due = 0.0
         self._last_stalled = False
         self._failed = False
+        self._start_ticks: int | None = None
 
     @property
     def idle_wait(self) -> float | None:
@@ -115,10 +139,12 @@ class Heartbeat:
         if self.path is None:
             _private_dir(self.directory, private_parent=self._private_parent)
             self.path = self.directory / f"{os.getpid()}-{self.pool_id}.json"
+            self._start_ticks = start_ticks(os.getpid())
         state = watcher._state
         body = {
             "schema": SCHEMA,
             "pid": os.getpid(),
+            "start_ticks": self._start_ticks,
             "pool_id": self.pool_id,
             "pool_name": getattr(state, "name", None),
             "written_at": time.time(),

@@ -584,6 +584,9 @@ def save_report(report: dict[str, Any], path: Path) -> Path:
         (path.with_suffix(".txt"), render_text(report)),
     ):
         fd = os.open(target, flags, 0o600)
+        # O_CREAT's mode applies only to a new file: an existing one keeps its mode
+        # unless it is set here (a report holds stacks, file paths and command lines).
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
     return path

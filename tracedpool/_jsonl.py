@@ -7,7 +7,8 @@ collector's ``otlpjsonfile`` receiver can too. Nothing needs to be running.
 The file is the host's, not ours, so writing it is careful:
 
 * directory 0700 and files 0600, opened with ``O_NOFOLLOW`` (a symlink planted at the
-  path is refused, never written through) and checked to be a regular file we own;
+  path is refused, never written through) and checked to be a regular file we own
+  with no other hard link;
 * bounded: before a line would take the file past ``max_bytes``, it is rotated
   (``traces.jsonl`` -> ``traces.jsonl.1`` -> ... up to ``count`` files in all), under
   an advisory lock on the directory so processes sharing the file rotate it once;
@@ -83,6 +84,10 @@ class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
         with self._lock:
             if self._closed:
                 return SpanExportResult.FAILURE
+            if self._fd is None and time.monotonic() < self._retry_at:
+                # Waiting out an earlier failure. This must not push the retry back, or
+                # a service exporting more often than RETRY_SECONDS would never retry.
+                return self._drop(len(spans), "waiting to retry after an earlier failure")
             try:
                 self._write(line)
             except OSError as e:
@@ -117,8 +122,6 @@ class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
 
     def _write(self, line: bytes) -> None:
         if self._fd is None:
-            if time.monotonic() < self._retry_at:
-                raise OSError("waiting to retry after an earlier failure")
             self._open()
         assert self._fd is not None
         st = os.fstat(self._fd)
@@ -148,6 +151,10 @@ class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
             if not stat.S_ISREG(st.st_mode)
             else "belongs to another user"
             if st.st_uid != os.geteuid()
+            # a hard link planted in a shared directory would have us append to (and
+            # rotate) one of this user's other files; O_NOFOLLOW does not stop links
+            else "has other hard links"
+            if st.st_nlink != 1
             else None
         )
         if refusal is not None:

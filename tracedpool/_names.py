@@ -211,10 +211,13 @@ ATTR_BROKEN_REASON: Final = _reg(
     "attribute",
     "tracedpool.broken.reason",
     "Why the pool broke: `worker-died`, `worker-unpickle-failed`, `result-unpickle-failed`, "
-    "`initializer-failed`, `result-read-failed` or `unknown`.",
+    "`initializer-failed`, `result-read-failed`, `stalled` (the stall detector broke it, "
+    '`stall_action="break"`) or `unknown`.',
 )
 ATTR_WORKER_PID: Final = _reg(
-    "attribute", "tracedpool.worker.pid", "Pid of the worker a broken-pool event is about."
+    "attribute",
+    "tracedpool.worker.pid",
+    "Pid of the worker a broken-pool or slow-task event is about.",
 )
 ATTR_WORKER_EXITCODE: Final = _reg(
     "attribute",
@@ -257,6 +260,12 @@ ATTR_STALL_KIND: Final = _reg(
 ATTR_STALL_REPORT: Final = _reg(
     "attribute", "tracedpool.stall.report", "Path of the stall report (JSON; .txt beside it)."
 )
+ATTR_SLOW_TASK_SECONDS: Final = _reg(
+    "attribute",
+    "tracedpool.slow_task.seconds",
+    "How long the task had been running in its worker when the stall detector saw it "
+    "still burning CPU past `stall_timeout`.",
+)
 
 # -- events ---------------------------------------------------------------------------------
 EVENT_EXCEPTION: Final = _reg(
@@ -274,6 +283,13 @@ EVENT_STALL: Final = _reg(
     "event",
     "tracedpool.stall",
     "On a stuck task's span, when it finally ends: the stall's diagnosis and report path.",
+)
+EVENT_SLOW_TASK: Final = _reg(
+    "event",
+    "tracedpool.slow-task",
+    "On the span of a task that ran longer than `stall_timeout` while its worker kept "
+    "using CPU: slow, not stuck (no stall report). Once per task, at the moment it was "
+    "noticed, with `tracedpool.slow_task.seconds` and `tracedpool.worker.pid`.",
 )
 EVENT_INTERNAL_ERROR: Final = _reg(
     "event",
@@ -374,6 +390,13 @@ ENV_STALL_TIMEOUT: Final = _reg(
     "env",
     "TRACEDPOOL_STALL_TIMEOUT",
     "Default `stall_timeout` in seconds (60 if unset); `none` disables the stall detector.",
+)
+ENV_PY_SPY: Final = _reg(
+    "env",
+    "TRACEDPOOL_PY_SPY",
+    "Path of the `py-spy` executable for stall snapshots (default: found on `PATH` or "
+    "beside the Python executable); `off` to use only the unprivileged fallback "
+    "(the parent's own frames and a signal-triggered dump in each worker).",
 )
 ENV_RECORD_EXCEPTION_MESSAGES: Final = _reg(
     "env",

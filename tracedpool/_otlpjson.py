@@ -23,7 +23,6 @@ from . import _names as N
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_COUNT = 3
-RETRY_SECONDS = 30.0
 
 # OTLP SpanFlags (trace.proto): bits 0-7 are the W3C trace flags, bit 8 says whether
 # bit 9 (the parent or linked context is remote) is known.

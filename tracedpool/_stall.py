@@ -2,8 +2,8 @@
 where, and leave a report an engineer can read after the incident.
 
 One watcher thread per pool. It sleeps on an event while no work is pending (an idle
-pool costs nothing) and otherwise wakes every ``min(timeout / 4, 5 s)`` to compare the
-pool's progress signals:
+pool costs nothing) and otherwise wakes every ``min(timeout / 4, MAX_TICK)`` to compare
+the pool's progress signals:
 
 * futures completed (results delivered, pickling faults, breakage), counted by the hooks;
 * each worker's CPU time and I/O counters (psutil).
@@ -43,6 +43,13 @@ SCHEMA = "tracedpool.stall-report/1"
 DEFAULT_TIMEOUT = 60.0
 KEEP_REPORTS = 50
 SNAPSHOT_BUDGET = 2.0  # seconds for every stack snapshot of one stall, all in parallel
+#: Longest wait between two checks while work is pending. A check only sees *that*
+#: progress happened since the previous one, so the stall's start is known to within one
+#: interval: this bounds the detection's lateness (stall_timeout + 1 s is the promise, and
+#: the snapshots take ~0.05-0.15 s). Each check costs ~0.1 ms per worker (psutil reads):
+#: about 0.1% of a core with 8 workers busy; nothing at all while no work is pending.
+#: Measured in benchmarks/stall.py, recorded in docs/performance.md.
+MAX_TICK = 0.75
 DUMP_SIGNAL = signal.SIGUSR1
 ACTIONS = ("report", "break")
 
@@ -130,8 +137,16 @@ def parent_threads(roles: dict[int, str]) -> list[dict[str, Any]]:
 
 
 def py_spy_path() -> str | None:
+    """``TRACEDPOOL_PY_SPY`` (a path, or ``off``), else py-spy on PATH or beside Python."""
     from shutil import which
 
+    from . import _names as N
+
+    chosen = os.environ.get(N.ENV_PY_SPY, "").strip()
+    if chosen.lower() in ("off", "0", "none", "no", "false"):
+        return None
+    if chosen:
+        return which(chosen)
     found = which("py-spy")
     if found:
         return found
@@ -219,6 +234,61 @@ def _parse_faulthandler(text: str) -> list[dict[str, Any]]:
     return threads
 
 
+#: What a kernel wait channel (``/proc/PID/wchan``) says a blocked process waits on.
+_WAITS = (
+    ("futex", "a lock or condition (futex)"),
+    ("nanosleep", "a sleep"),
+    ("pipe_read", "a pipe read"),
+    ("pipe_write", "a pipe write"),
+    ("unix_stream", "a Unix socket"),
+    ("sk_wait", "a socket read"),
+    ("tcp", "a TCP socket"),
+    ("inet", "a socket"),
+    ("poll", "poll/select"),
+    ("select", "poll/select"),
+    ("ep_poll", "epoll"),
+    ("do_wait", "a child process (wait)"),
+    ("sigsuspend", "a signal"),
+    ("sigtimedwait", "a signal"),
+    ("folio", "disk I/O or page-in"),
+    ("io_schedule", "disk I/O"),
+)
+
+
+def wait_channel(pid: int) -> str | None:
+    """The kernel function a sleeping process waits in; needs no privilege over a
+    process of the same user. None when unknown (not Linux, running, or hidden)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return text if text and text != "0" else None
+
+
+def wait_hint(wchan: str | None) -> str | None:
+    if not wchan:
+        return None
+    for part, meaning in _WAITS:
+        if part in wchan:
+            return meaning
+    return None
+
+
+def add_source(threads: list[dict[str, Any]] | None, per_thread: int = 30) -> None:
+    """Each frame's source line (read here, from the same files the process runs), so
+    the report shows the statement a thread is stuck on; code, never argument values."""
+    import linecache
+
+    for t in threads or []:
+        for f in (t.get("frames") or [])[:per_thread]:
+            path, line = f.get("file"), f.get("line")
+            if isinstance(path, str) and isinstance(line, int) and not path.startswith("<"):
+                code = linecache.getline(path, line).strip()
+                if code:
+                    f["code"] = code
+
+
 def install_worker_dump_handler() -> None:
     """Worker side: stacks to a private per-pid file on ``DUMP_SIGNAL``."""
     import faulthandler
@@ -265,7 +335,8 @@ def write_report(report: dict[str, Any], directory: Path) -> Path:
 
 
 def _prune(directory: Path) -> None:
-    reports = sorted(directory.glob("stall-*.json"), key=lambda p: p.stat().st_mtime)
+    # The name (its UTC stamp, to the microsecond) breaks ties: file times are coarse.
+    reports = sorted(directory.glob("stall-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
     for old in reports[:-KEEP_REPORTS]:
         for path in (old, old.with_suffix(".txt")):
             with contextlib.suppress(OSError):
@@ -301,10 +372,15 @@ def render_text(report: dict[str, Any]) -> str:
             f" cpu={p.get('cpu_seconds')} rss={p.get('rss_bytes')}"
             f" stacks via {p.get('stack_method')}"
         )
+        if p.get("wchan"):
+            hint = wait_hint(p["wchan"])
+            lines.append(f"    kernel wait: {p['wchan']}" + (f" ({hint})" if hint else ""))
         for t in p.get("threads") or []:
             lines.append(f"    thread {t.get('name')} [{t.get('role')}]")
             for f in (t.get("frames") or [])[:25]:
                 lines.append(f"      {f.get('function')} ({f.get('file')}:{f.get('line')})")
+                if f.get("code"):
+                    lines.append(f"          {f['code']}")
     return "\n".join(lines) + "\n"
 
 
@@ -313,18 +389,50 @@ _STDLIB_PARTS = ("multiprocessing", "concurrent/futures", "threading.py", "selec
 
 
 def _user_frame(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The innermost frame outside the stdlib's pool machinery and tracedpool."""
+    """The innermost frame outside the stdlib's pool machinery and tracedpool; None when
+    the thread is only in that machinery (e.g. a worker waiting for its next task)."""
     for f in frames:
         path = str(f.get("file") or "")
-        if not any(p in path for p in _STDLIB_PARTS) and "/tracedpool/_" not in path:
+        if path.startswith("<") or "/tracedpool/_" in path:
+            continue
+        if not any(p in path for p in _STDLIB_PARTS):
             return f
-    return frames[0] if frames else None
+    return None
 
 
 def _where(frame: dict[str, Any] | None) -> str:
     if not frame:
         return "an unknown place"
-    return f"{frame.get('function')} ({frame.get('file')}:{frame.get('line')})"
+    code = f": {frame['code']}" if frame.get("code") else ""
+    return f"{frame.get('function')} ({frame.get('file')}:{frame.get('line')}{code})"
+
+
+def _main_thread(worker: dict[str, Any]) -> dict[str, Any] | None:
+    """The worker's main thread: named so by py-spy; in a faulthandler dump, the one
+    running the worker loop."""
+    threads: list[dict[str, Any]] = worker.get("threads") or []
+    for t in threads:
+        if t.get("role") == "main":
+            return t
+    for t in threads:
+        if any(f.get("function") == "_process_worker" for f in t.get("frames") or []):
+            return t
+    return threads[0] if threads else None
+
+
+def _waiting(worker: dict[str, Any]) -> str:
+    """Where the worker's main thread is, and what the kernel says it waits on."""
+    main = _main_thread(worker)
+    if main is None:
+        where = f"an unknown place (no stack: {worker.get('stack_method')})"
+    else:
+        frames = main.get("frames") or []
+        where = _where(_user_frame(frames) or (frames[0] if frames else None))
+    hint = wait_hint(worker.get("wchan"))
+    wchan = worker.get("wchan")
+    if hint:
+        return f"{where}, waiting on {hint} [kernel: {wchan}]"
+    return f"{where}" + (f" [kernel: {wchan}]" if wchan else "")
 
 
 class Watcher:
@@ -337,7 +445,7 @@ class Watcher:
         self.config = config
         assert config.timeout is not None
         self.timeout: float = config.timeout
-        self._tick = min(self.timeout / 4, 5.0)
+        self._tick = min(self.timeout / 4, MAX_TICK)
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -348,6 +456,8 @@ class Watcher:
         self._procs: dict[int, Any] = {}
         self.reports: list[str] = []
         self.stalls = 0
+        self.last_report: dict[str, Any] | None = None
+        self._escalated = False
         self._warned_write = False
         self._heartbeat = Heartbeat(state.pool_id)
 
@@ -429,21 +539,72 @@ class Watcher:
     def check(self) -> None:
         state = self._state
         pids = list(state.worker_pids())
-        signature = (state.completed, self._worker_signature(pids))
+        workers = self._worker_signature(pids)
+        signature = (state.completed, workers)
         now = time.monotonic()
         if signature != self._signature:
-            self._signature = signature
+            previous, self._signature = self._signature, signature
             self.last_progress = now
             self._in_episode = False
+            if previous is not None:
+                self._note_slow(previous[1], workers)
+            return
+        if self._in_episode:
+            self._follow_up()
             return
         stalled_for = now - self.last_progress
-        if self._in_episode or stalled_for < self.timeout:
+        if stalled_for < self.timeout:
             return
         self._in_episode = True
         self.handle(stalled_for)
         # Taking the snapshots made the workers run a little (a signal-triggered dump
         # runs Python code): that is not the pool's progress. Start from here.
         self._signature = (state.completed, self._worker_signature(list(state.worker_pids())))
+
+    def _note_slow(self, before: tuple[Any, ...], now: tuple[Any, ...]) -> None:
+        """Workers whose CPU time moved: a task there running past the timeout is slow."""
+        cpu_before = {pid: cpu for pid, cpu, _io in before}
+        moved = [
+            pid
+            for pid, cpu, _io in now
+            if cpu is not None and cpu_before.get(pid) is not None and cpu > cpu_before[pid]
+        ]
+        if moved:
+            try:
+                self._state.note_slow_tasks(moved, self.timeout)
+            except ReferenceError:
+                raise
+            except Exception:
+                self._state.internal_error("slow-task")
+
+    def _follow_up(self) -> None:
+        """Still the same stall: finish a break in progress, or break the pool if the
+        interpreter started exiting meanwhile (see ``_exiting``)."""
+        state = self._state
+        if state.stall_break is not None:
+            manager = state.manager
+            if state.break_info is None and manager is not None and manager.is_alive():
+                # A result that arrived with the first wake-up used it up: wake again.
+                state.break_for_stall(*state.stall_break)
+            return
+        if self.last_report is not None and not self._escalated and self._exiting():
+            self.break_pool(self.last_report)
+
+    def _exiting(self) -> bool:
+        """The interpreter is exiting and waits for this pool's manager thread, which
+        waits for the stuck tasks: nobody can act on a report any more, so even with
+        stall_action="report" the pool breaks, or the process would never end."""
+        from ._cpython import interpreter_shutting_down
+
+        if self.config.action == "break" or not interpreter_shutting_down():
+            return False
+        self._escalated = True  # once: a pool that cannot be broken is not retried
+        log.warning(
+            "tracedpool: the interpreter is exiting while pool %s is stalled; breaking it "
+            "so that the process can end",
+            self._state.pool_id,
+        )
+        return True
 
     # -- one stall -------------------------------------------------------------------------
     def handle(self, stalled_for: float) -> dict[str, Any]:
@@ -478,34 +639,57 @@ class Watcher:
                 self.config.on_stall(report)
             except Exception:
                 log.warning("tracedpool: the on_stall callback raised", exc_info=True)
-        if self.config.action == "break":
+        self.last_report = report
+        if self.config.action == "break" or self._exiting():
             self.break_pool(report)
         return report
 
     def break_pool(self, report: dict[str, Any]) -> None:
-        """Kill the stuck workers (SIGKILL also ends a stopped process); the pool then
-        breaks and every pending future fails with PoolStalledError."""
-        targets = report.get("stuck_pids") or [
-            p["pid"] for p in report["processes"] if p.get("role") == "worker"
-        ]
-        if not targets:
+        """Kill the stuck workers (SIGKILL: SIGTERM does not end a stopped process, and
+        the stdlib's own cleanup would then wait for it), then make the manager break
+        the pool: every pending future fails with PoolStalledError."""
+        state = self._state
+        kind, diagnosis = report["kind"], report["diagnosis"]
+        if kind in ("manager-blocked-callback", "manager-dead"):
             log.warning(
-                "tracedpool: stall_action='break' found no worker to kill (%s)",
-                report["diagnosis"],
+                "tracedpool: stall_action='break' cannot break pool %s: %s. Killing "
+                "workers would not free the manager thread.",
+                state.pool_id,
+                diagnosis,
             )
             return
-        self._state.stall_break = (report["diagnosis"], report.get("report_path"))
+        workers = [p for p in report["processes"] if p.get("role") == "worker"]
+        targets = set(report.get("stuck_pids") or [])
+        # Any stopped worker, stuck or not: the stdlib's terminate would hang on it.
+        targets.update(p["pid"] for p in workers if p.get("status") == "stopped")
+        if kind == "manager-blocked-read":
+            # Nobody may write into the result pipe while it is completed below.
+            targets.update(p["pid"] for p in workers if p.get("status") != "dead")
+        state.stall_break = (diagnosis, report.get("report_path"))
         for pid in targets:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        if kind == "manager-blocked-read":
+            for pid in targets:  # wait (bounded) until they are gone
+                _wait_gone(pid, 2.0)
+            state.unblock_manager_read(5.0)
+        else:
+            state.break_for_stall(diagnosis, report.get("report_path"))
 
     def build_report(self, stalled_for: float) -> dict[str, Any]:
         state = self._state
+        t0 = time.monotonic()
         facts = state.stall_facts()  # tasks, processes, threads, from the pool's own view
         workers = facts["workers"]
+        for w in workers:
+            w["wchan"] = wait_channel(w["pid"])  # before the snapshots disturb them
         snapshots = snapshot_all([w["pid"] for w in workers])
         for w in workers:
             w["threads"], w["stack_method"] = snapshots[w["pid"]]
+        add_source(facts["parent"].get("threads"))
+        for w in workers:
+            add_source(w.get("threads"))
+        snapshot_seconds = time.monotonic() - t0
         kind, diagnosis, stuck = classify(facts, self.timeout)
         return {
             "schema": SCHEMA,
@@ -517,6 +701,7 @@ class Watcher:
             "tasks": facts["tasks"],
             "processes": [facts["parent"], *workers],
             "stuck_pids": stuck,
+            "snapshot_seconds": round(snapshot_seconds, 3),
             "tracedpool_version": __version__,
         }
 
@@ -524,50 +709,68 @@ class Watcher:
 def snapshot_all(
     pids: list[int], budget: float = SNAPSHOT_BUDGET, *, signal_fallback: bool = True
 ) -> dict[int, tuple[list[dict[str, Any]] | None, str]]:
-    """Every pid's threads, all in parallel within ``budget`` seconds: py-spy, then (only
-    for tracedpool's own workers, which handle ``DUMP_SIGNAL``) the signal dump."""
-    # Plain daemon threads, not a ThreadPoolExecutor: that refuses work once the
-    # interpreter is exiting, which is exactly when a pool left with a stuck worker
-    # (interpreter exit waits for its pending work) most needs its stall reported.
+    """Every pid's threads, one py-spy call per pid, all in parallel, within ``budget``
+    seconds in all; then (only for tracedpool's own workers, which handle
+    ``DUMP_SIGNAL``: ``signal_fallback``) the signal dump. Plain daemon threads, not a
+    ThreadPoolExecutor: that refuses work once the interpreter is exiting, which is when
+    a stall can matter most."""
+    deadline = time.monotonic() + budget
     results: dict[int, tuple[list[dict[str, Any]] | None, str]] = {}
 
-    def take(pid: int) -> None:
+    def one(pid: int) -> None:
         try:
-            results[pid] = _snapshot(pid, budget, signal_fallback)
+            results[pid] = _snapshot(pid, deadline, signal_fallback)
         except Exception as e:
             results[pid] = (None, f"snapshot failed: {type(e).__name__}")
 
     threads = []
     for pid in pids:
-        thread = threading.Thread(target=take, args=(pid,), name=f"tracedpool-snapshot-{pid}")
-        thread.daemon = True
+        thread = threading.Thread(target=one, args=(pid,), daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # no new threads (late in interpreter shutdown): one by one
-            take(pid)
+        except RuntimeError:  # no new threads (interpreter finalizing): do it here
+            one(pid)
             continue
         threads.append(thread)
-    deadline = time.monotonic() + budget
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, deadline - time.monotonic()) + 0.2)
     return {pid: results.get(pid, (None, "snapshot timed out")) for pid in pids}
 
 
 def _snapshot(
-    pid: int, budget: float, signal_fallback: bool
+    pid: int, deadline: float, signal_fallback: bool
 ) -> tuple[list[dict[str, Any]] | None, str]:
-    threads, method = py_spy_dump(pid, budget * 0.8)
+    threads, method = py_spy_dump(pid, max(0.1, (deadline - time.monotonic()) * 0.75))
     if threads is not None or not signal_fallback:
         return threads, method
-    fallback, how = signal_dump(pid, budget * 0.5)
+    fallback, how = signal_dump(pid, max(0.1, deadline - time.monotonic()))
     return fallback, f"{how} ({method})"
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    """Until ``pid`` has exited (a zombie counts), at most ``seconds``."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.01)
 
 
 def classify(facts: dict[str, Any], timeout: float) -> tuple[str, str, list[int]]:
     """(kind, one-line diagnosis, pids to kill on break) from the stack evidence."""
-    pending = len(facts["tasks"])
+    tasks = facts["tasks"]
+    pending = len(tasks)
     threads = {t["role"]: t for t in facts["parent"].get("threads", [])}
     manager = threads.get("manager")
+    workers = facts["workers"]
+    gone = [w for w in workers if w.get("status") in ("dead", "zombie")]
+    live = [w for w in workers if w not in gone]
+    stopped = [w for w in live if w.get("status") == "stopped"]
     if not facts["manager_alive"]:
         return (
             "manager-dead",
@@ -578,7 +781,9 @@ def classify(facts: dict[str, Any], timeout: float) -> tuple[str, str, list[int]
         names = [f["function"] for f in manager["frames"]]
         if "_invoke_callbacks" in names:
             at = names.index("_invoke_callbacks")
-            callback = manager["frames"][at - 1] if at > 0 else None
+            callback = _user_frame(manager["frames"][:at]) or (
+                manager["frames"][at - 1] if at > 0 else None
+            )
             return (
                 "manager-blocked-callback",
                 f"the manager thread ({manager['name']}) is blocked inside a done-callback, "
@@ -587,30 +792,42 @@ def classify(facts: dict[str, Any], timeout: float) -> tuple[str, str, list[int]
                 [],
             )
         if any(n in ("_recv", "_recv_bytes", "recv_bytes") for n in names[:6]):
-            dead = [w["pid"] for w in facts["workers"] if w.get("status") == "dead"]
+            if gone:
+                why = (
+                    f"; worker pid {gone[0]['pid']} died, most likely while sending it, "
+                    "and the rest of the message will never come"
+                )
+            elif stopped:
+                why = f"; worker pid {stopped[0]['pid']}, which may be sending it, is stopped"
+            else:
+                why = ""
             return (
                 "manager-blocked-read",
-                f"the manager thread ({manager['name']}) is blocked reading a result message"
-                + (f"; worker pid {dead[0]} died, likely mid-send" if dead else ""),
-                [],
+                f"the manager thread ({manager['name']}) is blocked reading a result message{why}",
+                [w["pid"] for w in stopped],
             )
-    feeder = threads.get("feeder")
-    if facts.get("feeder_backlog", 0) > 0 and not facts.get("feeder_alive", True):
+    unstarted = [t for t in tasks if t.get("worker_pid") is None]
+    if not facts.get("feeder_alive", True) and (facts.get("feeder_backlog", 0) or unstarted):
         return (
             "feeder-dead",
-            f"the call queue's feeder thread is dead with {facts['feeder_backlog']} call(s) "
-            "waiting to be sent",
+            f"the call queue's feeder thread is dead with {facts.get('feeder_backlog', 0)} "
+            f"call(s) waiting to be sent and {len(unstarted)} task(s) never started: no "
+            "worker will receive them",
             [],
         )
-    live = [w for w in facts["workers"] if w.get("status") not in ("dead", "zombie")]
     if not live:
+        exited = ", ".join(str(w["pid"]) for w in gone)
         return (
             "no-workers",
-            f"no live workers while {pending} task(s) are pending (e.g. gh-115634)",
+            f"no live workers while {pending} task(s) are pending"
+            + (
+                f": worker pid(s) {exited} exited and the manager thread did not notice"
+                if gone
+                else " (e.g. gh-115634: retired workers were not replaced)"
+            ),
             [],
         )
-    running = {t["worker_pid"]: t for t in facts["tasks"] if t.get("worker_pid")}
-    stopped = [w for w in live if w.get("status") == "stopped"]
+    running = {t["worker_pid"]: t for t in tasks if t.get("worker_pid")}
     if stopped:
         w = stopped[0]
         task = running.get(w["pid"])
@@ -624,25 +841,45 @@ def classify(facts: dict[str, Any], timeout: float) -> tuple[str, str, list[int]
     if busy:
         w = busy[0]
         task = running[w["pid"]]
-        main = next((t for t in w.get("threads") or [] if t.get("role") == "main"), None)
-        where = _where(_user_frame(main["frames"])) if main else "an unknown place (no stack)"
         return (
             "worker-blocked",
-            f"worker pid {w['pid']} is alive but used no CPU for {timeout:.0f} s, waiting in "
-            f"{where} while running task {task['id']} ({task['function']}): a lock, a "
-            "sleep or I/O",
+            f"worker pid {w['pid']} is alive but used no CPU for {timeout:g} s while running "
+            f"task {task['id']} ({task['function']}); it is in {_waiting(w)}",
             [x["pid"] for x in busy],
         )
+    # No task started anywhere: a worker stuck before its task (an initializer, or
+    # unpickling the call) shows frames of its own outside the worker loop.
+    held = [
+        w
+        for w in live
+        if (main := _main_thread(w)) is not None and _user_frame(main.get("frames") or [])
+    ]
+    feeder = threads.get("feeder")
     if feeder is not None and any(
-        f["function"] in ("_send", "send_bytes") for f in feeder["frames"][:4]
+        f["function"] in ("_send", "send_bytes", "_send_bytes") for f in feeder["frames"][:4]
     ):
         return (
             "feeder-blocked",
-            "the feeder thread is blocked writing to the call pipe and no worker reads it",
-            [w["pid"] for w in live],
+            "the feeder thread is blocked writing a call to the call pipe and no worker reads "
+            "it"
+            + (
+                f": worker pid {held[0]['pid']} has not started a task and is in "
+                f"{_waiting(held[0])}"
+                if held
+                else ""
+            ),
+            [w["pid"] for w in (held or live)],
+        )
+    if held:
+        w = held[0]
+        return (
+            "worker-blocked",
+            f"worker pid {w['pid']} is alive but used no CPU for {timeout:g} s before starting "
+            f"a task (in its initializer, or unpickling a call); it is in {_waiting(w)}",
+            [x["pid"] for x in held],
         )
     return (
         "no-progress",
-        f"no result and no worker CPU or I/O for {timeout:.0f} s with {pending} task(s) pending",
+        f"no result and no worker CPU or I/O for {timeout:g} s with {pending} task(s) pending",
         [w["pid"] for w in live],
     )

@@ -2,7 +2,8 @@
 
 The input is what the embedded default exporter writes: one ``ExportTraceServiceRequest``
 JSON object per line (``resourceSpans[].scopeSpans[].spans[]``, hex ids, times as decimal
-strings, integer enums, attributes as ``{key, value: {stringValue|intValue|...}}``).
+strings, integer enums, attributes as ``{key, value: {stringValue|intValue|...}}``), read
+with its rotated predecessors by ``_otlpjson``'s decoder.
 
 The page needs no network: CSS and SVG are inline, tooltips are SVG ``<title>`` elements,
 and every string that came from the trace (function names, diagnoses, thread names) is
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _names as N
+from ._otlpjson import decode_request, trace_files
 
 #: At most this many task rows are drawn (the breakdown still counts every task).
 MAX_TASK_ROWS = 2000
@@ -129,6 +131,7 @@ class Timeline:
     spans_read: int
     services: list[str]
     stalls: list[tuple[int, str, str]]  # (t, kind, diagnosis)
+    skipped_lines: int = 0  # lines that were not JSON (writes cut short)
 
     @property
     def faults(self) -> int:
@@ -136,86 +139,96 @@ class Timeline:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _value(v: Any) -> Any:
-    if not isinstance(v, dict):
-        return v
-    if "stringValue" in v:
-        return v["stringValue"]
-    if "intValue" in v:
-        return int(v["intValue"])
-    if "doubleValue" in v:
-        return float(v["doubleValue"])
-    if "boolValue" in v:
-        return bool(v["boolValue"])
-    if "arrayValue" in v:
-        return tuple(_value(x) for x in (v["arrayValue"] or {}).get("values", []))
-    if "kvlistValue" in v:
-        return {kv["key"]: _value(kv.get("value")) for kv in v["kvlistValue"].get("values", [])}
-    if "bytesValue" in v:
-        return v["bytesValue"]
-    return None
+def read_spans(path: str | Path) -> tuple[list[Span], list[str], int]:
+    """Every span in an OTLP/JSON-lines file and its rotated predecessors, the service
+    names they name, and how many lines were skipped as unreadable.
 
-
-def _attrs(items: Any) -> dict[str, Any]:
-    return {kv["key"]: _value(kv.get("value")) for kv in items or []}
-
-
-def read_spans(path: str | Path) -> tuple[list[Span], list[str]]:
-    """Every span in an OTLP/JSON-lines file, and the service names it names."""
+    Decoding is ``_otlpjson``'s (the exporter's own reader). A line that is not JSON (a
+    write cut short by a crash or a full disk) is skipped and counted; JSON that is not
+    an export request, or a file with no readable line at all, is a ``TimelineError``.
+    """
     p = Path(path)
     try:
-        f = p.open(encoding="utf-8")
+        p.stat()
     except OSError as e:
         raise TimelineError(f"cannot read {p}: {e.strerror or e}") from None
     spans: list[Span] = []
     services: set[str] = set()
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-                for rs in request["resourceSpans"]:
-                    resource = _attrs((rs.get("resource") or {}).get("attributes"))
-                    if "service.name" in resource:
-                        services.add(str(resource["service.name"]))
-                    for ss in rs.get("scopeSpans", []):
-                        for s in ss.get("spans", []):
-                            status = s.get("status") or {}
-                            spans.append(
-                                Span(
-                                    name=str(s["name"]),
-                                    trace_id=str(s["traceId"]),
-                                    span_id=str(s["spanId"]),
-                                    parent_id=str(s.get("parentSpanId") or ""),
-                                    start=int(s["startTimeUnixNano"]),
-                                    end=int(s["endTimeUnixNano"]),
-                                    attrs=_attrs(s.get("attributes")),
-                                    events=[
-                                        (
-                                            str(e.get("name", "")),
-                                            int(e.get("timeUnixNano", 0)),
-                                            _attrs(e.get("attributes")),
-                                        )
-                                        for e in s.get("events", [])
-                                    ],
-                                    error=int(status.get("code", 0)) == 2,
-                                    status_message=str(status.get("message", "")),
-                                )
-                            )
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise TimelineError(
-                    f"{p}, line {lineno}: not an OTLP/JSON trace export "
-                    f"({type(e).__name__}: {e}); expected one ExportTraceServiceRequest "
-                    "JSON object per line"
-                ) from None
-    return spans, sorted(services)
+    skipped = good = 0
+    first_bad: tuple[Path, int] | None = None
+    for file in trace_files(p):
+        try:
+            f = file.open(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise TimelineError(f"cannot read {file}: {e.strerror or e}") from None
+        with f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    request = json.loads(line)
+                except ValueError:
+                    skipped += 1
+                    first_bad = first_bad or (file, lineno)
+                    continue
+                if not isinstance(request, dict) or "resourceSpans" not in request:
+                    raise TimelineError(_not_export(file, lineno, "no resourceSpans"))
+                try:
+                    for d in decode_request(request):
+                        spans.append(_span(d))
+                        service = d["resource"].get("service.name")
+                        if service is not None:
+                            services.add(str(service))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise TimelineError(
+                        _not_export(file, lineno, f"{type(e).__name__}: {e}")
+                    ) from None
+                good += 1
+    if not good and first_bad is not None:
+        raise TimelineError(_not_export(*first_bad, "not JSON"))
+    return spans, sorted(services), skipped
+
+
+def _not_export(file: Path, lineno: int, why: str) -> str:
+    return (
+        f"{file}, line {lineno}: not an OTLP/JSON trace export ({why}); expected one "
+        "ExportTraceServiceRequest JSON object per line"
+    )
+
+
+def _span(d: dict[str, Any]) -> Span:
+    return Span(
+        name=str(d["name"]),
+        trace_id=str(d["trace_id"]),
+        span_id=str(d["span_id"]),
+        parent_id=str(d["parent_span_id"] or ""),
+        start=d["start_ns"],
+        end=d["end_ns"],
+        attrs=d["attributes"],
+        events=[(e["name"], e["time_ns"], e["attributes"]) for e in d["events"]],
+        error=d["status_code"] == 2,
+        status_message=str(d["status_message"]),
+    )
 
 
 # -- building ----------------------------------------------------------------------------------
-def build_timeline(path: str | Path) -> Timeline:
-    """Read a trace file and arrange its tracedpool spans into tasks, lanes and totals."""
-    spans, services = read_spans(path)
+def build_timeline(
+    path: str | Path, *, since_ns: int | None = None, last_seconds: float | None = None
+) -> Timeline:
+    """Read a trace file and arrange its tracedpool spans into tasks, lanes and totals.
+
+    The embedded default's file collects every run, so two filters keep one run
+    readable: ``since_ns`` (a Unix time in nanoseconds) and ``last_seconds`` (the span
+    starts within that many seconds of the file's newest span end). A task is kept
+    when its task span starts within the window.
+    """
+    spans, services, skipped = read_spans(path)
+    cutoff = since_ns
+    if last_seconds is not None and spans:
+        newest = max(s.end for s in spans) - int(last_seconds * 1e9)
+        cutoff = newest if cutoff is None else max(cutoff, newest)
+    if cutoff is not None:
+        spans = [s for s in spans if s.start >= cutoff]
     tasks: dict[str, Task] = {}
     stage_spans: list[Span] = []
     for s in spans:
@@ -315,6 +328,7 @@ def build_timeline(path: str | Path) -> Timeline:
         spans_read=len(spans),
         services=services,
         stalls=stalls,
+        skipped_lines=skipped,
     )
 
 
@@ -495,6 +509,7 @@ def render_html(tl: Timeline) -> str:
         else ""
     )
     services = ", ".join(_esc(s) for s in tl.services) or "unknown service"
+    skipped = f"; {tl.skipped_lines} unreadable line(s) skipped" if tl.skipped_lines else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
@@ -503,7 +518,7 @@ def render_html(tl: Timeline) -> str:
 <h1>tracedpool timeline</h1>
 <p class="meta">{_esc(tl.source)} - {services} - {tl.spans_read} spans,
 {len(tl.tasks)} tasks ({summary}), {len(tl.lanes)} lanes, {_ms(tl.t1 - tl.t0)} shown;
-{tl.faults} faults, {len(tl.stalls)} stalls</p>
+{tl.faults} faults, {len(tl.stalls)} stalls{skipped}</p>
 <p class="key">{key}</p>
 <h2>Where the time went</h2>
 <p class="meta">Summed over every task, stage by stage (queue: waiting for the feeder and
@@ -530,14 +545,24 @@ class TimelineResult:
     lanes: int
     faults: int
     stalls: int
+    skipped_lines: int = 0
 
 
-def write_timeline(trace_file: str | Path, output: str | Path) -> TimelineResult:
-    """Build the page for ``trace_file`` and write it to ``output``."""
-    tl = build_timeline(trace_file)
+def write_timeline(
+    trace_file: str | Path,
+    output: str | Path,
+    *,
+    since_ns: int | None = None,
+    last_seconds: float | None = None,
+) -> TimelineResult:
+    """Build the page for ``trace_file`` (filtered as ``build_timeline`` does) and write
+    it to ``output``."""
+    tl = build_timeline(trace_file, since_ns=since_ns, last_seconds=last_seconds)
     out = Path(output)
     try:
         out.write_text(render_html(tl), encoding="utf-8")
     except OSError as e:
         raise TimelineError(f"cannot write {out}: {e.strerror or e}") from None
-    return TimelineResult(out, len(tl.tasks), len(tl.lanes), tl.faults, len(tl.stalls))
+    return TimelineResult(
+        out, len(tl.tasks), len(tl.lanes), tl.faults, len(tl.stalls), tl.skipped_lines
+    )

@@ -124,7 +124,10 @@ def raise_with_lock() -> Any:
     raise e
 
 
-def kill_self(signum: int) -> Any:
+def kill_self(signum: int, delay: float = 0.0) -> Any:
+    """Sends ``signum`` to its own worker, after ``delay`` seconds."""
+    if delay:
+        time.sleep(delay)
     os.kill(os.getpid(), signum)
     time.sleep(10)
 
@@ -385,83 +388,64 @@ def stop_self_later(delay: float) -> int:
 # -- OTLP/JSON ---------------------------------------------------------------------------------
 
 
-def _any_value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}  # int64 as a string, per the protobuf JSON mapping
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, (tuple, list)):
-        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
-    return {"stringValue": str(value)}
-
-
-def _key_values(attrs: Any) -> list[dict[str, Any]]:
-    return [{"key": k, "value": _any_value(v)} for k, v in (attrs or {}).items()]
-
-
 def otlp_json_line(spans: Any) -> str:
-    """SDK spans as one OTLP/JSON ``ExportTraceServiceRequest`` (hex ids, integer enums,
-    64-bit integers as strings): the line format tracedpool's file exporter writes and
-    ``tracedpool timeline`` reads. For tests; not a full encoder (no dropped counts)."""
-    import json
+    """SDK spans as one OTLP/JSON ``ExportTraceServiceRequest`` line (without its
+    newline): exactly what tracedpool's file exporter writes and ``tracedpool timeline``
+    reads, from the same encoder."""
+    from ._otlpjson import encode_line
 
-    groups: dict[Any, dict[Any, list[Any]]] = {}
-    resources: dict[Any, Any] = {}
-    scopes: dict[Any, Any] = {}
-    for span in spans:
-        rkey = id(span.resource)
-        resources[rkey] = span.resource
-        scope = span.instrumentation_scope
-        skey = (scope.name, scope.version) if scope is not None else ("", None)
-        scopes[skey] = skey
-        groups.setdefault(rkey, {}).setdefault(skey, []).append(span)
-    resource_spans = []
-    for rkey, by_scope in groups.items():
-        scope_spans = []
-        for (name, version), members in by_scope.items():
-            out = []
-            for s in members:
-                ctx = s.context
-                item: dict[str, Any] = {
-                    "traceId": f"{ctx.trace_id:032x}",
-                    "spanId": f"{ctx.span_id:016x}",
-                    "name": s.name,
-                    "kind": s.kind.value + 1,  # OTLP's enum: 0 is UNSPECIFIED
-                    "startTimeUnixNano": str(s.start_time),
-                    "endTimeUnixNano": str(s.end_time),
-                    "attributes": _key_values(s.attributes),
-                    "events": [
-                        {
-                            "timeUnixNano": str(e.timestamp),
-                            "name": e.name,
-                            "attributes": _key_values(e.attributes),
-                        }
-                        for e in s.events
-                    ],
-                    "links": [
-                        {
-                            "traceId": f"{lk.context.trace_id:032x}",
-                            "spanId": f"{lk.context.span_id:016x}",
-                        }
-                        for lk in s.links
-                    ],
-                    "status": {"code": s.status.status_code.value},
-                }
-                if s.status.description:
-                    item["status"]["message"] = s.status.description
-                if s.parent is not None:
-                    item["parentSpanId"] = f"{s.parent.span_id:016x}"
-                out.append(item)
-            scope_obj: dict[str, Any] = {"name": name}
-            if version:
-                scope_obj["version"] = version
-            scope_spans.append({"scope": scope_obj, "spans": out})
-        resource_spans.append(
-            {
-                "resource": {"attributes": _key_values(resources[rkey].attributes)},
-                "scopeSpans": scope_spans,
-            }
-        )
-    return json.dumps({"resourceSpans": resource_spans}, separators=(",", ":"))
+    return encode_line(spans).decode("utf-8").rstrip("\n")
+
+
+#: A lock a parent thread can hold while workers are forked: each worker then inherits
+#: it locked, with no thread of its own to release it.
+INHERITED_LOCK = threading.Lock()
+
+
+def take_inherited_lock() -> int:
+    """Acquires ``INHERITED_LOCK`` in the worker: blocks for ever if it was held at fork."""
+    INHERITED_LOCK.acquire()
+    INHERITED_LOCK.release()
+    return os.getpid()
+
+
+def _sleep_on_load(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+class SlowToUnpickle:
+    """Pickles fine; unpickling it sleeps ``seconds`` (a worker stuck before its task)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        return (_sleep_on_load, (self.seconds,))
+
+
+def big_result(nbytes: int) -> bytes:
+    """A result too large for the pipe's buffer: the worker blocks until it is read."""
+    return b"x" * nbytes
+
+
+def exit_leaving_child(pid_file: str, seconds: float) -> Any:
+    """Exits the worker abruptly after forking a child that outlives it for ``seconds``.
+    The child inherits the worker's end of the pipe the parent watches to learn that the
+    worker died, so the stdlib never notices (the child's pid goes to ``pid_file``)."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(child))
+    os._exit(1)
+
+
+def make_undumpable() -> None:
+    """An initializer: the worker refuses ptrace from anyone without CAP_SYS_PTRACE, as a
+    process that changed credentials does (Linux ``PR_SET_DUMPABLE``)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")

@@ -8,7 +8,7 @@ exits without shutting the pool down. MODE:
 
 ``normal``          falls off the end of the script while tasks run;
 ``sysexit``         ``sys.exit(3)`` from the main thread while tasks run;
-``stopped-report``  one worker is SIGSTOPped; stall detector on (1 s), stall_action='report';
+``stopped-report``  one worker is SIGSTOPped; stall detector on (1 s), stall_action="report";
 ``stopped-break``   the same with stall_action='break'.
 
 The stall report directory is ``TRACEDPOOL_TEST_REPORT_DIR``.
