@@ -444,6 +444,10 @@ class _PoolState:
             self.status.drain()
         except Exception:
             pass
+        # The manager exits only after joining the workers, and no worker is started
+        # after it: close the status pipe now, so a shut-down pool holds no descriptor
+        # (as the stdlib's holds none), rather than when the executor is collected.
+        _close_status(self.status, self.status_writer)
         if (
             self.sink is not None
             and self.pool_trace is not None
@@ -481,9 +485,15 @@ class _PoolState:
     # -- the stall detector's view --------------------------------------------------------------
     def pending(self) -> int:
         executor = self.executor_ref()
-        if executor is None:
-            return 0
-        return _cpython.pending_count(executor)
+        if executor is not None:
+            return _cpython.pending_count(executor)
+        # The executor was dropped without shutdown() (it went out of scope, or the
+        # program is exiting): the manager thread still runs what was submitted, and
+        # interpreter exit waits for it, so a stall there still needs detecting.
+        manager = self.manager
+        if manager is not None and manager.is_alive():
+            return len(manager.pending_items())
+        return 0
 
     def worker_pids(self) -> list[int]:
         manager = self.manager
@@ -921,6 +931,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             # drop the reader's hook.
             _cpython.remove_reader_hook(result_queue)
             st.result_queue = None
+            _close_status(st.status, st.status_writer)  # no worker is left to write
         if wait:
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.

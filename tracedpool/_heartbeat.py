@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -57,18 +58,33 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
-def _private_dir(directory: Path) -> None:
+def _private_dir(directory: Path, *, private_parent: bool = False) -> None:
     """Create ``directory`` (0700) and refuse one that another user owns or a symlink,
     or one whose parent another (non-root) user owns: the default parent's name in the
     shared temporary directory is predictable, and whoever owns it could swap our
-    directory for a symlink between two writes."""
-    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    parent = os.lstat(directory.parent)
-    if parent.st_uid not in (os.getuid(), 0):
-        raise PermissionError(f"{directory.parent} belongs to another user (uid {parent.st_uid})")
+    directory for a symlink between two writes.
+
+    With ``private_parent`` (the default location: ``tracedpool-<uid>`` in the shared
+    temporary directory, which the workers' stack dumps share) the parent must pass the
+    same test as the directory: a real directory of ours, never a symlink, as the
+    stack dumps already require."""
+    if private_parent:
+        directory.parent.mkdir(mode=0o700, exist_ok=True)
+        _refuse_unless_private(directory.parent)
+    else:
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        parent = os.lstat(directory.parent)
+        if parent.st_uid not in (os.getuid(), 0):
+            raise PermissionError(
+                f"{directory.parent} belongs to another user (uid {parent.st_uid})"
+            )
     directory.mkdir(mode=0o700, exist_ok=True)
-    st = os.lstat(directory)
-    if not os.path.isdir(directory) or directory.is_symlink() or st.st_uid != os.getuid():
+    _refuse_unless_private(directory)
+
+
+def _refuse_unless_private(directory: Path) -> None:
+    st = os.lstat(directory)  # a symlink is not a directory here
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise PermissionError(f"{directory} is not a private directory of this user")
     if st.st_mode & 0o077:
         os.chmod(directory, 0o700)
@@ -80,6 +96,9 @@ class Heartbeat:
 
     def __init__(self, pool_id: str, directory: Path | None = None) -> None:
         self.directory = default_dir() if directory is None else directory
+        self._private_parent = (
+            directory is None and not os.environ.get(N.ENV_HEARTBEAT_DIR, "").strip()
+        )
         self.pool_id = pool_id
         self.path: Path | None = None
         self._due = 0.0
@@ -118,7 +137,7 @@ class Heartbeat:
     def _write(self, watcher: Any, stalled: bool, now: float) -> None:
         assert self.directory is not None
         if self.path is None:
-            _private_dir(self.directory)
+            _private_dir(self.directory, private_parent=self._private_parent)
             self.path = self.directory / f"{os.getpid()}-{self.pool_id}.json"
             self._start_ticks = start_ticks(os.getpid())
         state = watcher._state

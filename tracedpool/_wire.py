@@ -475,6 +475,8 @@ class StatusReader:
 
     def drain(self) -> None:
         with self._lock:
+            if self._fd < 0:
+                return  # closed: the number may belong to another file by now
             chunks = [self._pending]
             while True:
                 try:
@@ -512,7 +514,9 @@ class StatusReader:
         return buf[pos:]
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except Exception:
-            pass
+        with self._lock:
+            self._fd = -1
+            try:
+                self._conn.close()
+            except Exception:
+                pass

@@ -1,0 +1,187 @@
+"""Interpreter exit with work in flight: the program exits, bounded, and leaves no
+worker process behind (checked by pid and start time after it is gone)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tracedpool import _names as N
+from tracedpool._otlpjson import read_spans
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = Path(__file__).resolve().parent / "apps" / "exit_app.py"
+START_METHODS = [
+    m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
+]
+
+
+class ExitRun:
+    """One run of tests/apps/exit_app.py; remembers every process it started."""
+
+    def __init__(self, tmp_path: Path, mode: str, start_method: str) -> None:
+        self.tmp = tmp_path
+        self.facts_file = tmp_path / "facts.json"
+        self.trace_file = tmp_path / "traces" / "traces.jsonl"
+        self.report_dir = tmp_path / "reports"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            TRACEDPOOL_TRACE_FILE=str(self.trace_file),
+            TRACEDPOOL_TEST_REPORT_DIR=str(self.report_dir),
+            XDG_STATE_HOME=str(tmp_path / "state"),
+            PYTHONFAULTHANDLER="1",
+        )
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APP), mode, start_method, str(self.facts_file)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.facts: dict[str, Any] = {}
+
+    def wait_for_facts(self, seconds: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while not self.facts_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                out, err = (
+                    self.proc.communicate(timeout=30) if self.proc.poll() is not None else ("", "")
+                )
+                raise AssertionError(f"the app wrote no facts:\n{out}\n{err}")
+            time.sleep(0.02)
+        self.facts = json.loads(self.facts_file.read_text())
+        return self.facts
+
+    def finish(self, seconds: float) -> tuple[int, float, str]:
+        """(exit status, seconds since start, stderr); fails if it does not exit in time."""
+        try:
+            _out, err = self.proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler: the stacks, into stderr
+            try:
+                _out, err = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _out, err = self.proc.communicate(timeout=30)
+            raise AssertionError(f"the program did not exit within {seconds} s:\n{err}") from None
+        return self.proc.returncode, time.monotonic() - self.t0, err
+
+    def alive(self) -> list[psutil.Process]:
+        """The processes it started that still exist (not counting zombies, which are
+        dead and only wait for whoever now owns them to reap them)."""
+        out = []
+        for child in self.facts.get("children", []):
+            try:
+                p = psutil.Process(child["pid"])
+                if abs(p.create_time() - child["create_time"]) > 0.5:
+                    continue  # the pid was reused: not ours
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.Error:
+                continue
+        return out
+
+    def orphans(self, grace: float = 10.0) -> list[psutil.Process]:
+        deadline = time.monotonic() + grace
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=30)
+        for p in self.alive():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def run_app(tmp_path: Path) -> Iterator[Any]:
+    runs: list[ExitRun] = []
+
+    def start(mode: str, start_method: str = "fork") -> ExitRun:
+        run = ExitRun(tmp_path, mode, start_method)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.cleanup()
+
+
+def _task_spans(run: ExitRun) -> list[dict[str, Any]]:
+    return [s for s in read_spans(run.trace_file) if s["name"] == N.SPAN_TASK]
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_falling_off_the_end_with_tasks_pending_exits_cleanly(
+    run_app: Any, start_method: str
+) -> None:
+    """The script ends with 10 tasks pending and no shutdown(): interpreter exit runs them
+    (as the stdlib does), exits 0, no worker is left, and their spans reach the file."""
+    run = run_app("normal", start_method)
+    facts = run.wait_for_facts()
+    assert facts["pending"] > 0 and len(facts["workers"]) == 2
+    status, seconds, err = run.finish(60)
+    assert status == 0, err
+    assert run.orphans() == []
+    assert len(_task_spans(run)) == 11, "spans of the tasks finished during exit were lost"
+    assert "Traceback" not in err, err
+    print(f"{start_method}: exited {seconds:.1f} s after start")
+
+
+def test_sys_exit_from_the_main_thread_while_tasks_run(run_app: Any) -> None:
+    """sys.exit(3) with tasks running: exit status 3, bounded, no worker left."""
+    run = run_app("sysexit")
+    assert run.wait_for_facts()["pending"] > 0
+    status, _seconds, err = run.finish(60)
+    assert status == 3, err
+    assert run.orphans() == []
+    assert "Traceback" not in err, err
+
+
+def test_stopped_worker_with_stall_action_break_does_not_hold_exit(run_app: Any) -> None:
+    """A SIGSTOPped worker at exit (the pool dropped without shutdown): the stall detector
+    still sees the pending task, reports it, kills the stopped worker; the program exits."""
+    run = run_app("stopped-break")
+    run.wait_for_facts()
+    status, _seconds, err = run.finish(60)
+    assert status == 0, err
+    assert run.orphans() == []
+    reports = sorted(run.report_dir.glob("stall-*.json"))
+    assert len(reports) == 1, err
+    report = json.loads(reports[0].read_text())
+    assert report["kind"] == "worker-stopped"
+    assert report["stuck_pids"][0] in run.facts["workers"]
+
+
+def test_stopped_worker_with_stall_action_report_is_broken_at_exit(run_app: Any) -> None:
+    """With stall_action='report' and the pool out of scope: exit would wait for the
+    stopped worker's task for ever, so the stall is reported, the pool broken (logged),
+    and the program exits with no worker left."""
+    run = run_app("stopped-report")
+    run.wait_for_facts()
+    status, _seconds, err = run.finish(60)
+    assert status == 0, err
+    assert run.orphans() == []
+    (report_path,) = run.report_dir.glob("stall-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["kind"] == "worker-stopped"
+    assert report["stuck_pids"][0] in run.facts["workers"]
+    assert "the interpreter is exiting while pool" in err
