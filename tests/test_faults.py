@@ -87,3 +87,11 @@ def test_fault_is_located_in_exception_and_spans(
         }[case.attrs[N.ATTR_FAULT_STAGE]]
         assert span.name == expected_span
         assert span.status.status_code.name == "ERROR"
+        # ...and no other span claims the fault for another stage.
+        stages = {
+            (ev.attributes or {}).get(N.ATTR_FAULT_STAGE)
+            for s in task_spans
+            for ev in s.events
+            if ev.name == N.EVENT_EXCEPTION
+        }
+        assert stages - {None} == {case.attrs[N.ATTR_FAULT_STAGE]}

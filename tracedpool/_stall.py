@@ -683,9 +683,15 @@ class Watcher:
         workers = facts["workers"]
         for w in workers:
             w["wchan"] = wait_channel(w["pid"])  # before the snapshots disturb them
-        snapshots = snapshot_all([w["pid"] for w in workers])
+        # A dead or zombie worker has no stack to read: asking would only spend the
+        # snapshot budget waiting for an answer that cannot come.
+        gone = {w["pid"] for w in workers if w.get("status") in ("dead", "zombie")}
+        snapshots = snapshot_all([w["pid"] for w in workers if w["pid"] not in gone])
         for w in workers:
-            w["threads"], w["stack_method"] = snapshots[w["pid"]]
+            if w["pid"] in gone:
+                w["threads"], w["stack_method"] = None, f"none: the process is {w['status']}"
+            else:
+                w["threads"], w["stack_method"] = snapshots[w["pid"]]
         add_source(facts["parent"].get("threads"))
         for w in workers:
             add_source(w.get("threads"))
