@@ -25,9 +25,11 @@ from __future__ import annotations
 import concurrent.futures.process as _cfp
 import inspect
 import multiprocessing.queues as _mpq
+import os
 import pickle
 import pickletools
 import select
+import signal
 import threading
 import time
 import traceback
@@ -39,6 +41,11 @@ from . import _wire
 from ._wire import _Task
 
 time_ns = time.time_ns
+
+#: The stdlib's own words for a broken pool, which submit() raises (3.10 to 3.14).
+_STDLIB_BROKEN_ON_SUBMIT = (
+    "A child process terminated abruptly, the process pool is not usable anymore"
+)
 
 # -- feature probes ------------------------------------------------------------------------
 _REQUIRED = (
@@ -402,13 +409,27 @@ def next_work_id(executor: Any) -> int:
     return int(executor._queue_count)
 
 
+def snapshot_items(shared: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """The items of a dict other threads change (submit() adds pending work items, the
+    manager removes them). ``list(d.items())`` can raise "dictionary changed size during
+    iteration": each item tuple it builds may start a garbage collection, whose
+    finalizers run Python code and so can hand the GIL to another thread. Seen under
+    chaos as a RuntimeError escaping submit(). Retry; the race is rare."""
+    for _ in range(16):
+        try:
+            return list(shared.items())
+        except RuntimeError:
+            continue
+    return list(shared.copy().items())
+
+
 def confirm_work_id(executor: Any, predicted: int, fn: Any) -> int:
     """The work id ``fn`` really got (another thread may have submitted meanwhile)."""
     items = executor._pending_work_items
     item = items.get(predicted)
     if item is None or item.fn is fn:
         return predicted  # matches, or already completed (then nobody else took it)
-    for work_id, work_item in list(items.items()):
+    for work_id, work_item in snapshot_items(items):
         if work_item.fn is fn:
             return int(work_id)
     return predicted
@@ -610,17 +631,21 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     def terminate_broken(self, cause: Any, *args: Any, **kwargs: Any) -> None:
         self._tp_joining = True
+        self._tp_observer.breaking = True
+        self._tp_refuse_new_work()
         try:
             failures = self._tp_observer.on_broken(self, cause)
         except BaseException:
             self._tp_observer.internal_error("broken")
             failures = None
+        finally:
+            self._tp_observer.break_ready.set()
         if failures:
             # Each future gets its own exception naming its part in the breakage; the
             # stdlib then finds nothing left to fail (and shares one exception, which
             # cannot say which task ran where).
             pending = self.pending_work_items
-            for work_id, work_item in list(pending.items()):
+            for work_id, work_item in snapshot_items(pending):
                 exc = failures.get(work_id)
                 if exc is None:
                     continue
@@ -629,7 +654,53 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                 except BaseException:  # InvalidStateError: cancelled meanwhile
                     pass
                 pending.pop(work_id, None)
+        self._tp_end_stopped_workers()
         super().terminate_broken(cause, *args, **kwargs)
+
+    def _tp_end_stopped_workers(self) -> None:
+        """SIGTERM and then SIGCONT every worker still alive in a broken pool.
+
+        The stdlib ends the survivors with SIGTERM and joins them with no timeout (3.10 to
+        3.14). A stopped worker (SIGSTOP, a job-control stop) keeps that SIGTERM pending
+        until it is continued, so shutdown() and the interpreter's exit hung for as long
+        as it stayed stopped; seen under chaos. SIGCONT delivers the pending SIGTERM: the
+        worker ends as the stdlib meant it to. Its futures have already failed.
+        """
+        for process in list((self.processes or {}).values()):
+            try:
+                if process.exitcode is None:  # not reaped, so the pid is still ours
+                    process.terminate()
+                    os.kill(process.pid, signal.SIGCONT)
+            except Exception:
+                pass
+
+    def _tp_refuse_new_work(self) -> None:
+        """Mark the executor broken, under the lock submit() checks the mark under, before
+        the observer takes the inventory of the futures this breakage fails.
+
+        The stdlib marks it itself, but later: after tracedpool's inventory, and without
+        the lock in 3.10 and 3.11 (3.12 moved ``terminate_broken``'s body into
+        ``_terminate_broken`` and runs it under ``shutdown_lock``). A submit() landing in
+        between got a future failed with the stdlib's anonymous BrokenProcessPool, seen
+        under chaos for tens of futures per breakage; in 3.10 and 3.11 a submit() racing
+        the stdlib's own loop could even add its item after the loop cleared the dict,
+        leaving that future pending for ever. Holding the lock while marking means every
+        submit() either has added its item (the inventory sees it) or will raise.
+        """
+        executor = self.executor_reference()
+        lock = getattr(self, "shutdown_lock", None)
+        if executor is None or lock is None:
+            return
+        # Bounded: a submit() holding the lock is quick; never wait for ever here (the
+        # stdlib then marks the executor itself, as before).
+        if not lock.acquire(timeout=5.0):
+            return
+        try:
+            if not executor._broken:
+                executor._broken = _STDLIB_BROKEN_ON_SUBMIT
+            executor._shutdown_thread = True
+        finally:
+            lock.release()
 
     def flag_executor_shutting_down(self) -> None:
         executor = self.executor_reference()
@@ -659,7 +730,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     # -- read-only views for forensics --------------------------------------------------------
     def pending_items(self) -> list[tuple[int, Any]]:
-        return list(self.pending_work_items.items())
+        return snapshot_items(self.pending_work_items)
 
     def worker_processes(self) -> dict[int, Any]:
         return dict(self.processes) if self.processes is not None else {}

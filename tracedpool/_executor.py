@@ -128,6 +128,10 @@ class _PoolState:
         self.manager: Any = None  # the pool's TracedManagerThread, once started
         self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
+        # Set by the manager as it starts failing a broken pool's futures (and refusing
+        # new ones), then once break_info is known: submit() waits for it, briefly.
+        self.breaking = False
+        self.break_ready = threading.Event()
         self.oom_before = cgroup_oom_kills()
         self.rss = RssSampler()
         self.completed = 0  # futures completed by the manager: progress for the watcher
@@ -572,6 +576,11 @@ class _PoolState:
 
     def broken_on_submit(self, e: BrokenProcessPool) -> BrokenProcessPool:
         info = self.break_info
+        if info is None and self.breaking:
+            # The manager refused new work before it finished taking the inventory of
+            # the breakage; the facts are moments away.
+            self.break_ready.wait(5.0)
+            info = self.break_info
         if info is None:
             return e
         d = info.primary()
