@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures.process as _cfp
 import inspect
+import logging
 import multiprocessing.queues as _mpq
 import os
 import pickle
@@ -511,6 +512,16 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
 
 
 # -- the manager thread --------------------------------------------------------------------
+def _callback_raised(e: BaseException) -> None:
+    logging.getLogger("concurrent.futures").error(
+        "a done-callback raised %s on the process pool's manager thread; ignored, as the "
+        "stdlib ignores an Exception there (it would have stopped the manager thread and "
+        "left every other future of the pool pending for ever)",
+        type(e).__name__,
+        exc_info=(type(e), e, e.__traceback__),
+    )
+
+
 class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
     """The stdlib manager thread with observation points and two stdlib fixes."""
 
@@ -623,7 +634,27 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                     self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
                 except BaseException:
                     self._tp_observer.internal_error("result")
-        super().process_result_item(result_item)
+        try:
+            super().process_result_item(result_item)
+        except BaseException as e:
+            # Completing a future runs its done-callbacks here. Future._invoke_callbacks
+            # logs an Exception and goes on, but a BaseException (SystemExit,
+            # KeyboardInterrupt, ... raised by a callback) ends the manager thread, and
+            # every other future of the pool waits for ever (3.10 to 3.14). Log it as
+            # the stdlib logs the others, and go on.
+            _callback_raised(e)
+
+    def flag_executor_shutting_down(self) -> None:
+        # cancel_futures: cancel() runs done-callbacks here too. One raising a
+        # BaseException stops the stdlib's loop half-way; cancelling again is safe (an
+        # already cancelled future returns True without calling anything), so finish
+        # it. Bounded: each retry has cancelled at least one more future.
+        for _ in range(10_000):
+            try:
+                self._tp_flag_executor_shutting_down()
+                return
+            except BaseException as e:
+                _callback_raised(e)
 
     def join_executor_internals(self, *args: Any, **kwargs: Any) -> None:
         self._tp_joining = True  # see TracedCallQueue._fail_item_without_deadlock
@@ -702,7 +733,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         finally:
             lock.release()
 
-    def flag_executor_shutting_down(self) -> None:
+    def _tp_flag_executor_shutting_down(self) -> None:
         executor = self.executor_reference()
         original = executor._pending_work_items if executor is not None else None
         before: Any = self.pending_work_items  # type: ignore[has-type]
@@ -710,6 +741,9 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         after: Any = self.pending_work_items  # type: ignore[has-type]
         if after is before:
             return
+        # Read before the fold below, which empties ``before`` of these very items
+        # (``before`` is the executor's dict): notifying after it found none to notify.
+        cancelled = [w.future for w in before.values() if w.future.cancelled()]
         # gh-116685: with cancel_futures the stdlib rebinds the manager's dict, while
         # _SafeQueue._on_queue_feeder_error keeps popping from the executor's original
         # one; a task whose pickling fails then stays pending here for ever and
@@ -720,13 +754,11 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             self.pending_work_items = original
         # gh-136655: cancel() moved the futures to CANCELLED without notifying waiters,
         # so as_completed() and wait() never return. Notify them.
-        for work_item in before.values():
-            future = work_item.future
-            if future.cancelled():
-                try:
-                    future.set_running_or_notify_cancel()
-                except BaseException:
-                    pass
+        for future in cancelled:
+            try:
+                future.set_running_or_notify_cancel()
+            except BaseException:
+                pass
 
     # -- read-only views for forensics --------------------------------------------------------
     def pending_items(self) -> list[tuple[int, Any]]:
