@@ -339,6 +339,12 @@ def _shutdown_racing_submit(pool: Any, delay: float, wait_timeout: float) -> dic
         if f.cancelled():
             f.set_running_or_notify_cancel()
     pool.shutdown(wait=True)
+    # shutdown(wait=False) dropped the manager (3.10), which may still be reaping the
+    # workers: give them time, reading each exit code again (a waitpid race can answer
+    # None once).
+    deadline = time.monotonic() + 30
+    while any(p.exitcode is None for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return {
         "submit_hung": hung,
         "futures": len(futures),
