@@ -26,6 +26,7 @@ from tracedpool.testing import (
     CrashOnDel,
     CustomBaseError,
     RaiseAtPickle,
+    Unpicklable,
     bytes_of,
     crash_on_del_result,
     deeply_nested,
@@ -226,6 +227,39 @@ def test_raising_done_callback_never_stops_the_pool(
     assert any(exc_type.__name__ in (r.exc_text or r.getMessage()) for r in caplog.records)
     pool.shutdown(wait=True)
     assert len(spans_by_task(exporter.get_finished_spans())) == 6
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # stdlib's
+def test_raising_done_callback_of_an_unpicklable_task_never_stops_the_feeder(
+    make_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task that fails to pickle is failed on the feeder thread, which runs its
+    done-callbacks: one raising SystemExit ends the stdlib's feeder and wedges the pool.
+    tracedpool logs it and keeps feeding."""
+
+    def raising(_future: Any) -> None:
+        raise SystemExit("raised by a done-callback")
+
+    def run(pool: Any) -> tuple[tuple[str, Any], tuple[str, Any]]:
+        assert pool.submit(square, 1).result(timeout=30) == 1
+        bad = pool.submit(identity, Unpicklable())
+        bad.add_done_callback(raising)
+        after = pool.submit(square, 3)
+        return _outcome(after, timeout=1.0), _outcome(bad, timeout=0.1)
+
+    stdlib = _stdlib()
+    try:
+        std_after, std_bad = run(stdlib)
+    finally:
+        _end(stdlib)
+    assert std_after[0] == "pending"  # the stdlib's feeder died
+    pool = make_pool(1, start="fork")
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        after, bad = run(pool)
+    assert after == ("result", 9)
+    assert bad[0] == "raised" and isinstance(bad[1], TypeError)
+    assert std_bad[0] == "raised" and isinstance(std_bad[1], TypeError)
+    assert any("feeder thread" in r.getMessage() for r in caplog.records)
 
 
 def test_done_callback_that_submits_chains_tasks(make_pool: Any, recorder: Any) -> None:

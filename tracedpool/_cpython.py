@@ -36,6 +36,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from . import _wire
@@ -199,10 +200,16 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
                 observer.on_feeder_error(e, obj)
             except BaseException:
                 observer.internal_error("feeder-error")
-            if FEEDER_LOCK_ORDER_HAZARD:
+        try:
+            if observer is not None and isinstance(obj, _CallItem) and FEEDER_LOCK_ORDER_HAZARD:
                 self._fail_item_without_deadlock(e, obj)
-                return
-        super()._on_queue_feeder_error(e, obj)
+            else:
+                super()._on_queue_feeder_error(e, obj)
+        except BaseException as raised:
+            # Failing the future runs its done-callbacks on this feeder thread; one that
+            # raises a BaseException would end the feeder, and every later task of the
+            # pool would wait for ever (3.10 to 3.14). Log it and keep feeding.
+            _callback_raised(raised, "feeder")
 
     def _fail_item_without_deadlock(self, e: BaseException, obj: Any) -> None:
         """The stdlib's feeder-error steps, minus the gh-125451 deadlock: never wait for
@@ -512,12 +519,13 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
 
 
 # -- the manager thread --------------------------------------------------------------------
-def _callback_raised(e: BaseException) -> None:
+def _callback_raised(e: BaseException, thread: str = "manager") -> None:
     logging.getLogger("concurrent.futures").error(
-        "a done-callback raised %s on the process pool's manager thread; ignored, as the "
-        "stdlib ignores an Exception there (it would have stopped the manager thread and "
-        "left every other future of the pool pending for ever)",
+        "a done-callback raised %s on the process pool's %s thread; ignored, as the "
+        "stdlib ignores an Exception there (it would have stopped that thread and left "
+        "every other future of the pool pending for ever)",
         type(e).__name__,
+        thread,
         exc_info=(type(e), e, e.__traceback__),
     )
 
@@ -682,8 +690,10 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                     continue
                 try:
                     work_item.future.set_exception(exc)
-                except BaseException:  # InvalidStateError: cancelled meanwhile
+                except InvalidStateError:  # cancelled meanwhile
                     pass
+                except BaseException as raised:  # from a done-callback
+                    _callback_raised(raised)
                 pending.pop(work_id, None)
         self._tp_end_stopped_workers()
         super().terminate_broken(cause, *args, **kwargs)
