@@ -24,22 +24,30 @@ from __future__ import annotations
 
 import concurrent.futures.process as _cfp
 import inspect
+import logging
 import multiprocessing.queues as _mpq
 import os
 import pickle
 import pickletools
 import select
+import signal
 import threading
 import time
 import traceback
 import weakref
 from collections.abc import Callable
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from . import _wire
 from ._wire import _Task
 
 time_ns = time.time_ns
+
+#: The stdlib's own words for a broken pool, which submit() raises (3.10 to 3.14).
+_STDLIB_BROKEN_ON_SUBMIT = (
+    "A child process terminated abruptly, the process pool is not usable anymore"
+)
 
 # -- feature probes ------------------------------------------------------------------------
 _REQUIRED = (
@@ -202,10 +210,16 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
                 observer.on_feeder_error(e, obj)
             except BaseException:
                 observer.internal_error("feeder-error")
-            if FEEDER_LOCK_ORDER_HAZARD:
+        try:
+            if observer is not None and isinstance(obj, _CallItem) and FEEDER_LOCK_ORDER_HAZARD:
                 self._fail_item_without_deadlock(e, obj)
-                return
-        super()._on_queue_feeder_error(e, obj)
+            else:
+                super()._on_queue_feeder_error(e, obj)
+        except BaseException as raised:
+            # Failing the future runs its done-callbacks on this feeder thread; one that
+            # raises a BaseException would end the feeder, and every later task of the
+            # pool would wait for ever (3.10 to 3.14). Log it and keep feeding.
+            _callback_raised(raised, "feeder")
 
     def _fail_item_without_deadlock(self, e: BaseException, obj: Any) -> None:
         """The stdlib's feeder-error steps, minus the gh-125451 deadlock: never wait for
@@ -413,13 +427,27 @@ def next_work_id(executor: Any) -> int:
     return int(executor._queue_count)
 
 
+def snapshot_items(shared: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """The items of a dict other threads change (submit() adds pending work items, the
+    manager removes them). ``list(d.items())`` can raise "dictionary changed size during
+    iteration": each item tuple it builds may start a garbage collection, whose
+    finalizers run Python code and so can hand the GIL to another thread. Seen under
+    chaos as a RuntimeError escaping submit(). Retry; the race is rare."""
+    for _ in range(16):
+        try:
+            return list(shared.items())
+        except RuntimeError:
+            continue
+    return list(shared.copy().items())
+
+
 def confirm_work_id(executor: Any, predicted: int, fn: Any) -> int:
     """The work id ``fn`` really got (another thread may have submitted meanwhile)."""
     items = executor._pending_work_items
     item = items.get(predicted)
     if item is None or item.fn is fn:
         return predicted  # matches, or already completed (then nobody else took it)
-    for work_id, work_item in list(items.items()):
+    for work_id, work_item in snapshot_items(items):
         if work_item.fn is fn:
             return int(work_id)
     return predicted
@@ -501,6 +529,17 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
 
 
 # -- the manager thread --------------------------------------------------------------------
+def _callback_raised(e: BaseException, thread: str = "manager") -> None:
+    logging.getLogger("concurrent.futures").error(
+        "a done-callback raised %s on the process pool's %s thread; ignored, as the "
+        "stdlib ignores an Exception there (it would have stopped that thread and left "
+        "every other future of the pool pending for ever)",
+        type(e).__name__,
+        thread,
+        exc_info=(type(e), e, e.__traceback__),
+    )
+
+
 class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
     """The stdlib manager thread with observation points and two stdlib fixes."""
 
@@ -620,7 +659,27 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                     self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
                 except BaseException:
                     self._tp_observer.internal_error("result")
-        super().process_result_item(result_item)
+        try:
+            super().process_result_item(result_item)
+        except BaseException as e:
+            # Completing a future runs its done-callbacks here. Future._invoke_callbacks
+            # logs an Exception and goes on, but a BaseException (SystemExit,
+            # KeyboardInterrupt, ... raised by a callback) ends the manager thread, and
+            # every other future of the pool waits for ever (3.10 to 3.14). Log it as
+            # the stdlib logs the others, and go on.
+            _callback_raised(e)
+
+    def flag_executor_shutting_down(self) -> None:
+        # cancel_futures: cancel() runs done-callbacks here too. One raising a
+        # BaseException stops the stdlib's loop half-way; cancelling again is safe (an
+        # already cancelled future returns True without calling anything), so finish
+        # it. Bounded: each retry has cancelled at least one more future.
+        for _ in range(10_000):
+            try:
+                self._tp_flag_executor_shutting_down()
+                return
+            except BaseException as e:
+                _callback_raised(e)
 
     def join_executor_internals(self, *args: Any, **kwargs: Any) -> None:
         self._tp_joining = True  # see TracedCallQueue._fail_item_without_deadlock
@@ -628,25 +687,32 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
 
     def terminate_broken(self, cause: Any, *args: Any, **kwargs: Any) -> None:
         self._tp_joining = True
+        self._tp_observer.breaking = True
+        self._tp_refuse_new_work()
         try:
             failures = self._tp_observer.on_broken(self, cause)
         except BaseException:
             self._tp_observer.internal_error("broken")
             failures = None
+        finally:
+            self._tp_observer.break_ready.set()
         if failures:
             # Each future gets its own exception naming its part in the breakage; the
             # stdlib then finds nothing left to fail (and shares one exception, which
             # cannot say which task ran where).
             pending = self.pending_work_items
-            for work_id, work_item in list(pending.items()):
+            for work_id, work_item in snapshot_items(pending):
                 exc = failures.get(work_id)
                 if exc is None:
                     continue
                 try:
                     work_item.future.set_exception(exc)
-                except BaseException:  # InvalidStateError: cancelled meanwhile
+                except InvalidStateError:  # cancelled meanwhile
                     pass
+                except BaseException as raised:  # from a done-callback
+                    _callback_raised(raised)
                 pending.pop(work_id, None)
+        self._tp_end_stopped_workers()
         if not TERMINATE_CLOSES_CALL_READER:
             # gh-94777: the feeder may be blocked writing a call no worker will read,
             # and the parent's own copy of the pipe's read end keeps the write from
@@ -661,7 +727,52 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                     pass
         super().terminate_broken(cause, *args, **kwargs)
 
-    def flag_executor_shutting_down(self) -> None:
+    def _tp_end_stopped_workers(self) -> None:
+        """SIGTERM and then SIGCONT every worker still alive in a broken pool.
+
+        The stdlib ends the survivors with SIGTERM and joins them with no timeout (3.10 to
+        3.14). A stopped worker (SIGSTOP, a job-control stop) keeps that SIGTERM pending
+        until it is continued, so shutdown() and the interpreter's exit hung for as long
+        as it stayed stopped; seen under chaos. SIGCONT delivers the pending SIGTERM: the
+        worker ends as the stdlib meant it to. Its futures have already failed.
+        """
+        for process in list((self.processes or {}).values()):
+            try:
+                if process.exitcode is None:  # not reaped, so the pid is still ours
+                    process.terminate()
+                    os.kill(process.pid, signal.SIGCONT)
+            except Exception:
+                pass
+
+    def _tp_refuse_new_work(self) -> None:
+        """Mark the executor broken, under the lock submit() checks the mark under, before
+        the observer takes the inventory of the futures this breakage fails.
+
+        The stdlib marks it itself, but later: after tracedpool's inventory, and without
+        the lock in 3.10 and 3.11 (3.12 moved ``terminate_broken``'s body into
+        ``_terminate_broken`` and runs it under ``shutdown_lock``). A submit() landing in
+        between got a future failed with the stdlib's anonymous BrokenProcessPool, seen
+        under chaos for tens of futures per breakage; in 3.10 and 3.11 a submit() racing
+        the stdlib's own loop could even add its item after the loop cleared the dict,
+        leaving that future pending for ever. Holding the lock while marking means every
+        submit() either has added its item (the inventory sees it) or will raise.
+        """
+        executor = self.executor_reference()
+        lock = getattr(self, "shutdown_lock", None)
+        if executor is None or lock is None:
+            return
+        # Bounded: a submit() holding the lock is quick; never wait for ever here (the
+        # stdlib then marks the executor itself, as before).
+        if not lock.acquire(timeout=5.0):
+            return
+        try:
+            if not executor._broken:
+                executor._broken = _STDLIB_BROKEN_ON_SUBMIT
+            executor._shutdown_thread = True
+        finally:
+            lock.release()
+
+    def _tp_flag_executor_shutting_down(self) -> None:
         executor = self.executor_reference()
         original = executor._pending_work_items if executor is not None else None
         before: Any = self.pending_work_items  # type: ignore[has-type]
@@ -669,6 +780,9 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         after: Any = self.pending_work_items  # type: ignore[has-type]
         if after is before:
             return
+        # Read before the fold below, which empties ``before`` of these very items
+        # (``before`` is the executor's dict): notifying after it found none to notify.
+        cancelled = [w.future for w in before.values() if w.future.cancelled()]
         # gh-116685: with cancel_futures the stdlib rebinds the manager's dict, while
         # _SafeQueue._on_queue_feeder_error keeps popping from the executor's original
         # one; a task whose pickling fails then stays pending here for ever and
@@ -679,17 +793,15 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             self.pending_work_items = original
         # gh-136655: cancel() moved the futures to CANCELLED without notifying waiters,
         # so as_completed() and wait() never return. Notify them.
-        for work_item in before.values():
-            future = work_item.future
-            if future.cancelled():
-                try:
-                    future.set_running_or_notify_cancel()
-                except BaseException:
-                    pass
+        for future in cancelled:
+            try:
+                future.set_running_or_notify_cancel()
+            except BaseException:
+                pass
 
     # -- read-only views for forensics --------------------------------------------------------
     def pending_items(self) -> list[tuple[int, Any]]:
-        return list(self.pending_work_items.items())
+        return snapshot_items(self.pending_work_items)
 
     def worker_processes(self) -> dict[int, Any]:
         return dict(self.processes) if self.processes is not None else {}

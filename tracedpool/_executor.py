@@ -128,10 +128,15 @@ class _PoolState:
         self.manager: Any = None  # the pool's TracedManagerThread, once started
         self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
+        # Set by the manager as it starts failing a broken pool's futures (and refusing
+        # new ones), then once break_info is known: submit() waits for it, briefly.
+        self.breaking = False
+        self.break_ready = threading.Event()
         self.oom_before = cgroup_oom_kills()
         self.rss = RssSampler()
         self.completed = 0  # futures completed by the manager: progress for the watcher
         self.stall_break: tuple[str, str | None] | None = None
+        self.stall_killed: frozenset[int] = frozenset()  # pids the stall detector killed
         self.watcher: Watcher | None = None
         self.stall_config: StallConfig | None = None
         self._wake: WakeRecord | None = None
@@ -333,6 +338,15 @@ class _PoolState:
 
     def on_broken(self, manager: Any, cause: Any) -> dict[int, BaseException]:
         processes = manager.worker_processes()
+        if self.stall_killed:
+            # The stall detector's break wakes this thread right after its SIGKILLs; the
+            # workers may not have ended yet. Wait (bounded) so the report names them.
+            for pid, process in processes.items():
+                if pid in self.stall_killed:
+                    try:
+                        process.join(timeout=1.0)
+                    except Exception:
+                        pass
         dead = reap_dead_workers(processes, self.oom_before, self.rss)
         self.status.drain()
         tasks = dict(manager.pending_items())  # work id -> work item
@@ -620,6 +634,11 @@ class _PoolState:
 
     def broken_on_submit(self, e: BrokenProcessPool) -> BrokenProcessPool:
         info = self.break_info
+        if info is None and self.breaking:
+            # The manager refused new work before it finished taking the inventory of
+            # the breakage; the facts are moments away.
+            self.break_ready.wait(5.0)
+            info = self.break_info
         if info is None:
             return e
         d = info.primary()

@@ -665,6 +665,7 @@ class Watcher:
         if kind == "manager-blocked-read":
             # Nobody may write into the result pipe while it is completed below.
             targets.update(p["pid"] for p in workers if p.get("status") != "dead")
+        state.stall_killed = frozenset(targets)
         state.stall_break = (diagnosis, report.get("report_path"))
         for pid in targets:
             with contextlib.suppress(OSError):

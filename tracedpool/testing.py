@@ -36,6 +36,32 @@ class ExitAtPickle:
         raise SystemExit(0)
 
 
+class CustomBaseError(BaseException):
+    """A ``BaseException`` that is none of the stdlib's own."""
+
+
+class RaiseAtPickle:
+    """Raises the given ``BaseException`` subclass when pickled (``KeyboardInterrupt``,
+    ``GeneratorExit``, ...): like ``ExitAtPickle``, it kills the stdlib's feeder thread."""
+
+    def __init__(self, exc_type: type[BaseException]) -> None:
+        self.exc_type = exc_type
+
+    def __repr__(self) -> str:
+        return f"RaiseAtPickle({self.exc_type.__name__})"
+
+    def __reduce__(self) -> Any:
+        raise self.exc_type(f"{self.exc_type.__name__} raised by __reduce__")
+
+
+def deeply_nested(depth: int = 100_000) -> list[Any]:
+    """A list nested ``depth`` levels: pickling it raises ``RecursionError``."""
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
 def _raise_on_load(message: str) -> Any:
     raise ValueError(message)
 
@@ -140,6 +166,59 @@ def exit_with(code: int) -> Any:
     os._exit(code)
 
 
+def bytes_of(n: int) -> bytes:
+    """A result of ``n`` bytes."""
+    return b"x" * n
+
+
+def _crash(how: str) -> None:
+    if how == "exit":
+        os._exit(3)
+    elif how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    else:
+        raise RuntimeError("CrashOnDel.__del__ raised")
+
+
+class CrashOnDel:
+    """Crashes its process when deleted there (``how``: "exit" is ``os._exit(3)``,
+    "segfault" a real SIGSEGV, "raise" an exception, which Python only prints), but only
+    in the one process where it is armed. Made in the parent it is armed by unpickling
+    (it arms itself in the worker that receives it as an argument); made by
+    ``crash_on_del_result`` it is armed in the worker and its copy sent back is not."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.home = -1  # armed in the process that unpickles it
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_crash_on_del, (self.how, self.home == -1))
+
+    def __del__(self) -> None:
+        if self.home == os.getpid():
+            _crash(self.how)
+
+
+def _rebuild_crash_on_del(how: str, arm: bool) -> CrashOnDel:
+    obj = CrashOnDel(how)
+    obj.home = os.getpid() if arm else 0
+    return obj
+
+
+def crash_on_del_result(how: str) -> CrashOnDel:
+    """Returns an object that crashes the worker when the worker drops it: after the
+    result was sent (the stdlib deletes its reference to the result then)."""
+    obj = CrashOnDel(how)
+    obj.home = os.getpid()
+    return obj
+
+
+def ignore_first(_ignored: Any, value: Any) -> Any:
+    return value
+
+
 def failing_initializer() -> None:
     raise RuntimeError("bad config in initializer")
 
@@ -218,6 +297,25 @@ def fault_table() -> list[FaultCase]:
             identity,
             (1, ExitAtPickle()),
             exception=pickle.PicklingError,
+            attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[1]"},
+        ),
+        *[
+            FaultCase(
+                f"{exc_type.__name__.lower()}-args0",
+                feeder,
+                identity,
+                (RaiseAtPickle(exc_type),),
+                exception=pickle.PicklingError,
+                attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[0]"},
+            )
+            for exc_type in (KeyboardInterrupt, GeneratorExit, CustomBaseError)
+        ],
+        FaultCase(
+            "recursion-args1",
+            feeder,
+            identity,
+            (1, deeply_nested()),
+            exception=RecursionError,
             attrs={N.ATTR_FAULT_STAGE: feeder, N.ATTR_FAULT_TARGET: "args[1]"},
         ),
         FaultCase(
