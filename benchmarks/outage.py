@@ -53,7 +53,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -81,49 +80,25 @@ SCENARIOS = ("refused", "blackhole", "recovery")
 
 
 # -- endpoints ----------------------------------------------------------------------------------
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP receiver: decodes each request and counts spans and task ids."""
+class Receiver:
+    """An OTLP/HTTP receiver (tracedpool.testing.OtlpReceiver) that decodes each request
+    and keeps only counts and task ids: this process's RSS is measured."""
 
-    daemon_threads = True
+    def __init__(self, listen: bool = True) -> None:
+        from tracedpool.testing import OtlpReceiver
 
-    def __init__(self, port: int = 0, listen: bool = True) -> None:
-        super().__init__(("127.0.0.1", port), _OtlpHandler, bind_and_activate=False)
-        self.allow_reuse_address = True
-        self.server_bind()
         self.spans = 0
         self.requests = 0
         self.work_ids: list[int] = []  # task spans' work ids, in arrival order
         self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        if listen:
-            self.start()
+        self._server = OtlpReceiver(listen=listen, on_request=self._count)
+        self.port = self._server.port
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def start(self) -> None:
-        """Listen and serve (until then, connections to the bound port are refused)."""
-        self.server_activate()
-        self.thread = threading.Thread(target=self.serve_forever, name="receiver", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.shutdown()
-            self.thread.join(10)
-        self.server_close()
-
-
-class _OtlpHandler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
+    def _count(self, path: str, headers: dict[str, str], body: bytes) -> None:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 
         from tracedpool import _names as N
 
-        body = self.rfile.read(int(self.headers["Content-Length"]))
         request = pb.ExportTraceServiceRequest()
         request.ParseFromString(body)
         ids = []
@@ -136,19 +111,17 @@ class _OtlpHandler(BaseHTTPRequestHandler):
                         for kv in span.attributes:
                             if kv.key == N.ATTR_TASK_ID:
                                 ids.append(int(kv.value.string_value.rsplit(":", 1)[1]))
-        with self.server.lock:
-            self.server.spans += n
-            self.server.requests += 1
-            self.server.work_ids += ids
-        reply = pb.ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        with self.lock:
+            self.spans += n
+            self.requests += 1
+            self.work_ids += ids
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def start(self) -> None:
+        """Listen and serve (until then, connections to the bound port are refused)."""
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.close()
 
 
 class Blackhole:

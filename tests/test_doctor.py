@@ -5,7 +5,6 @@ heartbeat files, and the command run end to end."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import pty
@@ -17,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from tracedpool._doctor import (
     run_checks,
 )
 from tracedpool._inspect import inspect_pid
-from tracedpool.testing import sleep_then, square
+from tracedpool.testing import OtlpReceiver, sleep_then, square
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = Path(__file__).resolve().parent / "doctor_service.py"
@@ -240,38 +238,7 @@ def test_smoke_test_really_runs_its_tasks_under_python_O() -> None:
 
 
 # -- the exporter check, against a real OTLP/HTTP receiver ---------------------------------------
-class Receiver:
-    """A tiny OTLP/HTTP receiver: records each POST, answers as configured."""
-
-    def __init__(self, status: int = 200, reply: bytes = b"") -> None:
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append(
-                    (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
-                code = status if self.path == "/v1/traces" else 404
-                self.send_response(code)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+Receiver = OtlpReceiver
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from tracedpool import _configure as C
 from tracedpool import _names as N
 from tracedpool._jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
 from tracedpool._otlpjson import read_spans, trace_files
-from tracedpool.testing import ErrorAtPickle, identity, traced_work
+from tracedpool.testing import ErrorAtPickle, OtlpReceiver, identity, traced_work
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -517,52 +515,19 @@ def test_configure_never_overrides_the_applications_provider(tmp_path: Path) -> 
 
 
 # -- OTLP over the real wire -----------------------------------------------------------------
-class _Receiver(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _OtlpHandler)
-        self.requests: list[tuple[str, str, Any]] = []
-        self.lock = threading.Lock()
-
-
-class _OtlpHandler(BaseHTTPRequestHandler):
-    server: _Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = pb.ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        with self.server.lock:
-            self.server.requests.append((self.path, self.headers["Content-Type"], request))
-        reply = pb.ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    server = _Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver()
     yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    server.close()
 
 
 def test_otlp_http_delivers_what_jaeger_would_receive(
-    env: pytest.MonkeyPatch, receiver: _Receiver
+    env: pytest.MonkeyPatch, receiver: OtlpReceiver
 ) -> None:
     """The real OTLP/HTTP exporter, chosen by OTEL_EXPORTER_OTLP_ENDPOINT, sends the
     pool's spans as protobuf: names, parentage, the fault's event, service.name."""
-    env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.server_port}")
+    env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     env.setenv("OTEL_SERVICE_NAME", "wire-test")
     env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
     setup = tracedpool.configure(install=False)
@@ -571,8 +536,7 @@ def test_otlp_http_delivers_what_jaeger_would_receive(
     assert setup.provider.force_flush(30_000)
     setup.provider.shutdown()
 
-    with receiver.lock:
-        got = list(receiver.requests)
+    got = receiver.decoded()
     assert got, "no OTLP request arrived"
     assert {(path, ctype) for path, ctype, _ in got} == {("/v1/traces", "application/x-protobuf")}
     spans: list[Any] = []

@@ -547,3 +547,85 @@ def make_undumpable() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+# -- a real OTLP/HTTP receiver -----------------------------------------------------------------
+class OtlpReceiver:
+    """A real OTLP/HTTP receiver on 127.0.0.1, in a thread: for tests and benchmarks.
+
+    Every POST is handed to ``on_request(path, headers, body)`` (headers lower-cased);
+    by default it is kept in ``requests``. The answer is ``status`` (404 for any path but
+    ``/v1/traces``) with ``reply`` as a protobuf body. With ``listen=False`` the port is
+    bound but connections are refused until ``start()``: an endpoint that comes back.
+    """
+
+    def __init__(
+        self,
+        status: int = 200,
+        reply: bytes = b"",
+        *,
+        listen: bool = True,
+        on_request: Any = None,
+    ) -> None:
+        import http.server
+
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        record = on_request if on_request is not None else self._record
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                self.send_response(outer.status if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(outer.reply)))
+                self.end_headers()
+                self.wfile.write(outer.reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.status, self.reply = status, reply
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler, False)
+        server.daemon_threads = True
+        server.server_bind()
+        self._server = server
+        self.port = int(server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+        if listen:
+            self.start()
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        with self.lock:
+            self.requests.append((path, headers, body))
+
+    def start(self) -> None:
+        """Listen and serve (until then, connections to the bound port are refused)."""
+        self._server.server_activate()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="otlp-receiver", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(10)
+        self._server.server_close()
+
+    def decoded(self) -> list[Any]:
+        """The kept requests as ``(path, content type, ExportTraceServiceRequest)``
+        (needs opentelemetry-proto)."""
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+
+        out = []
+        with self.lock:
+            kept = list(self.requests)
+        for path, headers, body in kept:
+            request = pb.ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            out.append((path, headers.get("content-type", ""), request))
+        return out
