@@ -112,9 +112,9 @@ def run(pool: TracedProcessPoolExecutor, lines: list[str]) -> tuple[dict[int, An
             try:
                 scores[ident] = future.result()
             except Exception as e:  # one bad item costs one item, not the batch
-                # tracedpool adds a note saying where a pickling fault struck (3.11+).
-                where = "; ".join(getattr(e, "__notes__", []))
-                failures[ident] = f"{type(e).__name__}: {e}" + (f" [{where}]" if where else "")
+                # Where a pickling fault struck (also a note on the exception, 3.11+).
+                fault = tracedpool.pickling_fault(e)
+                failures[ident] = f"{type(e).__name__}: {e}" + (f" [{fault}]" if fault else "")
         span.set_attribute("batch.failed", len(failures))
     return scores, failures
 

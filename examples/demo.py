@@ -120,8 +120,7 @@ def main() -> int:
             future.result()
         except TypeError as e:
             print(f"   caller sees: {type(e).__name__}: {e}")
-            for note in getattr(e, "__notes__", []):
-                print(f"   note: {note}")
+            print(f"   located: {tracedpool.pickling_fault(e)}")
         print("   next task still works:", pool.submit(resize, 100).result())
     waterfall(path, provider, request)
 

@@ -86,8 +86,8 @@ def summarize(e: BaseException) -> str:
     # follow "[tracedpool]", then advice. Keep the facts: their first sentence.
     if "[tracedpool] " in text:
         text = text.split("[tracedpool] ", 1)[1].split(". ", 1)[0]
-    notes = [n.removeprefix("tracedpool: ") for n in getattr(e, "__notes__", [])]
-    return f"{type(e).__name__}: {text}" + "".join(f" [{n}]" for n in notes)
+    fault = tracedpool.pickling_fault(e)  # also a note on the exception, on 3.11+
+    return f"{type(e).__name__}: {text}" + (f" [{fault}]" if fault else "")
 
 
 def fresh_pool(opts: Options, **kwargs: Any) -> TracedProcessPoolExecutor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import tracedpool
 from tracedpool import TracedBrokenProcessPool
 from tracedpool import _names as N
 from tracedpool.testing import FaultCase, assert_pool_healthy, fault_table, spans_by_task
@@ -65,6 +66,11 @@ def test_fault_is_located_in_exception_and_spans(
         notes = getattr(exc, "__notes__", None)
         if hasattr(exc, "add_note"):
             assert notes and case.attrs[N.ATTR_FAULT_TARGET] in notes[-1]
+        # The public accessor, on every version: the same facts and sentence.
+        fault = tracedpool.pickling_fault(exc)
+        assert fault is not None and (fault.stage, fault.target) == located[:2]
+        if notes:
+            assert notes[-1] == f"tracedpool: {fault}"
 
     if not case.breaks_pool:
         assert_pool_healthy(pool)

@@ -1,12 +1,19 @@
 """tracedpool: an observable, diagnosable drop-in ``ProcessPoolExecutor``."""
 
 from ._configure import TracingSetup, configure
-from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
+from ._errors import (
+    PicklingFault,
+    PoolStalledError,
+    ResultUnpicklingError,
+    TracedBrokenProcessPool,
+    pickling_fault,
+)
 from ._executor import TracedProcessPoolExecutor
 from ._instrument import instrument, is_instrumented, uninstrument
 from ._version import __version__
 
 __all__ = [
+    "PicklingFault",
     "PoolStalledError",
     "ResultUnpicklingError",
     "TracedBrokenProcessPool",
@@ -16,5 +23,6 @@ __all__ = [
     "configure",
     "instrument",
     "is_instrumented",
+    "pickling_fault",
     "uninstrument",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class TracedBrokenProcessPool(BrokenProcessPool):
@@ -57,3 +57,37 @@ class ResultUnpicklingError(pickle.UnpicklingError):
     Raised only with ``rescue_unpicklable_results=True``: the stdlib breaks the whole
     pool instead. The unpickling traceback is the ``__cause__``.
     """
+
+
+class PicklingFault(NamedTuple):
+    """Where a pickling fault struck: what ``pickling_fault(exc)`` returns.
+
+    ``stage`` is ``feeder-serialize``, ``worker-unpickle``, ``sendback`` or
+    ``result-unpickle``; ``target`` is ``fn``, ``args[<i>]``, ``kwargs[<name>]``,
+    ``result`` or ``exception``; ``type_name`` the failing object's type (may be empty);
+    ``work_id`` the pool's number for the task. ``str()`` is one readable sentence, the
+    same as the note tracedpool adds to the exception on 3.11+.
+    """
+
+    stage: str
+    target: str
+    type_name: str
+    work_id: int
+
+    def __str__(self) -> str:
+        verb = "unpickle" if self.stage.endswith("unpickle") else "pickle"
+        what = f"{self.target} ({self.type_name})" if self.type_name else self.target
+        return f"could not {verb} {what} at stage {self.stage}"
+
+
+#: The attribute tracedpool sets on an exception whose pickling fault it located.
+FAULT_ATTR = "__tracedpool_fault__"
+
+
+def pickling_fault(exc: BaseException | None) -> PicklingFault | None:
+    """The located pickling fault behind ``exc``, or None: on every Python version
+    (exception notes, which also carry it, exist only on 3.11+)."""
+    value = getattr(exc, FAULT_ATTR, None) if exc is not None else None
+    if isinstance(value, tuple) and len(value) == 4:
+        return PicklingFault(*value)
+    return None

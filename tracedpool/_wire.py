@@ -31,6 +31,8 @@ import time
 import traceback
 from typing import Any
 
+from ._errors import FAULT_ATTR, PicklingFault
+
 time_ns = time.time_ns
 
 TAG = "tracedpool/2"
@@ -435,9 +437,6 @@ def probe_parts(fn: Any, args: Any, kwargs: Any) -> tuple[str, str]:
     return "call", ""
 
 
-FAULT_ATTR = "__tracedpool_fault__"
-
-
 def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work_id: int) -> None:
     """Mark an exception with where a pickling fault struck; add a note on 3.11+."""
     typename = objtype if isinstance(objtype, str) else qualname(objtype)
@@ -447,9 +446,7 @@ def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work
         return
     add_note = getattr(e, "add_note", None)
     if add_note is not None:
-        verb = "unpickle" if stage.endswith("unpickle") else "pickle"
-        what = f"{target} ({typename})" if typename else target
-        add_note(f"tracedpool: could not {verb} {what} at stage {stage}")
+        add_note(f"tracedpool: {PicklingFault(stage, target, typename, work_id)}")
 
 
 def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
