@@ -185,3 +185,35 @@ def test_stopped_worker_with_stall_action_report_is_broken_at_exit(run_app: Any)
     assert report["kind"] == "worker-stopped"
     assert report["stuck_pids"][0] in run.facts["workers"]
     assert "the interpreter is exiting while pool" in err
+
+
+def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
+    """A task that only sleeps past stall_timeout looks stalled (no CPU, no I/O) but may
+    be healthy: at exit under stall_action="report" it is reported and waited for, as
+    the stdlib waits, never killed (its result would be lost)."""
+    script = tmp_path / "slow_at_exit.py"
+    script.write_text(
+        "import sys, time\n"
+        "import tracedpool\n"
+        "from tracedpool.testing import sleep_then\n"
+        "pool = tracedpool.TracedProcessPoolExecutor(\n"
+        "    1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
+        ")\n"
+        "future = pool.submit(sleep_then, 'done', 3.0)\n"
+        "future.add_done_callback(\n"
+        "    lambda f: print('future:', f.exception() or f.result(), flush=True)\n"
+        ")\n"
+        "time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env.update(PYTHONPATH=str(ROOT), TRACEDPOOL_HEARTBEAT_DIR="none")
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "reports")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "future: done" in out.stdout, (out.stdout, out.stderr)
+    assert list((tmp_path / "reports").glob("stall-*.json")), "the stall was reported"

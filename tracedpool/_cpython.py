@@ -577,7 +577,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             fds = (result_reader.fileno(), wakeup._reader.fileno())
             for fd in fds:
                 poll.register(fd, select.POLLIN)
-            for process in processes.values():
+            for _pid, process in key:  # the snapshot: submit() may be adding workers
                 poll.register(process.sentinel, select.POLLIN)
             self._tp_poll, self._tp_poll_key, self._tp_poll_fds = poll, key, fds
         result_fd, wakeup_fd = self._tp_poll_fds
@@ -609,8 +609,10 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         if FAST_WAIT:
             try:
                 return self._poll_wait()
-            except (OSError, ValueError, AttributeError):
-                pass  # a closed pipe, or a shape we do not know: the stdlib decides
+            except (OSError, ValueError, AttributeError, RuntimeError):
+                # A closed pipe, a shape we do not know, or the worker dict changing
+                # under a garbage collection: nothing was read yet, the stdlib decides.
+                pass
         return super().wait_result_broken_or_wakeup()
 
     def wait_result_broken_or_wakeup(self) -> Any:

@@ -217,6 +217,10 @@ class _PoolState:
         return send_bytes
 
     def on_feeder_error(self, e: BaseException, call_item: Any) -> None:
+        if isinstance(e, BrokenPipeError) and (self.breaking or self.stall_break is not None):
+            # The pool broke and the call pipe was closed under a blocked write: not a
+            # pickling fault (the item's future fails with the breakage).
+            return
         self._feeder_error = True
         if self.metrics is not None:
             self.metrics.fault("feeder-serialize", self)
@@ -274,7 +278,9 @@ class _PoolState:
             reason = "result"
         elif is_broken:
             reason = "result-read-error" if cause is not None else "worker-died"
-            if cause is not None and self.rescue:
+            # Not when the stall detector broke the read itself (it completed a result
+            # cut short with zeros): that is the stall, not an unpicklable result.
+            if cause is not None and self.rescue and self.stall_break is None:
                 replaced = self._rescue(manager, cause)
         else:
             reason = self._wakeup_reason()

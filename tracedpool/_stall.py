@@ -587,16 +587,27 @@ class Watcher:
                 # A result that arrived with the first wake-up used it up: wake again.
                 state.break_for_stall(*state.stall_break)
             return
-        if self.last_report is not None and not self._escalated and self._exiting():
+        if self.last_report is not None and not self._escalated and self._exiting(self.last_report):
             self.break_pool(self.last_report)
 
-    def _exiting(self) -> bool:
+    def _exiting(self, report: dict[str, Any]) -> bool:
         """The interpreter is exiting and waits for this pool's manager thread, which
-        waits for the stuck tasks: nobody can act on a report any more, so even with
-        stall_action="report" the pool breaks, or the process would never end."""
+        waits for the stuck tasks. For a stall that cannot end by itself (a stopped
+        worker, a dead feeder, no live worker, a result cut short by a dead worker)
+        nobody can act on a report any more, so even with stall_action="report" the pool
+        breaks, or the process would never end. A worker merely using no CPU may be in a
+        long sleep or a slow read: it is waited for, as the stdlib waits (losing its
+        result would be worse); stall_action="break" ends it too."""
         from ._cpython import interpreter_shutting_down
 
         if self.config.action == "break" or not interpreter_shutting_down():
+            return False
+        kind = report.get("kind")
+        dead = any(
+            p.get("role") == "worker" and p.get("status") in ("dead", "zombie")
+            for p in report.get("processes", [])
+        )
+        if kind not in _CANNOT_RECOVER and not (kind == "manager-blocked-read" and dead):
             return False
         self._escalated = True  # once: a pool that cannot be broken is not retried
         log.warning(
@@ -640,7 +651,7 @@ class Watcher:
             except Exception:
                 log.warning("tracedpool: the on_stall callback raised", exc_info=True)
         self.last_report = report
-        if self.config.action == "break" or self._exiting():
+        if self.config.action == "break" or self._exiting(report):
             self.break_pool(report)
         return report
 
@@ -766,6 +777,11 @@ def _wait_gone(pid: int, seconds: float) -> None:
         except psutil.Error:
             return
         time.sleep(0.01)
+
+
+#: Stall kinds that cannot end by themselves: broken at interpreter exit even under
+#: stall_action="report" (see Watcher._exiting).
+_CANNOT_RECOVER = frozenset({"worker-stopped", "feeder-dead", "no-workers"})
 
 
 def classify(facts: dict[str, Any], timeout: float) -> tuple[str, str, list[int]]:
