@@ -121,8 +121,8 @@ class SdkSink(Sink):
         self._InstrumentationScope = InstrumentationScope
         self._scopes: dict[tuple[str, str | None], Any] = {}
         # Fast paths, each chosen once here by a probe, each with the generic call as
-        # its fallback. Together they take a sampled task's cost from ~230 Python calls
-        # to ~110 (counted with sys.setprofile; see docs/performance.md).
+        # its fallback. They take the submitting and emitting threads' Python calls per
+        # sampled task from ~230 to ~150 (benchmarks/calls.py, docs/performance.md).
         self._rule = _sampling_rule(self._sampler)
         self._rand = _random_bits(self._ids)
         #: Ids for spans that parent nothing; a 0 (the invalid id, 2**-64 odds) is
