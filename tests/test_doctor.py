@@ -381,6 +381,7 @@ def test_pid_deadlocked_worker_names_its_frame() -> None:
         checks = {c.id: c for c in result.checks}
         assert checks["pid.diagnosis"].status == "warn" and checks["pid.diagnosis"].fix
         assert checks["pid.manager"].status == "ok"
+        assert "waiting for a result" in checks["pid.manager"].finding  # a traced manager
 
 
 @needs_py_spy

@@ -81,7 +81,10 @@ def manager_blocked_on(frames: list[dict[str, Any]]) -> tuple[str, bool]:
     if "join" in names[:4] or "_join_executor_internals" in names:
         return "joining the feeder and the workers (shutting down)", False
     if "wait_result_broken_or_wakeup" in names and any(
-        n in ("select", "poll", "wait") for n in names[:4]
+        # _poll_wait: a traced pool's manager, blocked in select.poll (a C call that
+        # leaves no Python frame of its own)
+        n in ("select", "poll", "wait", "_poll_wait")
+        for n in names[:4]
     ):
         return "waiting for a result, a worker exit or new work (normal)", False
     if names and names[0] in ("acquire", "__enter__"):
