@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tracedpool.testing import (
     sleep_then,
     square,
     stop_self_later,
+    wait_for,
 )
 
 
@@ -50,15 +50,6 @@ def _counter(points: dict[str, list[Any]], name: str, **attrs: Any) -> int:
         for p in points.get(name, [])
         if all(p.attributes.get(k) == v for k, v in attrs.items())
     )
-
-
-def _wait_for(predicate: Any, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_stage_durations_and_sizes_per_traced_task(make_pool: Any, start_method: str) -> None:
@@ -111,10 +102,10 @@ def test_gauges_show_pending_running_and_live_workers(make_pool: Any) -> None:
             _counter(points, N.METRIC_WORKERS_LIVE, **{N.ATTR_POOL_NAME: "gauges"}),
         )
 
-    assert _wait_for(lambda: observed() == (2, 1, 1), seconds=20), observed()
+    assert wait_for(lambda: observed() == (2, 1, 1), seconds=20), observed()
     for f in futures:
         f.result(timeout=60)
-    assert _wait_for(lambda: observed()[:2] == (0, 0), seconds=20), observed()
+    assert wait_for(lambda: observed()[:2] == (0, 0), seconds=20), observed()
     pool.shutdown(wait=True)
     assert observed() == (0, 0, 0)
 

@@ -13,18 +13,9 @@ import pytest
 
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
 from tracedpool import _names as N
-from tracedpool.testing import busy, sleep_then, square, stop_self_later
+from tracedpool.testing import busy, sleep_then, square, stop_self_later, wait_for
 
 TIMEOUT = 1.0
-
-
-def _wait_for(predicate: Any, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.breaks_pool
@@ -104,7 +95,7 @@ def test_done_callback_blocking_the_manager_is_diagnosed(make_pool: Any, tmp_pat
     first = pool.submit(sleep_then, 4, 0.3)  # still running when the callback is added
     first.add_done_callback(blocking_callback)
     second = pool.submit(square, 3)
-    assert _wait_for(lambda: reports)
+    assert wait_for(lambda: reports)
     release.set()
     assert second.result(timeout=60) == 9
     assert reports[0]["kind"] == "manager-blocked-callback"
@@ -177,7 +168,7 @@ def test_stats_shows_running_tasks_per_worker(make_pool: Any) -> None:
     """stats(): pending and running tasks per worker pid, with ids and ages."""
     pool = make_pool(1, stall_timeout=None)
     future = pool.submit(sleep_then, 1, 1.0)
-    assert _wait_for(lambda: pool.stats()["running"])
+    assert wait_for(lambda: pool.stats()["running"])
     stats = pool.stats()
     ((pid, tasks),) = stats["running"].items()
     assert tasks[0]["id"].startswith(pool.pool_id) and tasks[0]["age_seconds"] >= 0

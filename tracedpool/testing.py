@@ -475,6 +475,17 @@ def busy(seconds: float) -> int:
     return n
 
 
+def wait_for(predicate: Any, seconds: float = 30) -> bool:
+    """Polls ``predicate`` every 50 ms until it is true (True) or ``seconds`` pass (False):
+    a bounded wait for something another thread or process does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def stop_self_later(delay: float) -> int:
     """Stops its own worker with SIGSTOP after ``delay`` (as a debugger or a frozen
     container would); another process must SIGCONT or SIGKILL it."""
