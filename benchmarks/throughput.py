@@ -319,6 +319,15 @@ def settle(flush: Callable[[], None], interval: float = 0.01, max_wait: float = 
     log(f"  (background threads still busy after {max_wait:.0f} s; measuring anyway)")
 
 
+def wait_for_span_backlog(pool: Executor, max_wait: float = 60.0) -> None:
+    """A traced pool builds a burst's spans once the burst is over (tracedpool/_emit.py);
+    wait until it has, so that this work is not billed to the next (stdlib) round."""
+    stats = getattr(pool, "stats", None)
+    deadline = time.perf_counter() + max_wait
+    while stats is not None and stats().get("span_backlog", 0) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+
+
 def timed_round(
     pool: Executor, workload: Workload, arg: Any, n: int, flush: Callable[[], None]
 ) -> tuple[float, float]:
@@ -335,6 +344,7 @@ def timed_round(
         futures = [pool.submit(fn, arg) for _ in range(n)]
         results = [f.result() for f in futures]
     elapsed = time.perf_counter() - start
+    wait_for_span_backlog(pool)
     settle(flush)
     cpu = time.process_time() - cpu
     if results.count(expected) != n:  # a fast wrong answer must not count as throughput

@@ -14,7 +14,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from tracedpool import _names as N
-from tracedpool.testing import identity, recording_provider, spans_by_task, square, traced_work
+from tracedpool.testing import (
+    identity,
+    recording_provider,
+    sleep_then,
+    spans_by_task,
+    square,
+    traced_work,
+    wait_for,
+)
 
 
 def _by_name(spans: list[Any]) -> dict[str, Any]:
@@ -364,3 +372,79 @@ def test_worker_sdk_configured_by_user_still_ships_spans(
     inner = [s for s in spans if s.name == "user-inner"]
     assert len(inner) == 3
     assert all(by_id[s.parent.span_id].name == N.SPAN_WORKER_RUN for s in inner)
+
+
+def _task_spans_done(exporter: Any, pool: Any, n: int) -> bool:
+    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    ours = [s for s in tasks if str(s.attributes[N.ATTR_TASK_ID]).startswith(pool.pool_id)]
+    return len(ours) >= n
+
+
+def test_span_building_steps_aside_during_a_burst(
+    make_pool: Any, recorder: Any, monkeypatch: Any
+) -> None:
+    """Span building shares the GIL with the pool's threads: while the manager thread is
+    busy it waits, and it builds the burst's spans once the manager has slept through a
+    whole DEFER_TICK."""
+    from tracedpool import _emit
+
+    monkeypatch.setattr(_emit, "DEFER_SECONDS", 60.0)  # only quiet ends the wait here
+    monkeypatch.setattr(_emit, "DEFER_TICK", 1.0)  # a burst of 2,000 takes ~0.2 s
+    provider, exporter = recorder
+    pool = make_pool(2, start="fork", tracer_provider=provider)
+    assert pool.submit(square, 2).result(timeout=60) == 4
+    assert wait_for(lambda: _task_spans_done(exporter, pool, 1))
+    emitter = pool._tp_state.emitter
+    before = emitter.emitted
+    assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(2000)]]
+    assert emitter.emitted == before  # nothing built during the burst
+    assert pool.stats()["span_backlog"] >= 2000
+    assert wait_for(lambda: _task_spans_done(exporter, pool, 2001), seconds=20)
+    assert pool.stats()["span_backlog"] == 0
+
+
+def test_a_pool_that_never_goes_quiet_still_gets_its_spans(
+    make_pool: Any, recorder: Any, monkeypatch: Any
+) -> None:
+    """The wait is bounded by DEFER_SECONDS: a pool kept busy gets its spans anyway."""
+    from tracedpool import _emit
+
+    monkeypatch.setattr(_emit, "DEFER_SECONDS", 0.3)
+    monkeypatch.setattr(_emit, "DEFER_TICK", 1.0)
+    provider, exporter = recorder
+    pool = make_pool(2, start="fork", tracer_provider=provider)
+    stop = time.monotonic() + 5.0
+    errors: list[BaseException] = []
+
+    def keep_busy() -> None:
+        try:
+            while time.monotonic() < stop:
+                pool.submit(square, 3).result(timeout=60)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=keep_busy)
+    thread.start()
+    try:
+        assert wait_for(lambda: _task_spans_done(exporter, pool, 10), seconds=4)
+        assert time.monotonic() < stop  # built while the pool was still busy
+    finally:
+        thread.join(30)
+    assert not errors
+
+
+def test_long_tasks_leave_room_for_span_building(
+    make_pool: Any, recorder: Any, monkeypatch: Any
+) -> None:
+    """A task running long keeps the pool's threads asleep: spans of the tasks that
+    finished meanwhile are built without waiting for it."""
+    from tracedpool import _emit
+
+    monkeypatch.setattr(_emit, "DEFER_SECONDS", 60.0)
+    provider, exporter = recorder
+    pool = make_pool(2, start="fork", tracer_provider=provider)
+    slow = pool.submit(sleep_then, "slow", 5.0)
+    assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(10)]]
+    assert wait_for(lambda: _task_spans_done(exporter, pool, 10), seconds=4)
+    assert not slow.done()
+    assert slow.result(timeout=60) == "slow"

@@ -7,6 +7,12 @@ record into span specs for the pool's sink. It starts after the pool's first sub
 under fork it never exists when workers are forked), sleeps on an event when idle (no
 polling) and finishes when the manager thread exits. Any failure inside a sink is
 logged once and swallowed.
+
+Span building is background work that shares the parent's GIL with the pool's own
+threads, so it steps aside while the pool has tasks in flight (``Emitter._step_aside``):
+a burst of tasks runs at the pool's speed and its spans are built when it is over, within
+``DEFER_SECONDS`` and ``CATCH_UP_BACKLOG`` records. Under sustained load those bounds make
+it build spans alongside the pool, as before.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 import traceback
 import weakref
 from collections import deque
-from time import sleep, time_ns
+from time import monotonic, sleep, time_ns
 from typing import Any
 
 from . import _names as N
@@ -37,6 +43,13 @@ MAX_BACKLOG = 16384
 #: ``CATCH_UP_MASK + 1`` records instead of after each (see Emitter._drain).
 CATCH_UP_BACKLOG = MAX_BACKLOG // 2
 CATCH_UP_MASK = 15
+#: The longest a finished task's spans wait for the pool to go quiet before they are
+#: built anyway (the SDK's batch processor then adds its own delay, 5 s by default).
+DEFER_SECONDS = 1.0
+#: The pool is quiet once its manager thread has slept through this long.
+DEFER_TICK = 0.02
+#: Manager wakes ride along with task records; this many waiting wake an idle emitter.
+WAKE_BATCH = 64
 
 
 class TaskRecord:
@@ -109,8 +122,10 @@ class Emitter:
     def __init__(self, state: Any) -> None:
         self._state = weakref.proxy(state)
         self._queue: deque[Any] = deque()
+        self._wakes: deque[WakeRecord] = deque()
         self._event = threading.Event()
         self._idle = False
+        self._urgent = False
         self._stopping = False
         self.thread: threading.Thread | None = None  # started by the first traced submit
         self._lock = threading.Lock()
@@ -119,7 +134,8 @@ class Emitter:
         self.emitted = 0
         self.dropped = 0
 
-    def push(self, item: Any) -> None:
+    def push(self, item: Any, urgent: bool = False) -> None:
+        """Queue a record; ``urgent`` ones (a stall) are built without stepping aside."""
         queue = self._queue
         if len(queue) >= MAX_BACKLOG:
             # The processors cannot keep up: drop rather than grow without bound, and say
@@ -135,7 +151,22 @@ class Emitter:
                 )
             return
         queue.append(item)
-        if self._idle:
+        if urgent:
+            self._urgent = True
+            self._event.set()
+        elif self._idle:
+            self._idle = False
+            self._event.set()
+
+    def push_wake(self, wake: WakeRecord) -> None:
+        """Queue a manager wake. It does not wake the emitter by itself: the task records
+        that its wake served do, and the wakes are built alongside them."""
+        wakes = self._wakes
+        if len(wakes) >= MAX_BACKLOG:
+            self.dropped += 1
+            return
+        wakes.append(wake)
+        if self._idle and len(wakes) >= WAKE_BATCH:
             self._idle = False
             self._event.set()
 
@@ -162,58 +193,123 @@ class Emitter:
         self._event.set()
         thread = self.thread
         if thread is None:
-            self._drain()  # never started (no traced submit reached it): nothing queued
+            self._drain(-1)  # never started (no traced submit reached it): nothing queued
             return
         if thread is not threading.current_thread():
             thread.join(timeout)
 
     def _run(self) -> None:
-        queue, event = self._queue, self._event
+        queue, wakes, event = self._queue, self._wakes, self._event
         while True:
-            self._drain()
-            self._idle = True
+            self._drain(self._step_aside())
             if queue:
+                continue  # the pool got busy again: step aside
+            self._idle = True
+            if queue or len(wakes) >= WAKE_BATCH:
                 self._idle = False
                 continue
             if self._stopping:
-                self._drain()
+                self._drain(-1)
                 return
-            event.wait()
+            # A few wakes may be left (the last ones of a burst): build them within
+            # DEFER_SECONDS even if no task follows.
+            if not event.wait(DEFER_SECONDS if wakes else None):
+                self._idle = False
+                self._drain(-1)
+                continue
             event.clear()
             self._idle = False
 
-    def _drain(self) -> None:
-        queue = self._queue
-        while queue:
+    def _pool_activity(self) -> int:
+        """The manager thread's wake count: it moves whenever the pool's threads work."""
+        try:
+            return int(self._state.wakes)
+        except ReferenceError:
+            return -1
+
+    def _step_aside(self) -> int:
+        """Wait while the pool is busy, and return how many queued records must be built
+        before stepping aside again (-1: all of them).
+
+        Building a task's spans takes the GIL from the pool's manager and feeder
+        threads, which then hand work to the workers late (docs/performance.md). So the
+        emitter waits until the manager thread has slept through a whole DEFER_TICK: a
+        burst is over, or the tasks in flight run long and leave the GIL free. Waiting
+        is bounded by DEFER_SECONDS, by CATCH_UP_BACKLOG records (past it the pool is
+        outrunning span building, and waiting longer would only drop spans), and by
+        shutdown or an urgent record.
+        """
+        queue, event = self._queue, self._event
+        deadline = monotonic() + DEFER_SECONDS
+        seen = self._pool_activity()
+        while True:
+            if self._stopping or self._urgent:
+                self._urgent = False
+                return -1
+            if len(queue) >= CATCH_UP_BACKLOG or monotonic() >= deadline:
+                return len(queue)
+            event.wait(DEFER_TICK)
+            event.clear()
+            now = self._pool_activity()
+            if now == seen:
+                return 0
+            seen = now
+
+    @property
+    def waiting(self) -> int:
+        """Records queued and not yet built."""
+        return len(self._queue) + len(self._wakes)
+
+    def _drain(self, forced: int) -> None:
+        """Build the queued records: the first ``forced`` ones come what may (-1: all of
+        them); after those, stop as soon as the pool is busy again."""
+        queue, wakes, emit = self._queue, self._wakes, self._emit_one
+        built = 0
+        seen = self._pool_activity()
+        while queue or wakes:
+            if wakes and not emit(wakes.popleft()):  # one span: no turn of its own
+                return
             try:
                 item = queue.popleft()
             except IndexError:
+                continue
+            if not emit(item):
                 return
-            try:
-                self._state.emit(item)
-                self.emitted += 1
-                # Span building is background work: hand the GIL to the pool's own
-                # threads (feeder, manager, callers) after every record. Measured on
-                # always-on trivial tasks, in bursts: the best pool throughput (0.51
-                # against 0.43 yielding every 8 records, 0.44 never).
-                # Under sustained overload that share is too small: a million-task
-                # soak at ~8,500 tasks/s dropped 58% of task records. Once the backlog
-                # passes CATCH_UP_BACKLOG the emitter takes longer turns, so every
-                # span is kept and the pool runs at the rate it can sustain with
-                # always-on tracing (measured: ~7,000 tasks/s, no record dropped).
-                if len(queue) < CATCH_UP_BACKLOG or not self.emitted & CATCH_UP_MASK:
-                    sleep(0)
-            except ReferenceError:
-                queue.clear()
-                return
-            except BaseException:
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "tracedpool: emitting spans failed; the pool keeps working, "
-                        "further span errors are not logged:\n%s",
-                        traceback.format_exc(),
-                    )
+            built += 1
+            backlog = len(queue)
+            # Span building is background work: hand the GIL to the pool's own
+            # threads (feeder, manager, callers) after every record. Under sustained
+            # overload that share is too small: a million-task soak at ~8,500
+            # tasks/s dropped 58% of task records. Once the backlog passes
+            # CATCH_UP_BACKLOG the emitter takes longer turns, so every span is kept
+            # and the pool runs at the rate it can sustain with always-on tracing.
+            # (When stopping, the pool has no more work: build at the catch-up pace.)
+            if (backlog < CATCH_UP_BACKLOG and not self._stopping) or not built & CATCH_UP_MASK:
+                sleep(0)
+            if 0 <= forced <= built and not built & 31 and not self._stopping:
+                now = self._pool_activity()
+                if now != seen and backlog < CATCH_UP_BACKLOG:
+                    return  # the pool is busy again: step aside
+                seen = now
+
+    def _emit_one(self, item: Any) -> bool:
+        """Build one record's spans; False when the pool is gone (nothing more to do)."""
+        try:
+            self._state.emit(item)
+            self.emitted += 1
+        except ReferenceError:
+            self._queue.clear()
+            self._wakes.clear()
+            return False
+        except BaseException:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "tracedpool: emitting spans failed; the pool keeps working, "
+                    "further span errors are not logged:\n%s",
+                    traceback.format_exc(),
+                )
+        return True
 
 
 # -- span specs ----------------------------------------------------------------------------

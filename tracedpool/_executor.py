@@ -262,7 +262,7 @@ class _PoolState:
             # Every other reason (shutdown, a death, a read error...) is.
             if w.served or w.reason != "submit":
                 w.t_end = t0
-                self.emitter.push(w)
+                self.emitter.push_wake(w)
 
     def on_wake(
         self, t0: int, t1: int, result_item: Any, is_broken: bool, cause: Any, manager: Any
@@ -630,7 +630,7 @@ class _PoolState:
         if self.metrics is not None:
             self.metrics.stall(report["kind"], self)
         if self.sink is not None and self.pool_trace is not None:
-            self.emitter.push(("stall", stamp, report["kind"], stuck))
+            self.emitter.push(("stall", stamp, report["kind"], stuck), urgent=True)
             if self.emitter.thread is None:
                 self.emitter.start()
 
@@ -993,6 +993,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
                 if watcher is not None and not watcher.idle
                 else 0.0
             ),
+            "span_backlog": st.emitter.waiting,
+            "span_records_dropped": st.emitter.dropped,
             "stalls_reported": watcher.stalls if watcher is not None else 0,
             "stall_reports": list(watcher.reports) if watcher is not None else [],
         }
