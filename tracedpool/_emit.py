@@ -9,10 +9,10 @@ polling) and finishes when the manager thread exits. Any failure inside a sink i
 logged once and swallowed.
 
 Span building is background work that shares the parent's GIL with the pool's own
-threads, so it steps aside while the pool has tasks in flight (``Emitter._step_aside``):
-a burst of tasks runs at the pool's speed and its spans are built when it is over, within
+threads, so it steps aside while the manager thread is busy (``Emitter._step_aside``): a
+burst of tasks runs at the pool's speed and its spans are built when it is over, within
 ``DEFER_SECONDS`` and ``CATCH_UP_BACKLOG`` records. Under sustained load those bounds make
-it build spans alongside the pool, as before.
+it build spans alongside the pool.
 """
 
 from __future__ import annotations

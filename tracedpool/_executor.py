@@ -968,7 +968,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
 
     def stats(self) -> dict[str, Any]:
         """The live view: pending and running tasks (per worker pid, with ids and ages),
-        live workers, seconds since the last progress, stalls reported."""
+        live workers, seconds since the last progress, span records waiting to be built
+        (``span_backlog``: a busy pool's spans are built once it is quiet, within 1 s)
+        and dropped, stalls reported."""
         st = self._tp_state
         facts = st.stall_facts() if st.manager is not None else {"tasks": [], "workers": []}
         running: dict[int, list[dict[str, Any]]] = {}
