@@ -46,6 +46,9 @@ SAMPLERS = [
         local_parent_sampled=S.TraceIdRatioBased(0.3),
         local_parent_not_sampled=S.ALWAYS_ON,
     ),
+    # What OTEL_TRACES_SAMPLER=parentbased_traceidratio builds: an SDK subclass that
+    # only picks ParentBased's constructor arguments.
+    S.ParentBasedTraceIdRatio(0.4),
 ]
 
 
@@ -102,6 +105,11 @@ def test_unknown_samplers_take_the_generic_path() -> None:
     assert _otel._sampling_rule(Mine(S.Decision.RECORD_AND_SAMPLE)) is None
     assert _otel._sampling_rule(S.StaticSampler(S.Decision.RECORD_ONLY)) is None
     assert _otel._sampling_rule(S.ParentBased(Mine(S.Decision.DROP))) is None
+
+    class MyRatio(S.ParentBasedTraceIdRatio):
+        pass
+
+    assert _otel._sampling_rule(MyRatio(0.5)) is None
 
 
 def test_span_context_fast_constructor_equals_the_public_one() -> None:

@@ -332,7 +332,9 @@ def _sampling_rule(sampler: Any) -> tuple[Any, ...] | None:
     low 64 bits. These samplers return the parent's trace state and no attributes, and
     their decisions are pure functions of the parent and the trace id, so deciding here
     is exactly what ``should_sample`` would decide, without its five Python calls and a
-    ``SamplingResult``. Exact types only: a subclass may decide differently.
+    ``SamplingResult``. Exact types only, since a subclass may decide differently; the
+    exception is the SDK's own subclasses that only pick constructor arguments
+    (``_is_sdk_sampler``).
     """
     try:
         from opentelemetry.sdk.trace import sampling as S
@@ -340,21 +342,21 @@ def _sampling_rule(sampler: Any) -> tuple[Any, ...] | None:
         return None
 
     def leaf(s: Any) -> Any:
-        if type(s) is S.StaticSampler:
+        if _is_sdk_sampler(s, S.StaticSampler):
             decision = getattr(s, "_decision", None)
             if decision is S.Decision.RECORD_AND_SAMPLE:
                 return True
             if decision is S.Decision.DROP:
                 return False
         if (
-            type(s) is S.TraceIdRatioBased
+            _is_sdk_sampler(s, S.TraceIdRatioBased)
             and isinstance(getattr(s, "bound", None), int)
             and getattr(s, "TRACE_ID_LIMIT", None) == _LOW_64
         ):
             return s.bound
         return None
 
-    if type(sampler) is S.ParentBased:
+    if _is_sdk_sampler(sampler, S.ParentBased):
         names = (
             "_root",
             "_remote_parent_sampled",
@@ -366,6 +368,32 @@ def _sampling_rule(sampler: Any) -> tuple[Any, ...] | None:
         return None if None in rules else rules
     rule = leaf(sampler)
     return None if rule is None else (rule,) * 5
+
+
+#: What a class body holds besides its methods (ABCs add two names, 3.13 two more).
+_CLASS_BOILERPLATE = frozenset(
+    {"__module__", "__qualname__", "__doc__", "__abstractmethods__", "_abc_impl"}
+    | {"__firstlineno__", "__static_attributes__"}
+)
+
+
+def _is_sdk_sampler(sampler: Any, base: type) -> bool:
+    """``sampler`` is a ``base``, or one of the SDK's own subclasses of it that only
+    choose its constructor arguments. ``ParentBasedTraceIdRatio`` is one: it is what
+    ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` builds. Such a class is defined in
+    ``base``'s own module and overrides nothing but ``__init__``, so the sampler decides
+    from the same attributes with the same ``should_sample``."""
+    cls = type(sampler)
+    if cls is base:
+        return True
+    if not issubclass(cls, base) or cls.should_sample is not base.should_sample:
+        return False
+    for klass in cls.__mro__[: cls.__mro__.index(base)]:
+        if klass.__module__ != base.__module__:
+            return False
+        if set(vars(klass)) - _CLASS_BOILERPLATE - {"__init__"}:
+            return False
+    return True
 
 
 def _random_bits(ids: Any) -> Any:
