@@ -386,7 +386,8 @@ def _is_sdk_sampler(sampler: Any, base: type) -> bool:
     cls = type(sampler)
     if cls is base:
         return True
-    if not issubclass(cls, base) or cls.should_sample is not base.should_sample:
+    overrides = getattr(cls, "should_sample", None) is not getattr(base, "should_sample", 0)
+    if not issubclass(cls, base) or overrides:
         return False
     for klass in cls.__mro__[: cls.__mro__.index(base)]:
         if klass.__module__ != base.__module__:
