@@ -233,6 +233,67 @@ def test_a_collected_pools_dropped_count_is_kept(monkeypatch: Any) -> None:
     assert _counter(points, N.METRIC_SPANS_DROPPED, **{N.ATTR_POOL_NAME: "collected"}) == dropped
 
 
+def test_a_pool_finalized_while_the_reader_collects_does_not_deadlock(monkeypatch: Any) -> None:
+    """The metric reader's collection holds the registry's lock while it walks the live
+    pools; its own list of them can be the last reference to a pool the application
+    dropped, so the pool's finalizer runs on that thread, under that lock. It must not
+    wait for the lock it already holds (that froze the reader, then every thread that
+    finalized a pool after it). A collected pool that dropped nothing leaves no entry."""
+    import gc
+    import multiprocessing
+    import weakref
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tracedpool import TracedProcessPoolExecutor
+
+    monkeypatch.setattr(_emit, "MAX_BACKLOG", 2)
+    meter_provider, reader = _meter()
+    pools = {}
+    for name, drop in (("dropped-some", True), ("dropped-none", False)):
+        gate = _Gate()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(gate))
+        pool = TracedProcessPoolExecutor(
+            1,
+            multiprocessing.get_context("fork"),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            name=name,
+        )
+        try:
+            assert pool.submit(square, 2).result(timeout=60) == 4
+            if drop:  # the span processor blocks: the emitter's tiny backlog overflows
+                assert gate.entered.wait(30)
+                assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
+        finally:
+            gate.release.set()
+            pool.shutdown(wait=True)
+        pools[name] = pool
+    dropped = pools["dropped-some"]._tp_state.emitter.dropped
+    assert dropped > 0 and pools["dropped-none"]._tp_state.emitter.dropped == 0
+    registry = pools["dropped-some"]._tp_state.metrics
+    states = [weakref.ref(p._tp_state) for p in pools.values()]
+    done = threading.Event()
+
+    def collect_while_the_pools_die() -> None:
+        with registry._retired_lock:  # as _observe_dropped holds it
+            pools.clear()  # the last references
+            for _ in range(3):
+                gc.collect()
+            done.set()
+
+    del pool
+    thread = threading.Thread(target=collect_while_the_pools_die, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done.is_set(), "a pool's finalizer waited for the lock its own thread held"
+    assert all(ref() is None for ref in states)
+    assert registry._retired_dropped == {"dropped-some": dropped}
+    points = _points(reader)
+    assert _counter(points, N.METRIC_SPANS_DROPPED, **{N.ATTR_POOL_NAME: "dropped-some"}) == dropped
+
+
 def test_no_meter_provider_creates_nothing(make_pool: Any) -> None:
     """With no MeterProvider a pool holds no instruments and records nothing."""
     if _metrics.global_meter_provider() is not None:

@@ -171,7 +171,11 @@ class PoolMetrics:
         # nothing is added to the path that drops. A pool's count outlives the pool here,
         # so the cumulative sum never goes down.
         self._retired_dropped: dict[str | None, int] = {}
-        self._retired_lock = threading.Lock()
+        # Re-entrant: a pool can be finalized (and _retire run) on the very thread that
+        # holds this lock in _observe_dropped, when its temporary list of pools held the
+        # last reference or a garbage collection runs there. A plain lock deadlocked the
+        # metric reader there, and then every thread that finalized a pool after it.
+        self._retired_lock = threading.RLock()
         meter.create_observable_counter(
             N.METRIC_SPANS_DROPPED,
             callbacks=[self._observe_dropped],
@@ -206,8 +210,11 @@ class PoolMetrics:
         weakref.finalize(st, self._retire, st.name, st.emitter)
 
     def _retire(self, name: str | None, emitter: Any) -> None:
+        dropped = emitter.dropped
+        if not dropped:
+            return  # nothing to carry over: no entry per collected pool name
         with self._retired_lock:
-            self._retired_dropped[name] = self._retired_dropped.get(name, 0) + emitter.dropped
+            self._retired_dropped[name] = self._retired_dropped.get(name, 0) + dropped
 
     # -- emitter thread --------------------------------------------------------------------
     def record_task(self, rec: Any, st: Any) -> None:
