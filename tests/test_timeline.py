@@ -266,3 +266,125 @@ def test_demo_ends_by_pointing_at_its_timeline_page(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"Timeline of this run (6 tasks, 2 faults): {page.as_uri()}" in proc.stdout
     assert "feeder-serialize: args[0] (_thread.lock)" in page.read_text(encoding="utf-8")
+
+
+def _synthetic_line(function: str, start_ns: int = 1_700_000_000_000_000_000) -> str:
+    """One export request with one task and its worker-run span, written by hand (no pool:
+    these tests are about reading and writing files, and must stay fast)."""
+
+    def attrs(**values: str) -> list[dict[str, Any]]:
+        return [{"key": k, "value": {"stringValue": v}} for k, v in values.items()]
+
+    def span(name: str, sid: str, a: int, b: int, attributes: Any) -> dict[str, Any]:
+        return {
+            "traceId": "0" * 31 + "1",
+            "spanId": sid,
+            "name": name,
+            "startTimeUnixNano": str(start_ns + a),
+            "endTimeUnixNano": str(start_ns + b),
+            "attributes": attributes,
+        }
+
+    task = {
+        N.ATTR_TASK_ID: "p0:1",
+        N.ATTR_POOL_ID: "p0",
+        N.ATTR_CODE_FUNCTION: function,
+        N.ATTR_TASK_OUTCOME: "result",
+    }
+    run = {N.ATTR_TASK_ID: "p0:1"}
+    spans = [
+        span(N.SPAN_TASK, "a" * 16, 0, 5_000_000, attrs(**task)),
+        span(N.SPAN_WORKER_RUN, "b" * 16, 1_000_000, 4_000_000, attrs(**run)),
+    ]
+    spans[1]["attributes"].append({"key": N.ATTR_PROCESS_PID, "value": {"intValue": "4242"}})
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
+
+
+def test_a_lone_surrogate_is_written_and_the_page_is_private(tmp_path: Path) -> None:
+    """A function name holding a lone surrogate (JSON's escape of a surrogateescape-decoded
+    filename) has no UTF-8 form: the page is still written, with "?" in its place, and
+    replaces the old one whole; the new page is 0600 like the trace it came from."""
+    trace = tmp_path / "sur.jsonl"
+    trace.write_text(_synthetic_line("job_\udcff") + "\n", encoding="ascii")
+    out = tmp_path / "timeline.html"
+    out.write_text("the previous page")
+    os.chmod(out, 0o644)
+    proc = _run("timeline", str(trace), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text(encoding="utf-8")
+    assert "job_?" in page and "the previous page" not in page
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sur.jsonl", "timeline.html"]
+
+
+def test_the_page_replaces_a_symlink_rather_than_writing_through_it(tmp_path: Path) -> None:
+    """A symlink planted at the output path is replaced by the page; its target is left
+    alone."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(_synthetic_line("job") + "\n")
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    out = tmp_path / "timeline.html"
+    out.symlink_to(victim)
+    write_timeline(trace, out)
+    assert not out.is_symlink() and "job" in out.read_text(encoding="utf-8")
+    assert victim.read_text() == "not yours"
+
+
+def test_a_failed_write_leaves_what_was_there_and_no_temporary_file(tmp_path: Path) -> None:
+    """When the page cannot be put at the output path (here a directory is there), the
+    error names it, the directory is as it was, and no temporary file is left beside it."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(_synthetic_line("job") + "\n")
+    out = tmp_path / "timeline.html"
+    out.mkdir()
+    (out / "kept").write_text("kept")
+    with pytest.raises(TimelineError, match="cannot write"):
+        write_timeline(trace, out)
+    assert (out / "kept").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl", "timeline.html"]
+
+
+def test_last_seconds_too_long_to_count_means_no_limit(tmp_path: Path) -> None:
+    """An infinite or huge window holds every span (as no window does) instead of
+    overflowing; a NaN or negative one is a TimelineError."""
+    trace = tmp_path / "t.jsonl"
+    day = 86400 * 10**9
+    trace.write_text(
+        _synthetic_line("old", 1_700_000_000_000_000_000 - day).replace("p0", "p1")
+        + "\n"
+        + _synthetic_line("new")
+        + "\n"
+    )
+    assert len(build_timeline(trace, last_seconds=3600).tasks) == 1
+    for huge in (float("inf"), 1e300, 10**400):
+        assert len(build_timeline(trace, last_seconds=huge).tasks) == 2
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(TimelineError, match="last_seconds"):
+            build_timeline(trace, last_seconds=bad)
+
+
+def test_a_line_nested_too_deeply_is_skipped_like_a_cut_line(tmp_path: Path) -> None:
+    """Lines nested past the recursion limit (one the JSON parser gives up on, one with
+    deeply nested array attributes that may parse and then not decode, depending on the
+    Python version) are skipped and counted; the good line is still drawn. A file of
+    nothing else is the usual clear error."""
+    deep_json = '{"resourceSpans":' + "[" * 100000 + "]" * 100000 + "}"
+    deep_attr = json.loads(_synthetic_line("deep"))
+    deep_attr["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"].append(
+        {"key": "deep", "value": {"kvlistValue": {"values": []}}}
+    )
+    # json.dumps itself would hit the limit: splice the nesting in as text
+    text = json.dumps(deep_attr).replace('{"kvlistValue": {"values": []}}', "@", 1)
+    depth = 1200
+    value = '{"arrayValue": {"values": [' * depth + '{"stringValue": "x"}' + "]}}" * depth
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(deep_json + "\n" + text.replace("@", value) + "\n" + _synthetic_line("job"))
+    tl = build_timeline(trace)
+    assert tl.skipped_lines == 2
+    assert [t.function for t in tl.tasks] == ["job"]
+    only_deep = tmp_path / "deep.jsonl"
+    only_deep.write_text(deep_json + "\n")
+    proc = _run("timeline", str(only_deep), "-o", str(tmp_path / "x.html"))
+    assert proc.returncode == 2, proc.stderr
+    assert "line 1" in proc.stderr and "nested too deeply" in proc.stderr

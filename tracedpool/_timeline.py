@@ -19,8 +19,12 @@ HTML-escaped. It shows
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import math
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,8 +148,11 @@ def read_spans(path: str | Path) -> tuple[list[Span], list[str], int]:
     names they name, and how many lines were skipped as unreadable.
 
     Decoding is ``_otlpjson``'s (the exporter's own reader). A line that is not JSON (a
-    write cut short by a crash or a full disk) is skipped and counted; JSON that is not
-    an export request, or a file with no readable line at all, is a ``TimelineError``.
+    write cut short by a crash or a full disk) is skipped and counted, and so is one
+    nested too deeply to parse or decode (a ``RecursionError``: whether the JSON parser
+    or the decoder hits the limit first depends on the Python version, so both count
+    the same way); JSON that is not an export request, or a file with no readable line
+    at all, is a ``TimelineError``.
     """
     p = Path(path)
     try:
@@ -167,25 +174,33 @@ def read_spans(path: str | Path) -> tuple[list[Span], list[str], int]:
                     continue
                 try:
                     request = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     skipped += 1
                     first_bad = first_bad or (file, lineno)
                     continue
                 if not isinstance(request, dict) or "resourceSpans" not in request:
                     raise TimelineError(_not_export(file, lineno, "no resourceSpans"))
+                line_spans: list[Span] = []
+                line_services: set[str] = set()
                 try:
                     for d in decode_request(request):
-                        spans.append(_span(d))
+                        line_spans.append(_span(d))
                         service = d["resource"].get("service.name")
                         if service is not None:
-                            services.add(str(service))
+                            line_services.add(str(service))
+                except RecursionError:
+                    skipped += 1  # the whole line: none of its spans are kept
+                    first_bad = first_bad or (file, lineno)
+                    continue
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     raise TimelineError(
                         _not_export(file, lineno, f"{type(e).__name__}: {e}")
                     ) from None
+                spans += line_spans
+                services |= line_services
                 good += 1
     if not good and first_bad is not None:
-        raise TimelineError(_not_export(*first_bad, "not JSON"))
+        raise TimelineError(_not_export(*first_bad, "not JSON, or nested too deeply"))
     return spans, sorted(services), skipped
 
 
@@ -220,12 +235,15 @@ def build_timeline(
     The embedded default's file collects every run, so two filters keep one run
     readable: ``since_ns`` (a Unix time in nanoseconds) and ``last_seconds`` (the span
     starts within that many seconds of the file's newest span end). A task is kept
-    when its task span starts within the window.
+    when its task span starts within the window. A window too long to count in
+    nanoseconds (``math.inf``, ``1e300``) holds every span, as ``None`` does; a NaN or
+    negative ``last_seconds`` is a ``TimelineError``.
     """
+    window = _window_ns(last_seconds)
     spans, services, skipped = read_spans(path)
     cutoff = since_ns
-    if last_seconds is not None and spans:
-        newest = max(s.end for s in spans) - int(last_seconds * 1e9)
+    if window is not None and spans:
+        newest = max(s.end for s in spans) - window
         cutoff = newest if cutoff is None else max(cutoff, newest)
     if cutoff is not None:
         spans = [s for s in spans if s.start >= cutoff]
@@ -330,6 +348,21 @@ def build_timeline(
         stalls=stalls,
         skipped_lines=skipped,
     )
+
+
+def _window_ns(last_seconds: float | None) -> int | None:
+    """``last_seconds`` in nanoseconds; None for no limit (None, or too long to count)."""
+    if last_seconds is None:
+        return None
+    try:
+        ns = float(last_seconds) * 1e9
+    except OverflowError:  # an int too large for a float: longer than any trace
+        return None
+    if math.isnan(ns) or ns < 0:
+        raise TimelineError(
+            f"last_seconds (--last) must be a number of seconds >= 0, not {last_seconds!r}"
+        )
+    return None if math.isinf(ns) else int(ns)
 
 
 def _fault_text(a: dict[str, Any]) -> str:
@@ -556,13 +589,44 @@ def write_timeline(
     last_seconds: float | None = None,
 ) -> TimelineResult:
     """Build the page for ``trace_file`` (filtered as ``build_timeline`` does) and write
-    it to ``output``."""
+    it to ``output``, privately and atomically (see ``_write_private``)."""
     tl = build_timeline(trace_file, since_ns=since_ns, last_seconds=last_seconds)
     out = Path(output)
+    # A lone surrogate (a filename decoded with surrogateescape, then JSON-encoded)
+    # survives json.loads and html.escape but has no UTF-8 form: it becomes "?".
+    page = render_html(tl).encode("utf-8", errors="replace")
     try:
-        out.write_text(render_html(tl), encoding="utf-8")
+        _write_private(out, page)
     except OSError as e:
         raise TimelineError(f"cannot write {out}: {e.strerror or e}") from None
     return TimelineResult(
         out, len(tl.tasks), len(tl.lanes), tl.faults, len(tl.stalls), tl.skipped_lines
     )
+
+
+def _write_private(out: Path, data: bytes) -> None:
+    """Write ``data`` to ``out`` as the trace file it came from is written: mode 0600
+    (the page names functions, faults and stall diagnoses), never through a symlink.
+
+    The bytes go to a new file beside ``out`` (``O_EXCL | O_NOFOLLOW``, so nothing
+    planted at that name is opened), then ``os.replace`` puts it at ``out``: a symlink
+    at ``out`` is replaced itself, not written through, and a failure at any step
+    leaves the previous page as it was and no temporary file behind.
+    """
+    tmp = out.parent / f".{out.name or 'timeline'}.{secrets.token_hex(6)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            with contextlib.suppress(OSError):  # durability only; some filesystems refuse
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
