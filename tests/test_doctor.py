@@ -28,12 +28,18 @@ from tracedpool import TracedProcessPoolExecutor, _heartbeat
 from tracedpool import _names as N
 from tracedpool._doctor import (
     GROUPS,
+    Check,
     DoctorError,
     Options,
+    _attach_check,
     _fields,
+    _guarded,
+    cgroup_memory,
     endpoint_check,
+    memory_stat_value,
     probe,
     run_checks,
+    working_set,
 )
 from tracedpool._inspect import inspect_pid
 from tracedpool.testing import OtlpReceiver, sleep_then, square
@@ -167,6 +173,39 @@ def test_limit_checks_judge_the_workers_asked_for() -> None:
     assert huge.exit_code == 1
 
 
+def test_memory_working_set_leaves_out_reclaimable_file_cache() -> None:
+    """Usage less inactive file cache, clamped at 0; the usage itself when the cache is
+    unknown (memory.stat unreadable)."""
+    assert working_set(1000 << 20, 800 << 20) == 200 << 20
+    assert working_set(100, 800) == 0
+    assert working_set(1000, None) == 1000
+    stat = "cache 4096\ninactive_file 12288\ntotal_inactive_file 65536\n"
+    assert memory_stat_value(stat, "inactive_file") == 12288
+    assert memory_stat_value(stat, "total_inactive_file") == 65536
+    assert memory_stat_value(stat, "active_file") is None
+    assert memory_stat_value(None, "inactive_file") is None
+
+
+def test_memory_check_reads_this_machines_cgroup_for_real() -> None:
+    """memory.stat parses as the kernel writes it, and limits.memory reports the working
+    set it judged by (usage less inactive file cache, never more than the usage)."""
+    for path in (Path("/sys/fs/cgroup/memory.stat"), Path("/sys/fs/cgroup/memory/memory.stat")):
+        if path.exists():
+            text = path.read_text()  # once: the counters move between reads
+            pairs = [line.split() for line in text.splitlines()]
+            expected = next(int(v) for k, v in pairs if k == "inactive_file")
+            assert memory_stat_value(text, "inactive_file") == expected
+    limit, usage, inactive = cgroup_memory()
+    assert limit is None or limit > 0
+    assert usage is None or usage >= 0
+    assert inactive is None or inactive >= 0
+    (check,) = [c for c in run_checks(Options(groups=("limits",))).checks if "memory" in c.id]
+    if check.data["cgroup_usage_bytes"] is not None:
+        assert 0 <= check.data["cgroup_working_set_bytes"] <= check.data["cgroup_usage_bytes"]
+    else:
+        assert check.data["cgroup_working_set_bytes"] is None
+
+
 def test_low_open_file_limit_fails_end_to_end() -> None:
     """A real RLIMIT_NOFILE of 64 fails a 64-worker pool: exit 1, the JSON says why."""
 
@@ -190,6 +229,16 @@ def test_snapshot_checks_attach_for_real() -> None:
     assert checks["snapshots.py-spy"].status == "ok"
     assert checks["snapshots.attach"].status == "ok", checks["snapshots.attach"]
     assert checks["snapshots.attach"].data["seconds"] < 30
+
+
+@needs_py_spy
+def test_attach_warns_not_fails_when_the_test_child_is_slow() -> None:
+    """A test child that does not say "ready" in time is a warning (the check never
+    fails, as documented), with a fix."""
+    from tracedpool._stall import py_spy_path
+
+    check = _attach_check(py_spy_path(), 1e-6)  # no real Python starts in a microsecond
+    assert check.status == "warn" and "ready" in check.finding and check.fix
 
 
 def test_telemetry_check_says_what_configure_would_do(
@@ -311,6 +360,97 @@ def test_endpoint_failures_are_reported_with_a_fix(monkeypatch: pytest.MonkeyPat
         port = s.getsockname()[1]
     check = endpoint_check(f"http://127.0.0.1:{port}", timeout=5)
     assert check.status == "fail" and "not reachable" in check.finding and check.fix
+
+
+SECRET = "Bearer%0As3cr3tT0ken"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "words"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:9"}
+            | {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "cannot be loaded",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:43l8"}, "_ENDPOINT", "valid"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:43l8",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            },
+            "_ENDPOINT",
+            "gRPC",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+            | {"OTEL_EXPORTER_OTLP_HEADERS": f"x-ok=fine,authorization={SECRET}"},
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "'authorization'",
+        ),
+    ],
+    ids=["missing-ca", "bad-port", "grpc-bad-port", "header-line-break"],
+)
+def test_endpoint_misconfiguration_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], variable: str, words: str
+) -> None:
+    """A missing CA file, a bad port or a header http.client refuses is a
+    telemetry.endpoint fail naming the variable at fault, beside the other telemetry
+    checks; a header value never appears in any output."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    by_id = {c.id: c for c in run_checks(Options(groups=("telemetry",))).checks}
+    assert set(by_id) == {"telemetry.sdk", "telemetry.service-name", "telemetry.endpoint"}
+    check = by_id["telemetry.endpoint"]
+    assert check.status == "fail" and words in check.finding, check
+    assert variable in check.finding + (check.fix or "")
+    assert "s3cr3t" not in json.dumps([check.finding, check.fix, check.data], default=str)
+
+
+def test_endpoint_header_value_is_never_printed_end_to_end() -> None:
+    """The command's JSON and stderr name the bad header's key, never its value."""
+    env = {**ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    env["OTEL_EXPORTER_OTLP_HEADERS"] = f"authorization={SECRET}"
+    out = _run("--only", "telemetry", "--json", env=env)
+    assert out.returncode == 1, out.stderr
+    (check,) = [c for c in json.loads(out.stdout)["checks"] if c["id"] == "telemetry.endpoint"]
+    assert check["status"] == "fail" and "authorization" in check["finding"]
+    assert "s3cr3t" not in out.stdout + out.stderr
+
+
+def test_a_crashing_check_is_its_own_fail_with_header_values_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check that raises becomes a fail of that check id (not of its group), and a
+    configured header value quoted by the exception is masked."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3tT0ken")
+
+    def crash() -> Check:
+        raise ValueError("Invalid header value b's3cr3tT0ken'")
+
+    check = _guarded("telemetry.endpoint", crash)
+    assert check.id == "telemetry.endpoint" and check.status == "fail"
+    assert "ValueError" in check.finding and "s3cr3t" not in check.finding
+    assert "bug" in (check.fix or "")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_grpc_endpoint_without_a_scheme_is_host_and_port(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """`host:port` (no scheme, as the gRPC exporter takes it) probes that host and port:
+    a real listening socket is reached, and a closed port is a fail naming it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"{host}:{port}")
+        check = endpoint_check(None, timeout=5)
+        assert check.status == "ok" and f"{host}:{port}" in check.finding, check
+    check = endpoint_check(None, timeout=5)
+    assert check.status == "fail" and f"{host}:{port}" in check.finding, check
 
 
 def test_endpoint_end_to_end_exit_codes(receiver: Receiver) -> None:
@@ -683,3 +823,27 @@ def test_report_written_over_an_existing_file_is_made_private(tmp_path: Path) ->
     assert written == target
     for path in (target, target.with_suffix(".txt")):
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_flag_conflicts_exit_2_with_json_when_asked() -> None:
+    """--json turns a flag-conflict error into the documented error object."""
+    for args in (("--report", "/tmp/x"), ("--probe", "--max-workers", "2")):
+        out = _run("--json", *args)
+        assert out.returncode == 2
+        doc = json.loads(out.stdout)
+        assert doc["exit_code"] == 2 and doc["error"] and doc["fix"]
+        assert doc["error"] in out.stderr
+
+
+def test_non_finite_seconds_are_refused() -> None:
+    """--timeout inf (or nan) is a usage error, exit 2, not a crash."""
+    import argparse
+
+    from tracedpool._cli import _positive_float
+
+    for text in ("inf", "-inf", "nan", "Infinity"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _positive_float(text)
+    assert _positive_float("0.5") == 0.5
+    out = _run("--timeout", "inf", "--only", "python")
+    assert out.returncode == 2 and "finite" in out.stderr and not out.stdout

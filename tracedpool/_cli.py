@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -78,6 +79,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    if not math.isfinite(value):  # inf would overflow the deadlines computed from it
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
     return value
 
 
@@ -169,7 +172,11 @@ def _doctor(args: argparse.Namespace) -> int:
             "checks, not --pid or --probe"
         )
     if mode_flags:
-        print(f"tracedpool doctor: {'; '.join(mode_flags)}", file=sys.stderr)
+        message = "; ".join(mode_flags)
+        if args.json:
+            fix = "drop the flags that do not belong to this mode (see `tracedpool doctor --help`)"
+            print(json.dumps({"error": message, "fix": fix, "exit_code": 2}, indent=2))
+        print(f"tracedpool doctor: {message}", file=sys.stderr)
         return 2
     try:
         if args.probe:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import http.client
 import math
 import multiprocessing
 import os
@@ -122,8 +123,8 @@ class Options:
 
 
 def run_checks(options: Options | None = None) -> Result:
-    """Every check of the selected groups, in order; one crashing check is a fail, never
-    an exception."""
+    """Every check of the selected groups, in order; one crashing check is a fail of that
+    check (its siblings still run), never an exception."""
     opts = options or Options()
     t0 = time.monotonic()
     runners: dict[str, Callable[[Options], list[Check]]] = {
@@ -145,8 +146,8 @@ def run_checks(options: Options | None = None) -> Result:
                 Check(
                     f"{group}.error",
                     "fail",
-                    f"the {group} checks themselves failed: {type(e).__name__}: {e}",
-                    "report this as a tracedpool bug, with the output of `--json`",
+                    f"the {group} checks themselves failed: {_crash_text(e)}",
+                    _BUG_FIX,
                 )
             ]
         spent = time.monotonic() - started
@@ -155,6 +156,29 @@ def run_checks(options: Options | None = None) -> Result:
                 c.seconds = round(spent / len(found), 3)
         checks += found
     return Result("checks", checks, time.monotonic() - t0)
+
+
+_BUG_FIX = "report this as a tracedpool bug, with the output of `--json`"
+
+
+def _crash_text(e: BaseException) -> str:
+    """An unexpected exception for a finding, with any configured OTLP header value
+    masked: header values are credentials, and exceptions may quote them."""
+    text = f"{type(e).__name__}: {e}"
+    for value in _header_values():
+        for form in {value, repr(value)[1:-1], repr(value.encode("utf-8", "replace"))[2:-1]}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
+
+
+def _guarded(check_id: str, run: Callable[..., Check], *args: Any) -> Check:
+    """``run(*args)``, or a fail of ``check_id`` when it raises: one check crashing must
+    not hide the other checks of its group."""
+    try:
+        return run(*args)
+    except Exception as e:
+        return Check(check_id, "fail", f"the check itself failed: {_crash_text(e)}", _BUG_FIX)
 
 
 def default_max_workers() -> int:
@@ -173,6 +197,13 @@ def _workers(opts: Options) -> tuple[int, str]:
 
 # -- python --------------------------------------------------------------------------------
 def python_checks(opts: Options) -> list[Check]:
+    return [
+        _guarded("python.version", _version_check),
+        _guarded("python.start-method", start_method_check, opts),
+    ]
+
+
+def _version_check() -> Check:
     from . import _cpython
 
     version = platform.python_version()
@@ -185,22 +216,20 @@ def python_checks(opts: Options) -> list[Check]:
         "has_replace_dead_worker": _cpython.HAS_REPLACE_DEAD_WORKER,
     }
     if _cpython.HOOKS_AVAILABLE:
-        version_check = Check(
+        return Check(
             "python.version",
             "ok",
             f"Python {version} ({data['implementation']}): all six stages are observable",
             data=data,
         )
-    else:
-        version_check = Check(
-            "python.version",
-            "warn",
-            f"Python {version}: concurrent.futures internals unknown to tracedpool; only "
-            "submit, completion and worker-side stages are traced (degraded)",
-            "use a Python tracedpool supports fully (3.10 to 3.14), or upgrade tracedpool",
-            data,
-        )
-    return [version_check, start_method_check(opts)]
+    return Check(
+        "python.version",
+        "warn",
+        f"Python {version}: concurrent.futures internals unknown to tracedpool; only "
+        "submit, completion and worker-side stages are traced (degraded)",
+        "use a Python tracedpool supports fully (3.10 to 3.14), or upgrade tracedpool",
+        data,
+    )
 
 
 def start_method_check(opts: Options) -> Check:
@@ -306,21 +335,44 @@ def cgroup_cpu_quota() -> float | None:
     return best
 
 
-def cgroup_memory() -> tuple[int | None, int | None]:
-    """(limit, usage) in bytes of the tightest cgroup memory limit, where set."""
-    best: tuple[int | None, int | None] = (None, None)
+def cgroup_memory() -> tuple[int | None, int | None, int | None]:
+    """(limit, usage, inactive file cache) in bytes for the tightest cgroup memory limit,
+    where set and readable; see ``working_set``."""
+    best: tuple[int | None, int | None, int | None] = (None, None, None)
     for d in _own_cgroup_paths("memory"):
-        for limit_name, usage_name in (
-            ("memory.max", "memory.current"),
-            ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        for limit_name, usage_name, inactive_key in (
+            ("memory.max", "memory.current", "inactive_file"),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
         ):
             text = _read(d / limit_name)
             if text and text.isdigit() and int(text) < 1 << 60:
                 limit = int(text)
+                if best[0] is not None and limit >= best[0]:
+                    continue
                 usage = _read(d / usage_name)
-                if best[0] is None or limit < best[0]:
-                    best = (limit, int(usage) if usage and usage.isdigit() else None)
+                if usage is None or not usage.isdigit():
+                    best = (limit, None, None)
+                    continue
+                inactive = memory_stat_value(_read(d / "memory.stat"), inactive_key)
+                best = (limit, int(usage), inactive)
     return best
+
+
+def memory_stat_value(text: str | None, key: str) -> int | None:
+    """One counter of a cgroup ``memory.stat`` ("key value" lines), or None."""
+    for line in (text or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def working_set(usage: int, inactive_file: int | None) -> int:
+    """Usage less the inactive file cache, never below 0 (the kubelet's working set):
+    usage (v2 ``memory.current``, v1 ``memory.usage_in_bytes``) counts page cache the
+    kernel reclaims before it OOM-kills anything, and a long-running container's usage is
+    mostly that cache. The usage itself when the cache is unknown."""
+    return max(0, usage - (inactive_file or 0))
 
 
 def _mib(n: float) -> str:
@@ -329,11 +381,11 @@ def _mib(n: float) -> str:
 
 def limit_checks(opts: Options) -> list[Check]:
     return [
-        _semaphores(opts),
-        _dev_shm(),
-        _open_files(opts),
-        _cpus(opts),
-        _memory(opts),
+        _guarded("limits.semaphores", _semaphores, opts),
+        _guarded("limits.dev-shm", _dev_shm),
+        _guarded("limits.open-files", _open_files, opts),
+        _guarded("limits.cpu", _cpus, opts),
+        _guarded("limits.memory", _memory, opts),
     ]
 
 
@@ -495,16 +547,19 @@ def _memory(opts: Options) -> Check:
     import psutil
 
     available = psutil.virtual_memory().available
-    limit, usage = cgroup_memory()
+    limit, usage, inactive = cgroup_memory()
     workers, which = _workers(opts)
     free = available
+    in_use = None if usage is None else working_set(usage, inactive)
     if limit is not None:
-        free = min(free, max(0, limit - (usage or 0)))
+        free = min(free, max(0, limit - (in_use or 0)))
     per_worker = free // max(1, workers)
     data = {
         "available_bytes": available,
         "cgroup_limit_bytes": limit,
         "cgroup_usage_bytes": usage,
+        "cgroup_inactive_file_bytes": inactive,
+        "cgroup_working_set_bytes": in_use,
         "per_worker_bytes": per_worker,
         "workers": workers,
     }
@@ -661,35 +716,41 @@ def _py_spy() -> str | None:
 
 
 def snapshot_checks(opts: Options) -> list[Check]:
-    checks = []
-    exe = _py_spy()
+    try:
+        exe = _py_spy()
+    except Exception:
+        exe = None
+    return [
+        _guarded("snapshots.py-spy", _py_spy_check, exe, opts.timeout),
+        _guarded("snapshots.ptrace", _ptrace_check, exe),
+        _guarded("snapshots.attach", _attach_check, exe, opts.timeout),
+    ]
+
+
+def _py_spy_check(exe: str | None, timeout: float) -> Check:
     if exe is None:
-        checks.append(
-            Check(
-                "snapshots.py-spy",
-                "warn",
-                "py-spy is not installed: stall reports fall back to faulthandler dumps, "
-                "which a stopped or natively blocked worker cannot give, and `doctor --pid` "
-                "cannot work",
-                "pip install py-spy (in the service's environment)",
-            )
+        return Check(
+            "snapshots.py-spy",
+            "warn",
+            "py-spy is not installed: stall reports fall back to faulthandler dumps, "
+            "which a stopped or natively blocked worker cannot give, and `doctor --pid` "
+            "cannot work",
+            "pip install py-spy (in the service's environment)",
         )
-    else:
-        try:
-            out = subprocess.run(
-                [exe, "--version"], capture_output=True, text=True, timeout=opts.timeout
-            )
-            version = out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
-        except (OSError, subprocess.TimeoutExpired) as e:
-            version = f"? ({type(e).__name__})"
-        checks.append(
-            Check(
-                "snapshots.py-spy",
-                "ok",
-                f"py-spy {version} at {exe}",
-                data={"path": exe, "version": version},
-            )
-        )
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=timeout)
+        version = out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        version = f"? ({type(e).__name__})"
+    return Check(
+        "snapshots.py-spy",
+        "ok",
+        f"py-spy {version} at {exe}",
+        data={"path": exe, "version": version},
+    )
+
+
+def _ptrace_check(exe: str | None) -> Check:
     scope = yama_scope()
     cap = has_cap_sys_ptrace()
     file_caps = _py_spy_file_caps(exe)
@@ -703,52 +764,41 @@ def snapshot_checks(opts: Options) -> list[Check]:
     }
     scope_text = "no Yama" if scope is None else f"Yama ptrace_scope {scope}"
     if scope == 3:
-        checks.append(
-            Check(
-                "snapshots.ptrace",
-                "warn",
-                "Yama ptrace_scope is 3: no stack snapshots on this machine",
-                ptrace_fix(),
-                data,
-            )
+        return Check(
+            "snapshots.ptrace",
+            "warn",
+            "Yama ptrace_scope is 3: no stack snapshots on this machine",
+            ptrace_fix(),
+            data,
         )
-    elif cap or file_caps:
+    if cap or file_caps:
         who = "this process has" if cap else "the py-spy binary has"
-        checks.append(
-            Check(
-                "snapshots.ptrace",
-                "ok",
-                f"{who} CAP_SYS_PTRACE ({scope_text}): workers can be snapshotted",
-                data=data,
-            )
+        return Check(
+            "snapshots.ptrace",
+            "ok",
+            f"{who} CAP_SYS_PTRACE ({scope_text}): workers can be snapshotted",
+            data=data,
         )
-    elif scope in (1, 2):
-        checks.append(
-            Check(
-                "snapshots.ptrace",
-                "warn",
-                f"{scope_text} without CAP_SYS_PTRACE: py-spy cannot attach to the pool's "
-                "workers (they are not its descendants); stall reports use faulthandler dumps",
-                ptrace_fix(),
-                data,
-            )
+    if scope in (1, 2):
+        return Check(
+            "snapshots.ptrace",
+            "warn",
+            f"{scope_text} without CAP_SYS_PTRACE: py-spy cannot attach to the pool's "
+            "workers (they are not its descendants); stall reports use faulthandler dumps",
+            ptrace_fix(),
+            data,
         )
-    else:
-        checks.append(
-            Check(
-                "snapshots.ptrace",
-                "ok",
-                f"{scope_text}: processes of the same user can be snapshotted"
-                + (
-                    f" (in {container}: seccomp may still refuse; see the attach check)"
-                    if container
-                    else ""
-                ),
-                data=data,
-            )
-        )
-    checks.append(_attach_check(exe, opts.timeout))
-    return checks
+    return Check(
+        "snapshots.ptrace",
+        "ok",
+        f"{scope_text}: processes of the same user can be snapshotted"
+        + (
+            f" (in {container}: seccomp may still refuse; see the attach check)"
+            if container
+            else ""
+        ),
+        data=data,
+    )
 
 
 def _attach_check(exe: str | None, timeout: float) -> Check:
@@ -774,7 +824,16 @@ def _attach_check(exe: str | None, timeout: float) -> Check:
         assert child.stdout is not None
         ready = _readline_within(child.stdout, timeout)
         if ready.strip() != b"ready":
-            return Check("snapshots.attach", "fail", "the test child process did not start")
+            # Not a fail: this check never fails (docs/doctor.md); a slow or loaded
+            # machine can miss the deadline without anything being wrong with snapshots.
+            return Check(
+                "snapshots.attach",
+                "warn",
+                f"the test child process did not print 'ready' within {timeout:g} s: "
+                "attaching was not tried",
+                "run again on a less loaded machine, or with a larger --timeout",
+                {"timeout": timeout},
+            )
         t0 = time.monotonic()
         threads, method = py_spy_dump(child.pid, timeout)
         spent = time.monotonic() - t0
@@ -828,7 +887,11 @@ def _dist_version(name: str) -> str | None:
 
 
 def telemetry_checks(opts: Options) -> list[Check]:
-    return [_sdk_check(), _service_name_check(), endpoint_check(opts.otlp_endpoint, opts.timeout)]
+    return [
+        _guarded("telemetry.sdk", _sdk_check),
+        _guarded("telemetry.service-name", _service_name_check),
+        _guarded("telemetry.endpoint", endpoint_check, opts.otlp_endpoint, opts.timeout),
+    ]
 
 
 def _sdk_check() -> Check:
@@ -985,12 +1048,7 @@ def otlp_target(override: str | None = None) -> dict[str, Any] | None:
             url = url.rstrip("/") + "/v1/traces"
     else:
         return None
-    headers: dict[str, str] = {}
-    raw = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")
-    for pair in (raw or "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            headers[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    headers_source, headers = _otlp_headers()
     compression = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
         or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
@@ -1002,9 +1060,48 @@ def otlp_target(override: str | None = None) -> dict[str, Any] | None:
         "protocol": protocol,
         "headers": headers,
         "compression": compression,
-        "certificate": env.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-        or env.get("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        "headers_source": headers_source,
+        "certificate": env.get(_CERT_VARS[0]) or env.get(_CERT_VARS[1]),
+        "certificate_source": _CERT_VARS[0] if env.get(_CERT_VARS[0]) else _CERT_VARS[1],
     }
+
+
+_HEADER_VARS = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+_CERT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+
+
+def _otlp_headers() -> tuple[str, dict[str, str]]:
+    """(the variable they came from, the headers) as the exporter would send them."""
+    env = os.environ
+    source = _HEADER_VARS[0] if env.get(_HEADER_VARS[0]) else _HEADER_VARS[1]
+    headers: dict[str, str] = {}
+    for pair in env.get(source, "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return source, headers
+
+
+def _header_values() -> list[str]:
+    try:
+        return [v for v in _otlp_headers()[1].values() if v]
+    except Exception:
+        return []
+
+
+def _bad_header(headers: dict[str, str]) -> tuple[str, str] | None:
+    """(key, what is wrong) for the first header http.client would refuse, naming only
+    the key: the value is a credential and must never be printed."""
+    for key, value in headers.items():
+        if not key or any(c in key for c in ":\r\n\0") or key != key.strip():
+            return key, "its name is not a valid HTTP header name"
+        if any(c in value for c in "\r\n\0"):
+            return key, "its value contains a line break or NUL (after %-decoding)"
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return key, "its value has characters HTTP headers cannot carry (not Latin-1)"
+    return None
 
 
 # A hand-written encoder for the one ExportTraceServiceRequest the check sends, so the
@@ -1095,9 +1192,13 @@ def endpoint_check(override: str | None, timeout: float) -> Check:
         )
     data = {k: v for k, v in target.items() if k != "headers"}
     data["header_names"] = sorted(target["headers"])
-    parts = urllib.parse.urlsplit(target["url"])
+    url = target["url"]
     if target["protocol"] == "grpc":
-        return _grpc_reachable(parts, data, timeout)
+        # The gRPC exporter takes a bare host:port, which urlsplit would read as a scheme.
+        return _grpc_reachable(
+            urllib.parse.urlsplit(url if "://" in url else "//" + url), target, data, timeout
+        )
+    parts = urllib.parse.urlsplit(url)
     if target["protocol"] != "http/protobuf":
         return Check(
             "telemetry.endpoint",
@@ -1105,12 +1206,24 @@ def endpoint_check(override: str | None, timeout: float) -> Check:
             f"protocol {target['protocol']}: only http/protobuf and grpc can be tested",
             data=data,
         )
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or _bad_port(parts):
         return Check(
             "telemetry.endpoint",
             "fail",
-            f"{target['source']}={target['url']!r} is not an http(s) URL",
-            "set it to e.g. http://otel-collector:4318",
+            f"{target['source']}={target['url']!r} is not an http(s) URL with a valid host "
+            "and port",
+            f"set {target['source']} to e.g. http://otel-collector:4318",
+            data,
+        )
+    bad = _bad_header(target["headers"])
+    if bad is not None:
+        data["bad_header"] = bad[0]
+        return Check(
+            "telemetry.endpoint",
+            "fail",
+            f"{target['headers_source']}: header {bad[0]!r} cannot be sent: {bad[1]}",
+            f"fix {target['headers_source']} (comma-separated key=value pairs, values "
+            "%-encoded; no line breaks)",
             data,
         )
     name, _ = service_name()
@@ -1127,11 +1240,46 @@ def endpoint_check(override: str | None, timeout: float) -> Check:
     if parts.scheme == "https":
         import ssl
 
-        context = ssl.create_default_context(cafile=target["certificate"] or None)
+        try:
+            context = ssl.create_default_context(cafile=target["certificate"] or None)
+        except (OSError, ValueError) as e:  # a missing file, or not PEM (ssl.SSLError)
+            source = target["certificate_source"] if target["certificate"] else "the system"
+            data["error"] = f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+            return Check(
+                "telemetry.endpoint",
+                "fail",
+                f"{source} CA certificates cannot be loaded"
+                + (f" from {target['certificate']!r}" if target["certificate"] else "")
+                + f": {data['error']}",
+                f"point {target['certificate_source']} at a readable PEM file of the CA that "
+                "signed the collector's certificate, or unset it",
+                data,
+            )
     t0 = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             status, reply = response.status, response.read(65536)
+    except http.client.InvalidURL as e:  # a ValueError: the URL only, no header in it
+        data["error"] = str(e)
+        return Check(
+            "telemetry.endpoint",
+            "fail",
+            f"{target['source']}={target['url']!r} is not a valid URL: {e}",
+            f"set {target['source']} to e.g. http://otel-collector:4318",
+            data,
+        )
+    except ValueError as e:
+        # Anything else http.client refuses: its message may quote a header value, a
+        # credential, so only the type is kept.
+        data["error"] = type(e).__name__
+        return Check(
+            "telemetry.endpoint",
+            "fail",
+            f"{target['url']} could not be requested ({type(e).__name__}): the URL in "
+            f"{target['source']} or a header in {target['headers_source']} is invalid",
+            f"check {target['source']} and {target['headers_source']}",
+            data,
+        )
     except urllib.error.HTTPError as e:
         data["http_status"] = e.code
         return Check(
@@ -1191,8 +1339,26 @@ def _http_fix(code: int, source: str) -> str:
     return "check the collector's logs"
 
 
-def _grpc_reachable(parts: Any, data: dict[str, Any], timeout: float) -> Check:
-    host, port = parts.hostname or parts.path.split(":")[0], parts.port or 4317
+def _bad_port(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - parsing it is the check: it raises on "43l8" or 70000
+    except ValueError:
+        return True
+    return False
+
+
+def _grpc_reachable(
+    parts: urllib.parse.SplitResult, target: dict[str, Any], data: dict[str, Any], timeout: float
+) -> Check:
+    if not parts.hostname or _bad_port(parts):
+        return Check(
+            "telemetry.endpoint",
+            "fail",
+            f"{target['source']}={target['url']!r} is not a valid gRPC endpoint (host:port)",
+            f"set {target['source']} to e.g. http://otel-collector:4317",
+            data,
+        )
+    host, port = parts.hostname, parts.port or 4317
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
