@@ -192,36 +192,46 @@ def test_dropped_span_records_are_counted(make_pool: Any, monkeypatch: Any) -> N
     assert _counter(_points(reader), N.METRIC_SPANS_DROPPED) == dropped
 
 
-def test_a_collected_pools_dropped_count_is_kept(monkeypatch: Any) -> None:
-    """spans.dropped is a cumulative counter: it must not go down when a pool that
-    dropped records (built with a meter provider) is garbage collected."""
-    import gc
+def _finished_pool(meter_provider: Any, name: str, overflow: bool = True) -> Any:
+    """A shut-down pool, referenced only by the caller (so that it can be collected),
+    whose emitter dropped records if ``overflow`` (needs MAX_BACKLOG patched small): its
+    span processor blocked while twelve more tasks finished."""
     import multiprocessing
-    import weakref
 
     from opentelemetry.sdk.trace import TracerProvider
 
     from tracedpool import TracedProcessPoolExecutor
 
-    monkeypatch.setattr(_emit, "MAX_BACKLOG", 2)
     gate = _Gate()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(gate))
-    meter_provider, reader = _meter()
     pool = TracedProcessPoolExecutor(
         1,
         multiprocessing.get_context("fork"),
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
-        name="collected",
+        name=name,
     )
     try:
         assert pool.submit(square, 1).result(timeout=60) == 1
-        assert gate.entered.wait(30)
-        assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
+        if overflow:
+            assert gate.entered.wait(30)
+            assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
     finally:
         gate.release.set()
         pool.shutdown(wait=True)
+    return pool
+
+
+def test_a_collected_pools_dropped_count_is_kept(monkeypatch: Any) -> None:
+    """spans.dropped is a cumulative counter: it must not go down when a pool that
+    dropped records (built with a meter provider) is garbage collected."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(_emit, "MAX_BACKLOG", 2)
+    meter_provider, reader = _meter()
+    pool = _finished_pool(meter_provider, "collected")
     dropped = pool._tp_state.emitter.dropped
     assert dropped > 0
     state = weakref.ref(pool._tp_state)
@@ -240,36 +250,14 @@ def test_a_pool_finalized_while_the_reader_collects_does_not_deadlock(monkeypatc
     wait for the lock it already holds (that froze the reader, then every thread that
     finalized a pool after it). A collected pool that dropped nothing leaves no entry."""
     import gc
-    import multiprocessing
     import weakref
-
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from tracedpool import TracedProcessPoolExecutor
 
     monkeypatch.setattr(_emit, "MAX_BACKLOG", 2)
     meter_provider, reader = _meter()
-    pools = {}
-    for name, drop in (("dropped-some", True), ("dropped-none", False)):
-        gate = _Gate()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(gate))
-        pool = TracedProcessPoolExecutor(
-            1,
-            multiprocessing.get_context("fork"),
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            name=name,
-        )
-        try:
-            assert pool.submit(square, 2).result(timeout=60) == 4
-            if drop:  # the span processor blocks: the emitter's tiny backlog overflows
-                assert gate.entered.wait(30)
-                assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
-        finally:
-            gate.release.set()
-            pool.shutdown(wait=True)
-        pools[name] = pool
+    pools = {
+        "dropped-some": _finished_pool(meter_provider, "dropped-some"),
+        "dropped-none": _finished_pool(meter_provider, "dropped-none", overflow=False),
+    }
     dropped = pools["dropped-some"]._tp_state.emitter.dropped
     assert dropped > 0 and pools["dropped-none"]._tp_state.emitter.dropped == 0
     registry = pools["dropped-some"]._tp_state.metrics
@@ -283,7 +271,6 @@ def test_a_pool_finalized_while_the_reader_collects_does_not_deadlock(monkeypatc
                 gc.collect()
             done.set()
 
-    del pool
     thread = threading.Thread(target=collect_while_the_pools_die, daemon=True)
     thread.start()
     thread.join(30)
