@@ -1039,11 +1039,7 @@ def _wake_watcher(watcher: Watcher) -> None:
 
 
 def _close_status(status: StatusReader, writer: Any) -> None:
-    status.close()
-    try:
-        writer.close()
-    except Exception:
-        pass
+    status.close(writer)
 
 
 def _warn_degraded() -> None:

@@ -510,10 +510,24 @@ class StatusReader:
             pos = end
         return buf[pos:]
 
-    def close(self) -> None:
+    def close(self, writer: Any = None) -> None:
+        """Close the read end and, once, the parent's copy of the write end.
+
+        The manager thread (at its exit), ``shutdown()`` and the executor's finalizer
+        may all get here, concurrently. ``Connection.close`` is not atomic: two threads
+        closing one connection can both call ``close(fd)``, and the second call then
+        closes whatever file took that number meanwhile (seen on 3.14: a Popen's pipe,
+        so a later worker start through the fork server failed with EBADF). Both ends
+        are closed under this reader's lock, and only the first call closes anything.
+        """
         with self._lock:
+            if self._fd < 0:
+                return
             self._fd = -1
-            try:
-                self._conn.close()
-            except Exception:
-                pass
+            for conn in (self._conn, writer):
+                if conn is None:
+                    continue
+                try:
+                    conn.close()
+                except OSError:
+                    pass
