@@ -86,6 +86,52 @@ HAS_REPLACE_DEAD_WORKER: bool = hasattr(
     getattr(_cfp, "_ExecutorManagerThread", object), "_replace_dead_worker"
 )
 
+#: gh-152967 (3.14.10+): the manager fails the futures with its own sentence when the
+#: pool cannot go on (the executor was collected, a forced shutdown, a replacement worker
+#: that could not start), passed as ``terminate_broken(cause, bpe_message)``.
+TERMINATE_TAKES_MESSAGE: bool = HOOKS_AVAILABLE and (
+    "bpe_message" in inspect.signature(_cfp._ExecutorManagerThread.terminate_broken).parameters
+)
+
+
+def _names_used(func: Any) -> set[str]:
+    """The global and attribute names *func*'s code reads, nested code included."""
+    names: set[str] = set()
+    stack = [getattr(func, "__code__", None)]
+    while stack:  # with its comprehensions' code (nested before 3.12, PEP 709)
+        code = stack.pop()
+        if code is not None:
+            names.update(code.co_names)
+            stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+#: gh-139462 (3.15): with no known cause, the stdlib's BrokenProcessPool has a cause
+#: listing every worker that exited with a nonzero code.
+LISTS_EXIT_CODES: bool = HOOKS_AVAILABLE and "exitcode" in _names_used(
+    getattr(_cfp._ExecutorManagerThread, "_terminate_broken", None)
+)
+
+#: 3.14: ``terminate_workers()`` and ``kill_workers()`` signal every worker through
+#: ``_force_shutdown(operation)`` and leave the pool broken.
+HAS_FORCE_SHUTDOWN: bool = HOOKS_AVAILABLE and hasattr(_cfp.ProcessPoolExecutor, "_force_shutdown")
+#: The operations it accepts, and the signal each sends.
+FORCE_SHUTDOWN_SIGNALS = {"terminate": "SIGTERM", "kill": "SIGKILL"}
+
+
+def exit_code_listing(exits: list[tuple[int, int | None]]) -> str | None:
+    """What 3.15's stdlib puts in the cause of a break with no known cause, from
+    (pid, exit code) of the workers that ended; None where it puts nothing."""
+    if not LISTS_EXIT_CODES:
+        return None
+    lines = [
+        f"Process {pid} terminated abruptly with exit code {code}"
+        for pid, code in exits
+        if code is not None and code != 0
+    ]
+    return "\n".join(lines) if lines else None
+
+
 #: gh-125451 (3.12.0-3.12.7, 3.13.0): the manager holds ``shutdown_lock`` while it joins
 #: the feeder thread (``_join_executor_internals``), and the feeder's error path takes the
 #: same lock to wake the manager: a pickling error during shutdown deadlocks both. Fixed
@@ -131,13 +177,7 @@ def _probe_fast_wait() -> tuple[bool, bool]:
     """
     if not HOOKS_AVAILABLE or not hasattr(select, "poll"):
         return False, False
-    names: set[str] = set()
-    stack = [getattr(_ManagerBase.wait_result_broken_or_wakeup, "__code__", None)]
-    while stack:  # with its comprehensions' code (nested before 3.12, PEP 709)
-        code = stack.pop()
-        if code is not None:
-            names.update(code.co_names)
-            stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    names = _names_used(_ManagerBase.wait_result_broken_or_wakeup)
     expected = {"result_queue", "_reader", "thread_wakeup", "processes", "sentinel", "clear"}
     return expected <= names, "shutdown_lock" in names
 
@@ -691,8 +731,12 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         self._tp_joining = True
         self._tp_observer.breaking = True
         self._tp_refuse_new_work()
+        # gh-152967 (3.14.10+): the stdlib's own sentence for why the pool cannot go on.
+        message = args[0] if args else kwargs.get("bpe_message")
         try:
-            failures = self._tp_observer.on_broken(self, cause)
+            failures = self._tp_observer.on_broken(
+                self, cause, message if isinstance(message, str) else None
+            )
         except BaseException:
             self._tp_observer.internal_error("broken")
             failures = None
@@ -812,6 +856,13 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         return self.pending_work_items.get(work_id)
 
 
+def _alive(process: Any) -> bool:
+    try:
+        return bool(process.is_alive())
+    except ValueError:  # closed
+        return False
+
+
 def wake_manager(executor: Any) -> None:
     """Wake the pool's manager thread from its wait (as submit() does)."""
     wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
@@ -868,6 +919,25 @@ class InternalsMixin(_cfp.ProcessPoolExecutor):
         manager.start()
         self._executor_manager_thread = manager  # type: ignore[attr-defined]
         _cfp._threads_wakeups[manager] = self._executor_manager_thread_wakeup  # type: ignore[attr-defined]
+
+    if HAS_FORCE_SHUTDOWN:  # only where the stdlib has it, so hasattr() answers alike
+
+        def _force_shutdown(self, operation: str) -> Any:
+            """terminate_workers() / kill_workers() (3.14+): note who is signalled and which
+            tasks may be lost, then let the stdlib do it."""
+            state = self._tp_state
+            known = isinstance(operation, str)
+            signal_name = FORCE_SHUTDOWN_SIGNALS.get(operation) if known else None
+            if state is not None and signal_name is not None:
+                processes = dict(self._processes or {})  # type: ignore[has-type]
+                pids = tuple(pid for pid, p in processes.items() if _alive(p))
+                items = snapshot_items(self._pending_work_items)  # type: ignore[attr-defined]
+                pending = frozenset(work_id for work_id, _ in items)
+                try:
+                    state.on_force_shutdown(operation, signal_name, pids, pending)
+                except Exception:
+                    state.internal_error("force-shutdown")
+            return super()._force_shutdown(operation)  # type: ignore[misc]
 
     def _adjust_process_count(self) -> None:
         if (

@@ -407,6 +407,9 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
                 if messages:
                     ev["exception.message"] = f.get("message", "")
                 events.append(("exception", t_done, ev))
+    forced = st.forced
+    if forced is not None and outcome != "result" and rec.work_id in forced.pending:
+        events.append((N.EVENT_WORKERS_SIGNALLED, forced.t_ns, st.forced_attrs()))
     if rec.stall is not None:
         t_stall, diagnosis, path = rec.stall
         ev_attrs: dict[str, Any] = {N.ATTR_STALL_DIAGNOSIS: diagnosis}

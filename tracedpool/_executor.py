@@ -59,10 +59,12 @@ from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, w
 from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
 from ._forensics import (
     BreakInfo,
+    ForcedShutdown,
     RssSampler,
     cgroup_oom_kills,
     reap_dead_workers,
     role_of,
+    stdlib_reason,
     summary,
 )
 from ._otel import Sink, global_provider_unset, resolve_sink
@@ -128,6 +130,7 @@ class _PoolState:
         self.manager: Any = None  # the pool's TracedManagerThread, once started
         self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
         self.break_info: BreakInfo | None = None
+        self.forced: ForcedShutdown | None = None  # terminate_workers() / kill_workers()
         # Set by the manager as it starts failing a broken pool's futures (and refusing
         # new ones), then once break_info is known: submit() waits for it, briefly.
         self.breaking = False
@@ -342,7 +345,27 @@ class _PoolState:
         if w is not None:
             w.served.append(rec)
 
-    def on_broken(self, manager: Any, cause: Any) -> dict[int, BaseException]:
+    def on_force_shutdown(
+        self, operation: str, signal_name: str, pids: tuple[int, ...], pending: frozenset[int]
+    ) -> None:
+        """terminate_workers() / kill_workers() was called: the tasks not done by now are
+        lost by intent, and their spans say so."""
+        self.forced = ForcedShutdown(operation, signal_name, pids, pending, time_ns())
+
+    def forced_attrs(self) -> dict[str, Any]:
+        forced = self.forced
+        if forced is None:
+            return {}
+        return {
+            N.ATTR_FORCED_OPERATION: forced.operation,
+            N.ATTR_WORKER_SIGNAL: forced.signal,
+            N.ATTR_FORCED_PIDS: forced.pids,
+            N.ATTR_BROKEN_LOST: tuple(f"{self.pool_id}:{w}" for w in sorted(forced.pending)),
+        }
+
+    def on_broken(
+        self, manager: Any, cause: Any, stdlib_message: str | None = None
+    ) -> dict[int, BaseException]:
         processes = manager.worker_processes()
         if self.stall_killed:
             # The stall detector's break wakes this thread right after its SIGKILLs; the
@@ -360,9 +383,21 @@ class _PoolState:
             work_id: pid for pid, (work_id, _t) in self.status.started.items() if work_id in tasks
         }
         info = BreakInfo(reason="unknown", dead=dead, running_on=running_on, lost=sorted(tasks))
+        info.forced = self.forced
+        if self.forced is not None:
+            for d in dead:  # killed on purpose, not by the OOM killer
+                if d.pid in self.forced.pids:
+                    d.oom_suspected = False
         dead_pids = {d.pid for d in dead}
         faults = [f for f in self.status.faults if f.get("work_id") in tasks]
-        if cause is not None:
+        if stdlib_message is not None:
+            # The stdlib knows why (3.14+): its sentence leads, its reason is ours; a
+            # cause is then the error that stopped a replacement worker from starting.
+            info.stdlib_message = stdlib_message
+            info.reason = stdlib_reason(stdlib_message)
+            if cause is not None:
+                info.cause_text = "".join(cause)
+        elif cause is not None:
             text = "".join(cause)
             info.cause_text = text
             work_id, target = _cpython.locate_result_in_message(self.last_buf)
@@ -396,8 +431,14 @@ class _PoolState:
             info.reason = "worker-died"
         if info.reason in ("worker-died", "worker-unpickle-failed"):
             info.culprits.update(w for w, pid in running_on.items() if pid in dead_pids)
+        if self.forced is not None and info.reason in ("worker-died", "unknown"):
+            info.reason = "forced-shutdown"
         if self.stall_break is not None:
             info.reason = "stalled"
+        if cause is None and info.cause_text is None:
+            # gh-139462 (3.15): the stdlib lists the workers' nonzero exit codes as the
+            # cause; keep that where the stdlib gives it.
+            info.cause_text = _cpython.exit_code_listing([(d.pid, d.exitcode) for d in dead])
         self.last_buf = None
         info.task_ids = {w: f"{self.pool_id}:{w}" for w in tasks}
         info.names = {w: self._task_name(item.fn) for w, item in tasks.items()}
@@ -423,7 +464,7 @@ class _PoolState:
                 f"{_STDLIB_BROKEN} [tracedpool] The stall detector broke the pool: "
                 f"{stalled[0]} (report: {stalled[1]})."
                 if stalled is not None
-                else f"{_STDLIB_BROKEN} {text}"
+                else f"{info.stdlib_message or _STDLIB_BROKEN} {text}"
             )
             exc = error_type(
                 f"{prefix} Task {info.task_ids[work_id]} ({info.names[work_id]}): {own}.",

@@ -115,6 +115,41 @@ class DeadWorker:
         return f"worker pid {self.pid} {how}"
 
 
+@dataclass(frozen=True)
+class ForcedShutdown:
+    """A call to ``terminate_workers()`` or ``kill_workers()`` (3.14+), as it began."""
+
+    operation: str  # "terminate" or "kill"
+    signal: str  # what it sends: SIGTERM or SIGKILL
+    pids: tuple[int, ...]  # the workers alive when it was called
+    pending: frozenset[int]  # work ids not yet done then: each may be lost
+    t_ns: int
+
+    def describe(self) -> str:
+        who = ", ".join(map(str, self.pids)) if self.pids else "none alive"
+        return f"{self.operation}_workers() sent {self.signal} to worker pid {who}"
+
+
+#: The stdlib's own break reasons (3.14+, where ``terminate_broken`` takes a message),
+#: told apart by the words of their sentences; tracedpool's name for each.
+_STDLIB_REASONS = (
+    ("garbage collected", "executor-collected"),
+    ("forcefully shut down", "forced-shutdown"),
+    ("could not be started", "replacement-failed"),
+)
+
+
+def stdlib_reason(message: str) -> str:
+    """``tracedpool.broken.reason`` for a break the stdlib explained in *message*.
+
+    A sentence tracedpool does not know (a later CPython) is ``stdlib-reason``: the
+    message itself still leads the exception."""
+    for words, reason in _STDLIB_REASONS:
+        if words in message:
+            return reason
+    return "stdlib-reason"
+
+
 @dataclass
 class BreakInfo:
     """Everything known about one breakage, shared by every future it fails."""
@@ -127,6 +162,8 @@ class BreakInfo:
     init_failure: dict[str, Any] | None = None
     cause_text: str | None = None
     lost: list[int] = field(default_factory=list)  # work ids failed by the breakage
+    stdlib_message: str | None = None  # the stdlib's own sentence for this breakage
+    forced: ForcedShutdown | None = None  # terminate_workers() / kill_workers()
     task_ids: dict[int, str] = field(default_factory=dict)  # work id -> task id
     names: dict[int, str] = field(default_factory=dict)  # work id -> function name
 
@@ -200,12 +237,29 @@ _HINTS = {
         "its args). Pass rescue_unpicklable_results=True to fail only that future."
     ),
     "result-read-failed": "Reading a result from the result pipe failed; see the __cause__.",
+    "executor-collected": (
+        "Keep a reference to the pool (or use it in a `with` block) until its futures are "
+        "done."
+    ),
+    "replacement-failed": (
+        "The worker that retired at max_tasks_per_child could not be replaced; the "
+        "__cause__ is the error from starting it (often a limit on processes, memory or "
+        "open files: `tracedpool doctor` checks them)."
+    ),
+    "stdlib-reason": "The stdlib's own message above says why.",
 }
 
 
 def hint(info: BreakInfo) -> str:
     if info.reason in _HINTS:
         return _HINTS[info.reason]
+    if info.reason == "forced-shutdown":
+        if info.forced is None:  # the flag was set without the public methods
+            return "The pool was being forcefully shut down; queued tasks were not run."
+        return (
+            f"{info.forced.describe()}: the tasks it had not finished were lost, as "
+            "that call intends."
+        )
     d = info.primary()
     if d is None:
         return "No dead worker was found; see the __cause__, if any."

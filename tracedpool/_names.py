@@ -212,7 +212,21 @@ ATTR_BROKEN_REASON: Final = _reg(
     "tracedpool.broken.reason",
     "Why the pool broke: `worker-died`, `worker-unpickle-failed`, `result-unpickle-failed`, "
     "`initializer-failed`, `result-read-failed`, `stalled` (the stall detector broke it, "
-    '`stall_action="break"`) or `unknown`.',
+    '`stall_action="break"`), `forced-shutdown` (`terminate_workers()` or `kill_workers()`, '
+    "3.14+), the stdlib's own reasons on 3.14.10+ (`executor-collected`: the executor was "
+    "garbage collected with work pending; `replacement-failed`: a replacement worker could "
+    "not be started; `stdlib-reason`: a sentence tracedpool does not know, kept first in the "
+    "message) or `unknown`.",
+)
+ATTR_FORCED_OPERATION: Final = _reg(
+    "attribute",
+    "tracedpool.forced.operation",
+    "`terminate` or `kill`: which of `terminate_workers()` / `kill_workers()` was called.",
+)
+ATTR_FORCED_PIDS: Final = _reg(
+    "attribute",
+    "tracedpool.forced.worker_pids",
+    "The workers that `terminate_workers()` / `kill_workers()` signalled (alive at the call).",
 )
 ATTR_WORKER_PID: Final = _reg(
     "attribute",
@@ -278,6 +292,13 @@ EVENT_POOL_BROKEN: Final = _reg(
     "event",
     "tracedpool.pool-broken",
     "On every task span a broken pool failed: reason, worker pid, exit code, signal.",
+)
+EVENT_WORKERS_SIGNALLED: Final = _reg(
+    "event",
+    "tracedpool.workers-signalled",
+    "On the span of every task that `terminate_workers()` or `kill_workers()` (3.14+) left "
+    "unfinished (cancelled or failed), at the moment of the call: the operation, the signal, "
+    "the worker pids signalled and every task it may have lost.",
 )
 EVENT_STALL: Final = _reg(
     "event",
