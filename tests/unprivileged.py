@@ -142,7 +142,11 @@ def build(package: Path) -> tuple[Unprivileged, Path]:
     python = prefix / "bin" / base_exe.name
     _place(base_exe, python)
     lib = prefix / "lib"
-    _place_tree(stdlib, lib / stdlib.name, skip=frozenset({"site-packages", "test"}))
+    _place_tree(
+        stdlib,
+        lib / stdlib.name,
+        skip=frozenset({"site-packages", "test", "idlelib", "turtledemo", "ensurepip"}),
+    )
     shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))
     if shared:  # its RUNPATH names the original, private lib directory
         for so in libdir.glob(f"{ldlibrary.split('.so', maxsplit=1)[0]}.so*"):
