@@ -568,8 +568,11 @@ def test_pid_errors_exit_2_with_the_fix() -> None:
     assert _run("--report", "x.json").returncode == 2  # --report needs --pid
     assert _run("--max-age", "3").returncode == 2  # needs --probe
     assert _run("--only", "nonsense").returncode == 2
-    if not _have_py_spy():
-        return
+
+
+@needs_py_spy
+def test_pid_report_path_that_cannot_be_written_exits_2() -> None:
+    """--report into a directory that does not exist: exit 2, saying so."""
     with service("idle", "stdlib", "fork") as svc:
         out = _run("--pid", str(svc.pid), "--sample", "0.2", "--report", "/nonexistent/dir/r.json")
         assert out.returncode == 2 and "cannot write the report" in out.stderr
