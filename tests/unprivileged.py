@@ -2,9 +2,9 @@
 nobody: a copy of this interpreter's installation, the package under test and its runtime
 dependencies (opentelemetry-api, psutil, ... and py-spy), in a fresh 0755 directory.
 
-Why a copy: nobody can use neither this interpreter nor this checkout wherever either sits
-under a private directory (pyenv under a 0700 /root; a clone inside a 0700 directory).
-Running nobody on whatever happens to be readable instead (the system's Python with our
+Why a copy: the nobody user cannot read this interpreter or this checkout wherever either
+sits under a private directory (pyenv under a 0700 /root; a clone inside a 0700
+directory). Running nobody on whatever it can read instead (the system's Python with our
 site-packages) tests another interpreter, or nothing at all when none matches.
 
 Files are hard-linked when that is safe (same file system, already world-readable: no
