@@ -66,7 +66,11 @@ from tracedpool import (  # noqa: E402
     TracedProcessPoolExecutor,
 )
 from tracedpool import _names as N  # noqa: E402
-from tracedpool.testing import recording_provider, sleep_then  # noqa: E402
+from tracedpool.testing import (  # noqa: E402
+    quiet_deliberate_crash,
+    recording_provider,
+    sleep_then,
+)
 
 MD_START = "<!-- chaos:start -->"
 MD_END = "<!-- chaos:end -->"
@@ -213,6 +217,9 @@ class ChaosRound:
         pool = TracedProcessPoolExecutor(
             self.settings.workers,
             mp_context=self.context,
+            # The monkey's SIGSEGVs are deliberate: no faulthandler stacks for them. A
+            # crash it did not cause still fails the round (_check_broken).
+            initializer=quiet_deliberate_crash,
             tracer_provider=self.provider,
             stall_timeout=self.settings.stall_timeout,
             stall_action=self.stall_action,

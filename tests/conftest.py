@@ -4,11 +4,15 @@ health check after each test that does not deliberately break its pool."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import unprivileged
 
+import tracedpool
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool.testing import assert_pool_healthy, recording_provider
 
@@ -26,6 +30,19 @@ def start_method(request: pytest.FixtureRequest) -> str:
 def recorder() -> tuple[Any, Any]:
     """(provider, exporter): an SDK provider recording into memory."""
     return recording_provider()
+
+
+@pytest.fixture(scope="session")
+def nobody() -> Iterator[unprivileged.Unprivileged]:
+    """This Python, tracedpool and its dependencies, runnable as the nobody user (built
+    once per session, in a world-readable temporary directory); skips where switching
+    user is impossible (not root, no setpriv)."""
+    reason = unprivileged.why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    runtime, root = unprivileged.build(Path(tracedpool.__file__).parent)
+    yield runtime
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

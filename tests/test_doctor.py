@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
+from unprivileged import Unprivileged
 
 from tracedpool import TracedProcessPoolExecutor, _heartbeat
 from tracedpool import _names as N
@@ -566,58 +568,34 @@ def test_pid_errors_exit_2_with_the_fix() -> None:
     assert _run("--report", "x.json").returncode == 2  # --report needs --pid
     assert _run("--max-age", "3").returncode == 2  # needs --probe
     assert _run("--only", "nonsense").returncode == 2
-    if not _have_py_spy():
-        return
+
+
+@needs_py_spy
+def test_pid_report_path_that_cannot_be_written_exits_2() -> None:
+    """--report into a directory that does not exist: exit 2, saying so."""
     with service("idle", "stdlib", "fork") as svc:
         out = _run("--pid", str(svc.pid), "--sample", "0.2", "--report", "/nonexistent/dir/r.json")
         assert out.returncode == 2 and "cannot write the report" in out.stderr
 
 
-def _setpriv() -> list[str]:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run as an unprivileged user")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-def _as_nobody() -> tuple[list[str], dict[str, str]]:
-    """(argv prefix, env) running `python -m tracedpool doctor` as nobody, with an
-    interpreter nobody may execute (a pyenv build under /root is not): this one, or the
-    system's of the same version given this one's site-packages."""
-    prefix = _setpriv()
-    env = {**ENV, "HOME": "/tmp", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    python = sys.executable
-    if subprocess.run([*prefix, "test", "-x", os.path.realpath(python)]).returncode != 0:
-        python = shutil.which("python3", path="/usr/bin:/bin") or ""
-        version = (
-            subprocess.run(
-                [python, "-c", "import sys; print(sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-            if python
-            else ""
-        )
-        if version != str(sys.version_info[:2]):
-            pytest.skip("no Python of this version that nobody may execute")
-        import site
-
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])
-    return [*prefix, python, "-m", "tracedpool", "doctor"], env
+def _as_nobody(nobody: Unprivileged) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) running `python -m tracedpool doctor` as nobody, on a readable copy of
+    this Python and this checkout's package (wherever the checkout lives)."""
+    return [*nobody.argv, "-m", "tracedpool", "doctor"], {**nobody.env, "NO_COLOR": ""}
 
 
 @needs_py_spy
-def test_unprivileged_user_is_refused_before_any_attach() -> None:
+def test_unprivileged_user_is_refused_before_any_attach(nobody: Unprivileged) -> None:
     """As nobody, --pid on a root-owned service is refused (exit 2) with the fix for this
     machine, and no py-spy is started; the same user's own child can still be attached."""
-    command, env = _as_nobody()
+    command, env = _as_nobody(nobody)
     with service("idle", "stdlib", "fork") as svc:
         out = subprocess.run(
             [*command, "--pid", str(svc.pid)],
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=ROOT,
+            cwd=nobody.home,
             env=env,
         )
         assert out.returncode == 2, out.stderr
@@ -628,7 +606,7 @@ def test_unprivileged_user_is_refused_before_any_attach() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=ROOT,
+        cwd=nobody.home,
         env=env,
     )
     checks = {c["id"]: c for c in json.loads(own.stdout)["checks"]}
@@ -744,20 +722,26 @@ def test_heartbeat_refuses_a_parent_directory_another_user_owns(tmp_path: Path) 
     assert (tmp_path / "own" / "heartbeats").is_dir()
 
 
-def test_probe_as_another_user_cannot_read_a_private_dir(tmp_path: Path) -> None:
-    """The heartbeat directory is private: another user's probe exits 2 and says so."""
-    command, env = _as_nobody()
-    beats = tmp_path / "beats"
-    beats.mkdir(mode=0o700)
-    out = subprocess.run(
-        [*command, "--probe", "--heartbeat-dir", str(beats)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
-    assert out.returncode == 2 and "Permission denied" in out.stderr
+def test_probe_as_another_user_cannot_read_a_private_dir(nobody: Unprivileged) -> None:
+    """The heartbeat directory is private: another user's probe exits 2 and says so, while
+    the same directory opened to others is read (so the 0700 mode is what refuses)."""
+    command, env = _as_nobody(nobody)
+    beats = Path(tempfile.mkdtemp(dir=nobody.home))  # its parent is world-readable
+    try:
+        for mode, code in ((0o700, 2), (0o755, 0)):
+            os.chmod(beats, mode)
+            out = subprocess.run(
+                [*command, "--probe", "--heartbeat-dir", str(beats)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=nobody.home,
+                env=env,
+            )
+            assert out.returncode == code, (oct(mode), out.stdout, out.stderr)
+            assert ("Permission denied" in out.stderr) == (code == 2), out.stderr
+    finally:
+        shutil.rmtree(beats, ignore_errors=True)
 
 
 # -- end to end ---------------------------------------------------------------------------------

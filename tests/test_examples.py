@@ -91,7 +91,7 @@ def test_batch_finishes_with_the_failing_items_located(tmp_path: Path) -> None:
     found = spans(tmp_path)
     (job,) = [s for s in found if s["name"] == "batch-job"]
     assert job["status_code"] == 2 and job["attributes"]["batch.failed"] == 2
-    assert all(s["trace_id"] == job["trace_id"] for s in found if s["name"] == N.SPAN_TASK)
+    assert {s["trace_id"] for s in found if s["name"] == N.SPAN_TASK} == {job["trace_id"]}
     chunks = [
         s["attributes"]
         for s in found

@@ -3,6 +3,9 @@ exception type, located (stage and target) in the exception and as span events."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -101,3 +104,36 @@ def test_fault_is_located_in_exception_and_spans(
             if ev.name == N.EVENT_EXCEPTION
         }
         assert stages - {None} == {case.attrs[N.ATTR_FAULT_STAGE]}
+
+
+_CRASH_SCRIPT = """
+import ctypes, multiprocessing, sys
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool.testing import segfault
+
+with TracedProcessPoolExecutor(1, mp_context=multiprocessing.get_context(sys.argv[2])) as pool:
+    if sys.argv[1] == "deliberate":
+        future = pool.submit(segfault)
+    else:
+        future = pool.submit(ctypes.string_at, 0)  # reads address 0
+    print(future.exception(timeout=60).signal)
+"""
+
+
+@pytest.mark.parametrize("crash", ["deliberate", "genuine"])
+def test_only_a_deliberate_crash_is_quiet(crash: str, start_method: str) -> None:
+    """With faulthandler on in every process, the segfault injector's worker prints no
+    "Fatal Python error" stacks; a worker that really crashes still prints them."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CRASH_SCRIPT, crash, start_method],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "SIGSEGV"), out.stderr
+    if crash == "deliberate":
+        assert "Fatal Python error" not in out.stderr, out.stderr
+    else:
+        assert "Fatal Python error: Segmentation fault" in out.stderr, out.stderr
+        assert "string_at" in out.stderr

@@ -64,7 +64,8 @@ def test_stage_durations_and_sizes_per_traced_task(make_pool: Any, start_method:
         meter_provider=meter_provider,
         name="metrics",
     )
-    assert [f.result(timeout=60) for f in [pool.submit(sleep_then, i, 0.05) for i in range(4)]]
+    futures = [pool.submit(sleep_then, i, 0.05) for i in range(4)]
+    assert [f.result(timeout=60) for f in futures] == [0, 1, 2, 3]
     pool.shutdown(wait=True)
     points = _points(reader)
     fname = "tracedpool.testing.sleep_then"
@@ -184,7 +185,8 @@ def test_dropped_span_records_are_counted(make_pool: Any, monkeypatch: Any) -> N
     )
     assert pool.submit(square, 1).result(timeout=60) == 1
     assert gate.entered.wait(30)
-    assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
+    futures = [pool.submit(square, i) for i in range(12)]
+    assert [f.result(timeout=60) for f in futures] == [i * i for i in range(12)]
     assert pool._tp_state.emitter.dropped > 0
     gate.release.set()
     pool.shutdown(wait=True)  # the manager has exited: nothing more is pushed or dropped
@@ -216,7 +218,8 @@ def _finished_pool(meter_provider: Any, name: str, overflow: bool = True) -> Any
         assert pool.submit(square, 1).result(timeout=60) == 1
         if overflow:
             assert gate.entered.wait(30)
-            assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(12)]]
+            futures = [pool.submit(square, i) for i in range(12)]
+            assert [f.result(timeout=60) for f in futures] == [i * i for i in range(12)]
     finally:
         gate.release.set()
         pool.shutdown(wait=True)

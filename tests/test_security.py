@@ -49,7 +49,8 @@ def _secret_task_mix(pool: Any) -> None:
     (an unpicklable argument next to a secret one), and in a task that raises."""
     assert pool.submit(identity, SECRET).result(timeout=60) == SECRET
     assert pool.submit(identity, 1, key=SECRET).result(timeout=60) == ((1,), {"key": SECRET})
-    assert pool.submit(identity, {"token": SECRET, "n": [SECRET] * 3}).result(timeout=60)
+    nested = {"token": SECRET, "n": [SECRET] * 3}
+    assert pool.submit(identity, nested).result(timeout=60) == nested
     with pytest.raises((TypeError, pickle.PicklingError)) as info:
         pool.submit(identity, SECRET, Unpicklable()).result(timeout=60)
     assert SECRET not in str(info.value)  # the located fault names args[1] and its type
@@ -115,6 +116,7 @@ def test_record_values_opt_in_bounds_and_redacts_args_and_results(
         for text in (args_repr, result_repr):
             assert "[redacted]" in text and SECRET not in text
             assert len(text) <= 256 + len("...") + len("[redacted]")
+    assert len(seen) == 4  # two arguments and two results
     assert all(len(text) <= 256 + 3 for text in seen)  # the hook gets the bounded repr
     assert [s.name for s in exporter.get_finished_spans() if SECRET in _everything(s)] == []
 

@@ -396,7 +396,8 @@ def test_span_building_steps_aside_during_a_burst(
     assert wait_for(lambda: _task_spans_done(exporter, pool, 1))
     emitter = pool._tp_state.emitter
     before = emitter.emitted
-    assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(2000)]]
+    futures = [pool.submit(square, i) for i in range(2000)]
+    assert [f.result(timeout=60) for f in futures] == [i * i for i in range(2000)]
     assert emitter.emitted == before  # nothing built during the burst
     assert pool.stats()["span_backlog"] >= 2000
     assert wait_for(lambda: _task_spans_done(exporter, pool, 2001), seconds=20)
@@ -444,7 +445,8 @@ def test_long_tasks_leave_room_for_span_building(
     provider, exporter = recorder
     pool = make_pool(2, start="fork", tracer_provider=provider)
     slow = pool.submit(sleep_then, "slow", 5.0)
-    assert [f.result(timeout=60) for f in [pool.submit(square, i) for i in range(10)]]
+    futures = [pool.submit(square, i) for i in range(10)]
+    assert [f.result(timeout=60) for f in futures] == [i * i for i in range(10)]
     assert wait_for(lambda: _task_spans_done(exporter, pool, 10), seconds=4)
     assert not slow.done()
     assert slow.result(timeout=60) == "slow"

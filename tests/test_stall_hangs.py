@@ -22,9 +22,10 @@ from typing import Any
 
 import psutil
 import pytest
+import unprivileged
+from unprivileged import Unprivileged
 
 from tracedpool import PoolStalledError
-from tracedpool import _names as N
 from tracedpool._stall import wait_channel
 from tracedpool.testing import (
     INHERITED_LOCK,
@@ -299,7 +300,6 @@ def test_interpreter_exit_with_stopped_worker_ends(tmp_path: Path, action: str) 
 
 _NOBODY_SCRIPT = """
 import json, sys
-sys.path.insert(0, {root!r})
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool.testing import make_undumpable, sleep_then
 
@@ -317,40 +317,21 @@ print(json.dumps(reports))
 """
 
 
-def _can_run_as_nobody() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to switch to the nobody user"
-    if shutil.which("setpriv") is None:
-        return "needs setpriv (util-linux)"
-    return None
-
-
-@pytest.mark.skipif(_can_run_as_nobody() is not None, reason=str(_can_run_as_nobody()))
 @pytest.mark.parametrize("worker", ["undumpable", "plain"])
-def test_snapshots_as_unprivileged_user(worker: str) -> None:
+def test_snapshots_as_unprivileged_user(worker: str, nobody: Unprivileged) -> None:
     """Run as nobody (no CAP_SYS_PTRACE): a worker that refuses ptrace is snapshotted by
     the faulthandler fallback; either way each stack says which method produced it."""
-    work = Path(tempfile.mkdtemp(prefix="tracedpool-nobody-"))
+    work = Path(tempfile.mkdtemp(dir=nobody.home))
     try:
         os.chmod(work, 0o755)
         script = work / "nobody.py"
-        script.write_text(_NOBODY_SCRIPT.format(root=str(ROOT), timeout=TIMEOUT, sleep=4 * TIMEOUT))
+        script.write_text(_NOBODY_SCRIPT.format(timeout=TIMEOUT, sleep=4 * TIMEOUT))
         reports_dir = work / "reports"
         reports_dir.mkdir()
-        os.chown(reports_dir, 65534, 65534)
-        probe = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import tracedpool"],
-            capture_output=True, text=True, timeout=60, cwd=work,
-        )  # fmt: skip
-        if probe.returncode != 0:
-            pytest.skip(f"nobody cannot run this checkout: {probe.stderr.strip()[-200:]}")
-        env = {k: v for k, v in os.environ.items() if k != N.ENV_PY_SPY}
-        env["HOME"] = str(work)
+        os.chown(reports_dir, unprivileged.NOBODY, unprivileged.NOBODY)
         out = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             str(script), worker, str(reports_dir)],
-            capture_output=True, text=True, timeout=120, cwd=work, env=env,
+            [*nobody.argv, str(script), worker, str(reports_dir)],
+            capture_output=True, text=True, timeout=120, cwd=work, env=nobody.env,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         (report,) = json.loads(out.stdout.strip().splitlines()[-1])
