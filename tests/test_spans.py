@@ -12,9 +12,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tracedpool import _names as N
 from tracedpool.testing import (
+    Unpicklable,
     identity,
     recording_provider,
     sleep_then,
@@ -450,3 +452,23 @@ def test_long_tasks_leave_room_for_span_building(
     assert wait_for(lambda: _task_spans_done(exporter, pool, 10), seconds=4)
     assert not slow.done()
     assert slow.result(timeout=60) == "slow"
+
+
+def test_a_call_that_fails_to_pickle_keeps_its_own_feeder_span(
+    make_pool: Any, recorder: Any
+) -> None:
+    """The feeder span of a call that failed to pickle ends at the failure: the next call
+    sent, unsampled, is not timed on its record (nor its size recorded there)."""
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    assert pool.submit(square, 1).result(timeout=60) == 1
+    failed = pool.submit(identity, Unpicklable())
+    unsampled = SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=TraceFlags(0))
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        assert len(pool.submit(identity, b"x" * 100_000).result(timeout=60)) == 100_000
+    assert isinstance(failed.exception(timeout=60), TypeError)
+    pool.shutdown(wait=True)
+    spans = spans_by_task(exporter.get_finished_spans())[f"{pool.pool_id}:1"]
+    feeder = _by_name(spans)[N.SPAN_FEEDER_SERIALIZE]
+    assert N.ATTR_PAYLOAD_BYTES not in (feeder.attributes or {})
+    assert feeder.status.status_code.name == "ERROR"

@@ -244,6 +244,10 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
         super().put(obj, block, timeout)
 
     def _on_queue_feeder_error(self, e: BaseException, obj: Any) -> None:
+        # Pickling failed, so no send clears the item being fed: clear it here, or the
+        # next call sent (an unsampled one) is timed on the failed task's record, and
+        # the failed call stays reachable from this thread until then.
+        _wire.clear_feeder_task()
         observer = self._tp_observer
         if observer is not None and isinstance(obj, _CallItem):
             try:

@@ -57,10 +57,15 @@ class TaskRecord:
 
     Class-level defaults keep ``__init__`` short: most fields stay at their default for
     most tasks, and this object is built once per sampled task on the caller's thread.
+
+    It holds the task's name, argument types and sizes, never its callable, arguments or
+    result. Until its spans are built it also holds a failed task's exception and, with
+    ``record_values``, the future (for the result's repr); the emitter drops both then.
     """
 
     work_id = -1
     worker_span_id = 0
+    fname = ""  # the callable's name: the record never holds the callable itself
     t_submit1 = t_enqueue = t_ser0 = t_ser1 = t_written = t_read = t_done = 0
     payload_bytes = result_bytes = -1
     meta: list[Any] | None = None
@@ -77,9 +82,8 @@ class TaskRecord:
     stall: tuple[int, str, str | None] | None = None  # (t_ns, diagnosis, report path)
     slow: tuple[int, float, int] | None = None  # (t_ns, seconds running, worker pid)
 
-    def __init__(self, state: Any, fn: Any, t0: int, sampled: tuple[Any, ...]) -> None:
+    def __init__(self, state: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
-        self.fn = fn
         self.t_submit0 = t0
         self.trace_id, self.span_id, self.flags, self.trace_state, self.parent = sampled
 
@@ -355,7 +359,7 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
     new_id = st.sink.leaf_span_id  # the stage spans parent nothing
     span_id = rec.span_id
     tid = f"{st.pool_id}:{rec.work_id}"
-    fname = st.fn_name(rec.fn)
+    fname = rec.fname
     ppid = st.parent_pid
     t_done = rec.t_done or time_ns()
     exc = rec.exc

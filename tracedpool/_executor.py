@@ -151,7 +151,6 @@ class _PoolState:
         self._feeder_error = False
         self._internal_warned = False
         self._broken_excs: weakref.WeakSet[BaseException] = weakref.WeakSet()
-        self._fn_names: dict[Any, str] = {}
         self.metrics: _metrics.PoolMetrics | None = None
         self.meter_provider_arg: Any = None
         self.metrics_dropped_seen = 0
@@ -728,19 +727,7 @@ class _PoolState:
         if type(fn) is _Task:
             fn = fn.fn
         user = _cpython.map_user_function(fn)
-        return self.fn_name(user if user is not None else fn)
-
-    def fn_name(self, fn: Any) -> str:
-        """A function's qualified name, cached (spans name the same few functions)."""
-        try:
-            name = self._fn_names.get(fn)
-        except TypeError:  # unhashable callable
-            return qualname(fn)
-        if name is None:
-            name = qualname(fn)
-            if len(self._fn_names) < 1024:
-                self._fn_names[fn] = name
-        return name
+        return qualname(user if user is not None else fn)
 
     # -- emitter thread ------------------------------------------------------------------------
     def emit(self, item: Any) -> None:
@@ -952,14 +939,20 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         self, st: _PoolState, sink: Sink, sampled: Any, fn: Any, args: Any, kwargs: Any
     ) -> Any:
         t0 = time_ns()
-        rec = TaskRecord(st, fn, t0, sampled)
+        rec = TaskRecord(st, t0, sampled)
         try:
             rec.worker_span_id = sink.new_span_id()
+            named = fn
             if type(fn) is functools.partial:
                 mapped = _cpython.map_user_function(fn)
                 if mapped is not None:
-                    rec.fn = mapped
+                    named = mapped
                     rec.chunksize = len(args[0]) if args else 0
+            # The name, not the callable: a record waiting for its spans must not keep
+            # the user's objects (a bound method's object, a closure's cells). Not
+            # cached: a cache keyed by the callable kept them for the pool's life, and a
+            # weakly keyed one costs as much as naming afresh (docs/rationale.md).
+            rec.fname = qualname(named)
             if rec.chunksize < 0:
                 rec.arg_types = tuple(map(type, args))
             rec.kwarg_names = tuple(kwargs)

@@ -219,7 +219,7 @@ class PoolMetrics:
     # -- emitter thread --------------------------------------------------------------------
     def record_task(self, rec: Any, st: Any) -> None:
         """One finished traced task: its durations and sizes."""
-        fname = st.fn_name(rec.fn)
+        fname = rec.fname
         key = (fname, st.name)
         attrs = self._attrs.get(key)
         if attrs is None:
