@@ -50,7 +50,7 @@ from collections import Counter
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -574,7 +574,7 @@ def summarize(results: list[RoundResult], total_seconds: float) -> dict[str, Any
 
 def markdown(summary: dict[str, Any], argv: list[str], seed: int) -> str:
     lines = [
-        f"- date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; "
+        f"- date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; "
         f"{platform.platform()}; CPython {platform.python_version()}; "
         f"load average {os.getloadavg()[0]:.2f} at the end",
         f"- command: python benchmarks/chaos.py {' '.join(argv)} (seed {seed})",

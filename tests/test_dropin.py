@@ -179,16 +179,12 @@ def test_stdlib_errors_are_unchanged() -> None:
     """The stdlib's own argument errors come through as they are."""
     with pytest.raises(ValueError, match="max_workers must be greater than 0"):
         TracedProcessPoolExecutor(0)
-    if sys.version_info >= (3, 11):
-        import multiprocessing
+    import multiprocessing
 
-        with pytest.raises(ValueError, match="max_tasks_per_child"):
-            TracedProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("fork"), max_tasks_per_child=1
-            )
-    else:
-        with pytest.raises(TypeError):
-            TracedProcessPoolExecutor(1, max_tasks_per_child=1)
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        TracedProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork"), max_tasks_per_child=1
+        )
 
 
 def test_unknown_internals_degrade_without_breaking_the_pool(

@@ -19,6 +19,7 @@ import os
 import pickle
 import stat
 import tempfile
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,9 @@ def test_report_files_are_never_written_through_a_planted_symlink(
 ) -> None:
     """Symlinks planted at the exact report file names (the time is pinned so the names
     are known in advance): writing fails (O_EXCL|O_NOFOLLOW), the targets are untouched."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    fixed = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    fixed = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
     class PinnedClock(datetime):
         @classmethod

@@ -238,8 +238,7 @@ _HINTS = {
     ),
     "result-read-failed": "Reading a result from the result pipe failed; see the __cause__.",
     "executor-collected": (
-        "Keep a reference to the pool (or use it in a `with` block) until its futures are "
-        "done."
+        "Keep a reference to the pool (or use it in a `with` block) until its futures are done."
     ),
     "replacement-failed": (
         "The worker that retired at max_tasks_per_child could not be replaced; the "

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -445,7 +445,7 @@ def build_report(insp: Inspection) -> dict[str, Any]:
         "schema": SCHEMA,
         "kind": kind,
         "diagnosis": diagnosis,
-        "detected_at": datetime.now(timezone.utc).isoformat(),
+        "detected_at": datetime.now(UTC).isoformat(),
         "stall_seconds": 0.0 if healthy else insp.sample_seconds,
         "pool": pool,
         "tasks": tasks,

@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +319,7 @@ def write_report(report: dict[str, Any], directory: Path) -> Path:
         raise PermissionError(f"{directory} is a symlink; refusing to write reports there")
     with contextlib.suppress(OSError):
         os.chmod(directory, 0o700)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     base = f"stall-{os.getpid()}-{stamp}-{report['pool']['id']}"
     json_path = directory / f"{base}.json"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -713,7 +713,7 @@ class Watcher:
             "schema": SCHEMA,
             "kind": kind,
             "diagnosis": diagnosis,
-            "detected_at": datetime.now(timezone.utc).isoformat(),
+            "detected_at": datetime.now(UTC).isoformat(),
             "stall_seconds": round(stalled_for, 3),
             "pool": facts["pool"],
             "tasks": facts["tasks"],
