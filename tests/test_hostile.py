@@ -34,6 +34,7 @@ from tracedpool.testing import (
     ignore_first,
     spans_by_task,
     square,
+    wait_for,
 )
 
 CI_RESULT_BYTES = 64 * 1024 * 1024
@@ -331,7 +332,16 @@ def test_submit_from_many_threads_at_once(make_pool: Any, recorder: Any) -> None
             (k * per_thread + i) ** 2 for i in range(per_thread)
         ]
     pool.shutdown(wait=True)
-    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+
+    # shutdown() waits for the span backlog at most 2 s; on a loaded box building 48,000
+    # spans through a SimpleSpanProcessor takes longer. Wait for it (bounded): nothing may
+    # be dropped, only late.
+    def tasks_done() -> list[Any]:
+        return [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+
+    wait_for(lambda: len(tasks_done()) >= threads_n * per_thread, 120)
+    assert pool.stats()["span_records_dropped"] == 0
+    tasks = tasks_done()
     ids = [s.attributes[N.ATTR_TASK_ID] for s in tasks]
     assert len(ids) == len(set(ids)) == threads_n * per_thread
     for s in tasks:  # the record matched to each task is that task's own
