@@ -196,14 +196,15 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
         "import sys, time\n"
         "import tracedpool\n"
         "from tracedpool.testing import sleep_then\n"
-        "pool = tracedpool.TracedProcessPoolExecutor(\n"
-        "    1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
-        ")\n"
-        "future = pool.submit(sleep_then, 'done', 3.0)\n"
-        "future.add_done_callback(\n"
-        "    lambda f: print('future:', f.exception() or f.result(), flush=True)\n"
-        ")\n"
-        "time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
+        "if __name__ == '__main__':  # spawn and forkserver import this module\n"
+        "    pool = tracedpool.TracedProcessPoolExecutor(\n"
+        "        1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
+        "    )\n"
+        "    future = pool.submit(sleep_then, 'done', 3.0)\n"
+        "    future.add_done_callback(\n"
+        "        lambda f: print('future:', f.exception() or f.result(), flush=True)\n"
+        "    )\n"
+        "    time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
     env.update(PYTHONPATH=str(ROOT), TRACEDPOOL_HEARTBEAT_DIR="none")
