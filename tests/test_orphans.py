@@ -107,7 +107,7 @@ def owner() -> Iterator[Any]:
         run.cleanup()
 
 
-SCENARIOS = ["idle", "busy", "spin", "native", "stopped", "thread"]
+SCENARIOS = ["idle", "busy", "spin", "native", "stopped", "thread", "thread-native"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -289,3 +289,62 @@ def test_started_by_judges_the_starting_thread() -> None:
         t.start()
         t.join()
     assert seen == [False, True]
+
+
+def test_doctor_finds_a_traced_worker_its_owner_left_behind(owner: Any, tmp_path: Path) -> None:
+    """The one case that can outlive its owner (a lone worker, started from a thread
+    that has exited, holding the GIL in native code) is found by ``doctor --probe``
+    from /proc alone, and by the command (exit 0: a warning)."""
+    from tracedpool._doctor import probe
+
+    run = owner("spawn", "lone-native")
+    facts = run.started()
+    (worker,) = run.workers
+    alive, _ = run.kill_and_wait()
+    assert alive == [worker], "expected the GIL-holding worker to outlive its owner"
+    result = probe(tmp_path)
+    (check,) = [c for c in result.checks if c.id == "probe.orphans"]
+    assert (
+        check.status == "warn" and f"pid {worker.pid} (owner pid {facts['owner']}" in check.finding
+    )
+    assert worker.pid in [o["pid"] for o in check.data["orphans"]]
+    assert check.seconds < 1.0
+    assert result.exit_code == 0
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracedpool",
+            "doctor",
+            "--probe",
+            "--heartbeat-dir",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert worker.pid in [
+        o["pid"] for c in doc["checks"] if c["id"] == "probe.orphans" for o in c["data"]["orphans"]
+    ]
+    from tracedpool._stall import py_spy_path
+
+    if py_spy_path() is None:
+        return
+    # --pid lists it too, whatever process is inspected (the orphan's owner is gone).
+    from tracedpool._inspect import inspect_pid
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        checks = {c.id: c for c in inspect_pid(sleeper.pid, sample=0.2).checks}
+        listed = {o["pid"]: o for o in checks["pid.orphans"].data["orphans"]}
+        assert listed[worker.pid]["owner_pid"] == facts["owner"]
+        assert checks["pid.orphans"].status == "warn"
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)

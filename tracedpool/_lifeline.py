@@ -15,7 +15,9 @@ things that need no help from the owner (docs/rationale.md, "No orphaned workers
   with the process), and a traced pool's manager thread (it joins its workers before
   it ends). A worker started from any other thread (``submit()`` from a request thread
   that later exits, 3.11 to 3.13) gets SIGCONT instead: harmless to a running worker,
-  it wakes a stopped one, whose watcher then ends it.
+  it wakes a stopped one, whose watcher then ends it. And the first watcher to act
+  SIGKILLs the owner's other workers still there (one holding the GIL, say), so only
+  a pool whose every worker is stuck in native code waits for the GIL's release.
 
 The owner is ``multiprocessing.parent_process()``: the process that created the
 worker's ``Process`` object, under every start method (under forkserver the worker's
@@ -157,10 +159,24 @@ def _watch(owner: int, ppid: int, pidfd: int, current_work: Callable[[], int]) -
         # fork server (which exits when the owner does) under forkserver.
         while os.getppid() == ppid:
             time.sleep(POLL_SECONDS)
-    _die(owner, "", current_work)
+    _die(owner, "", current_work, _end_siblings(owner))
 
 
-def _die(owner: int, when: str, current_work: Callable[[], int]) -> NoReturn:
+def _end_siblings(owner: int) -> int:
+    """SIGKILL the owner's other workers that are still here: stopped, or holding the
+    GIL, where their parent-death signal could not be SIGKILL. Found by the same
+    /proc scan as the doctor's, so only processes of this user that name this owner
+    and whose parent is no longer it (a reused pid's own workers are its children)."""
+    ended = 0
+    for orphan in scan_orphans(owner):
+        if orphan.pid != os.getpid():
+            with contextlib.suppress(OSError):
+                os.kill(orphan.pid, signal.SIGKILL)
+                ended += 1
+    return ended
+
+
+def _die(owner: int, when: str, current_work: Callable[[], int], siblings: int = 0) -> NoReturn:
     """Log one line (bounded: a handler may block), then end without running the
     user's atexit hooks or finalizers (they could wait for the owner for ever)."""
     try:
@@ -172,10 +188,11 @@ def _die(owner: int, when: str, current_work: Callable[[], int]) -> NoReturn:
         owner,
         f" {when}" if when else "",
         f"; work item {work_id} was running" if work_id >= 0 else "",
+        f"; ended {siblings} stuck sibling worker(s)" if siblings else "",
     )
     line = threading.Thread(
         target=log.warning,
-        args=("tracedpool: worker %d: its pool's owner (pid %d) is gone%s%s; exiting", *args),
+        args=("tracedpool: worker %d: its pool's owner (pid %d) is gone%s%s%s; exiting", *args),
         daemon=True,
     )
     with contextlib.suppress(Exception):

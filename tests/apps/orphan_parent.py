@@ -12,6 +12,9 @@ Scenarios (two workers each):
   stopped   one busy and one idle, both SIGSTOPped
   thread    the workers started by submit() from a thread that has since exited, both
             SIGSTOPped (3.11 to 3.13 start workers in the submitting thread)
+  thread-native   started so, one holding the GIL in native code, one idle
+  lone-native     one worker only, started so, holding the GIL in native code: nothing
+                  can end it before the GIL is released (the case the doctor reports)
 ``plain`` makes it a stdlib ProcessPoolExecutor, the control.
 """
 
@@ -49,14 +52,21 @@ def native_long() -> int:
     return sum(range(10**11))  # one C call: the GIL is not released until it returns
 
 
-LONG = {"busy": sleep_long, "spin": spin_long, "native": native_long, "stopped": sleep_long}
+LONG = {
+    "busy": sleep_long,
+    "spin": spin_long,
+    "native": native_long,
+    "stopped": sleep_long,
+    "thread-native": native_long,
+    "lone-native": native_long,
+}
 
 
 def start_workers(pool: Any) -> list[int]:
-    """Two workers, each having run a task (so each is started, initialized, idle)."""
+    """Every worker, each having run a task (so each is started, initialized, idle)."""
     seen: set[int] = set()
     deadline = time.monotonic() + 60
-    while len(seen) < 2 and time.monotonic() < deadline:
+    while len(seen) < pool._max_workers and time.monotonic() < deadline:
         futures = [pool.submit(pid_after, 0.3) for _ in range(2)]
         seen.update(f.result(timeout=60) for f in futures)
     return sorted(seen)
@@ -67,8 +77,8 @@ def main() -> None:
     plain = len(sys.argv) > 3 and sys.argv[3] == "plain"
     ctx = multiprocessing.get_context(method)
     cls = ProcessPoolExecutor if plain else TracedProcessPoolExecutor
-    pool = cls(max_workers=2, mp_context=ctx)
-    if scenario == "thread":
+    pool = cls(max_workers=1 if scenario == "lone-native" else 2, mp_context=ctx)
+    if scenario.startswith(("thread", "lone")):
         out: list[list[int]] = []
         submitter = threading.Thread(target=lambda: out.append(start_workers(pool)))
         submitter.start()
