@@ -354,3 +354,29 @@ def test_doctor_finds_a_traced_worker_its_owner_left_behind(owner: Any, tmp_path
     finally:
         sleeper.kill()
         sleeper.wait(10)
+
+
+def test_owner_gone_believes_only_proc_and_the_parent() -> None:
+    """A wake of the watcher ends the worker only when the owner is really gone: its
+    pid missing, a zombie, or held by a process that started at another time (so a
+    closed or reused descriptor number cannot end a healthy worker)."""
+    me, parent = os.getpid(), os.getppid()
+    fields = _lifeline._stat(me)
+    assert fields is not None
+    ticks = _lifeline._ticks(fields)
+    assert ticks is not None
+    assert not _lifeline._owner_gone(me, parent, ticks)
+    assert _lifeline._owner_gone(me, parent, ticks + 1)  # the pid was reused
+    assert _lifeline._owner_gone(_free_pid(), parent, ticks)  # exited and reaped
+    assert _lifeline._owner_gone(me, parent + 1, ticks)  # our parent changed
+    zombie = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        zfields = _lifeline._stat(zombie.pid)
+        assert zfields is not None
+        assert _lifeline._owner_gone(zombie.pid, parent, _lifeline._ticks(zfields))
+    finally:
+        zombie.wait(10)

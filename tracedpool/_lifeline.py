@@ -7,7 +7,8 @@ things that need no help from the owner (docs/rationale.md, "No orphaned workers
 
 * a **watcher thread** blocked on a pidfd of the owner (Linux 5.3+; readable once the
   owner exits; no CPU while it waits). It logs one line and SIGKILLs its own process.
-  Where no pidfd can be had, it polls ``os.getppid()`` once a second instead.
+  Where no pidfd can be had, it checks once a second instead (``os.getppid()``, and
+  the owner's ``/proc`` entry).
 * **PR_SET_PDEATHSIG**, for what a thread cannot do: a stopped worker, or one whose
   task holds the GIL in native code. The kernel sends the signal when the *thread* that
   forked the worker ends, so SIGKILL is armed only where that thread outlives the
@@ -138,28 +139,44 @@ def _start(
             forkserver_child()
     if _LINUX and _prctl(_PR_SET_PDEATHSIG, int(deathsig)) and os.getppid() != ppid:
         _die(owner, "before the worker started", current_work)  # the parent died before prctl took
+    # The owner's start time, read once it is known alive, tells a reused pid apart.
+    fields = _stat(owner) if _LINUX else None
+    ticks = _ticks(fields) if fields else None
     thread = threading.Thread(
         target=_watch,
-        args=(owner, ppid, pidfd, current_work),
+        args=(owner, ppid, pidfd, ticks, current_work),
         name=f"{THREAD_PREFIX}{owner}",
         daemon=True,
     )
     thread.start()
 
 
-def _watch(owner: int, ppid: int, pidfd: int, current_work: Callable[[], int]) -> None:
+def _watch(
+    owner: int, ppid: int, pidfd: int, ticks: int | None, current_work: Callable[[], int]
+) -> None:
     _prctl(_PR_SET_NAME, f"{THREAD_PREFIX}{owner}".encode()[:15])
     if pidfd >= 0:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        while not poller.poll():
-            pass
-    else:
-        # Our parent's death changes os.getppid(): the owner under fork and spawn, the
-        # fork server (which exits when the owner does) under forkserver.
-        while os.getppid() == ppid:
-            time.sleep(POLL_SECONDS)
+        poller.poll()
+    # Woken by the pidfd, or polling without one. A wake is believed only when the owner
+    # is seen gone: a task may have closed the descriptor (or reused its number), which
+    # wakes the poll too; then this thread checks once a second instead.
+    while not _owner_gone(owner, ppid, ticks):
+        time.sleep(POLL_SECONDS)
     _die(owner, "", current_work, _end_siblings(owner))
+
+
+def _owner_gone(owner: int, ppid: int, ticks: int | None) -> bool:
+    """Our parent changed (the owner under fork and spawn, the fork server, which exits
+    with the owner, under forkserver), or /proc shows the owner exited, a zombie, or
+    its pid held by a process that started at another time."""
+    if os.getppid() != ppid:
+        return True
+    if not _LINUX or ticks is None:
+        return False
+    fields = _stat(owner)
+    return fields is None or fields[0] in ("Z", "X") or _ticks(fields) != ticks
 
 
 def _end_siblings(owner: int) -> int:
@@ -237,6 +254,14 @@ def _stat(pid: int) -> list[str] | None:
         # the command name (field 2) may hold spaces and parentheses: split after it
         return text[text.rindex(b")") + 2 :].decode().split()
     except (OSError, ValueError):
+        return None
+
+
+def _ticks(fields: list[str]) -> int | None:
+    """The start time (field 22, clock ticks since boot) from ``_stat``'s fields."""
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
         return None
 
 
