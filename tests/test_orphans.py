@@ -190,6 +190,7 @@ def test_worker_started_from_an_exited_thread_survives(method: str) -> None:
                 p.kill()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is new in 3.11")
 @pytest.mark.parametrize("method", [m for m in START_METHODS if m != "fork"])
 def test_replacement_workers_are_tied_and_keep_serving(method: str) -> None:
     """max_tasks_per_child replaces workers from the manager thread; the pool keeps
