@@ -147,9 +147,16 @@ def test_worker_logs_a_last_line_when_its_watcher_ends_it(owner: Any, method: st
         for line in run.stderr.splitlines()
         if f"its pool's owner (pid {facts['owner']}) is gone" in line
     ]
-    # Each worker logs its own end, unless the first watcher ended it as a stuck sibling.
-    ended = sum(int(line.split("ended ")[1].split()[0]) for line in lines if "ended " in line)
-    assert lines and len(lines) + ended == 2, run.stderr
+    # Each worker logs its own end, unless another watcher ended it first as a stuck
+    # sibling, naming it: every worker is accounted for.
+    pids = {p.pid for p in run.workers}
+    named = {int(line.split("worker ")[1].split(":")[0]) for line in lines}
+    for line in lines:
+        if "ending sibling worker(s) " in line:
+            named |= {
+                int(p) for p in line.split("ending sibling worker(s) ")[1].split(";")[0].split(", ")
+            }
+    assert lines and named == pids, run.stderr
 
 
 def _submit_from_thread(pool: TracedProcessPoolExecutor) -> list[int]:

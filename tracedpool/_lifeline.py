@@ -164,7 +164,7 @@ def _watch(
     # wakes the poll too; then this thread checks once a second instead.
     while not _owner_gone(owner, ppid, ticks):
         time.sleep(POLL_SECONDS)
-    _die(owner, "", current_work, _end_siblings(owner))
+    _die(owner, "", current_work, _stuck_siblings(owner))
 
 
 def _owner_gone(owner: int, ppid: int, ticks: int | None) -> bool:
@@ -179,23 +179,20 @@ def _owner_gone(owner: int, ppid: int, ticks: int | None) -> bool:
     return fields is None or fields[0] in ("Z", "X") or _ticks(fields) != ticks
 
 
-def _end_siblings(owner: int) -> int:
-    """SIGKILL the owner's other workers that are still here: stopped, or holding the
-    GIL, where their parent-death signal could not be SIGKILL. Found by the same
-    /proc scan as the doctor's, so only processes of this user that name this owner
-    and whose parent is no longer it (a reused pid's own workers are its children)."""
-    ended = 0
-    for orphan in scan_orphans(owner):
-        if orphan.pid != os.getpid():
-            with contextlib.suppress(OSError):
-                os.kill(orphan.pid, signal.SIGKILL)
-                ended += 1
-    return ended
+def _stuck_siblings(owner: int) -> list[int]:
+    """The owner's other workers still here: stopped, or holding the GIL, where their
+    parent-death signal could not be SIGKILL. Found by the same /proc scan as the
+    doctor's, so only processes of this user that name this owner and whose parent is
+    no longer it (a reused pid's own workers are its children)."""
+    return [o.pid for o in scan_orphans(owner) if o.pid != os.getpid()]
 
 
-def _die(owner: int, when: str, current_work: Callable[[], int], siblings: int = 0) -> NoReturn:
-    """Log one line (bounded: a handler may block), then end without running the
-    user's atexit hooks or finalizers (they could wait for the owner for ever)."""
+def _die(
+    owner: int, when: str, current_work: Callable[[], int], siblings: list[int] | None = None
+) -> NoReturn:
+    """Log one line (bounded: a handler may block), SIGKILL the stuck ``siblings``,
+    then end without running the user's atexit hooks or finalizers (they could wait for
+    the owner for ever). The line comes first: two watchers may end each other."""
     try:
         work_id = current_work()
     except Exception:
@@ -205,7 +202,7 @@ def _die(owner: int, when: str, current_work: Callable[[], int], siblings: int =
         owner,
         f" {when}" if when else "",
         f"; work item {work_id} was running" if work_id >= 0 else "",
-        f"; ended {siblings} stuck sibling worker(s)" if siblings else "",
+        f"; ending sibling worker(s) {', '.join(map(str, siblings))}" if siblings else "",
     )
     line = threading.Thread(
         target=log.warning,
@@ -217,6 +214,9 @@ def _die(owner: int, when: str, current_work: Callable[[], int], siblings: int =
         line.join(LOG_SECONDS)
     with contextlib.suppress(Exception):
         sys.stderr.flush()
+    for pid in siblings or ():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(1)
