@@ -3,7 +3,8 @@
 The stdlib's workers wait on the call queue for ever once their owner is gone (SIGKILL,
 the OOM killer): an idle one blocks in a read that never ends, a busy one finishes its
 task and then blocks. Every traced worker therefore starts, from its initializer, two
-things that need no help from the owner (docs/rationale.md, "No orphaned workers"):
+things that need no help from the owner (docs/rationale.md, "No worker outlives its
+owner"):
 
 * a **watcher thread** blocked on a pidfd of the owner (Linux 5.3+; readable once the
   owner exits; no CPU while it waits). It logs one line and SIGKILLs its own process.
@@ -19,6 +20,9 @@ things that need no help from the owner (docs/rationale.md, "No orphaned workers
   it wakes a stopped one, whose watcher then ends it. And the first watcher to act
   SIGKILLs the owner's other workers still there (one holding the GIL, say), so only
   a pool whose every worker is stuck in native code waits for the GIL's release.
+  Forkserver workers also close their inherited copy of the fork server's alive pipe
+  (``_cpython.release_forkserver_alive_fd``): while any worker held it, the fork
+  server, and so that parent-death signal, outlived the owner.
 
 The owner is ``multiprocessing.parent_process()``: the process that created the
 worker's ``Process`` object, under every start method (under forkserver the worker's
