@@ -151,12 +151,21 @@ def test_worker_logs_a_last_line_when_its_watcher_ends_it(owner: Any, method: st
     # sibling, naming it: every worker is accounted for.
     pids = {p.pid for p in run.workers}
     named = {int(line.split("worker ")[1].split(":")[0]) for line in lines}
-    for line in lines:
-        if "ending sibling worker(s) " in line:
-            named |= {
-                int(p) for p in line.split("ending sibling worker(s) ")[1].split(";")[0].split(", ")
-            }
+    for line in run.stderr.splitlines():
+        if "ending stuck sibling worker(s) " in line:
+            named |= {int(p) for p in line.split("worker(s) ")[1].split(", ")}
     assert lines and named == pids, run.stderr
+    assert not [line for line in lines if "work item" in line]  # both were idle
+
+
+def test_last_line_names_the_running_work_item(owner: Any) -> None:
+    """A busy worker's last line names the work item it was running."""
+    run = owner("spawn", "thread-busy")
+    run.started()
+    alive, _ = run.kill_and_wait()
+    assert not alive
+    run.cleanup()
+    assert any("was running" in line for line in run.stderr.splitlines()), run.stderr
 
 
 def _submit_from_thread(pool: TracedProcessPoolExecutor) -> list[int]:

@@ -18,8 +18,9 @@ owner"):
   it ends). A worker started from any other thread (``submit()`` from a request thread
   that later exits, 3.11 to 3.13) gets SIGCONT instead: harmless to a running worker,
   it wakes a stopped one, whose watcher then ends it. And the first watcher to act
-  SIGKILLs the owner's other workers still there (one holding the GIL, say), so only
-  a pool whose every worker is stuck in native code waits for the GIL's release.
+  SIGKILLs the owner's other workers still there half a second later (one holding the
+  GIL, say), so only a pool whose every worker is stuck in native code waits for the
+  GIL's release.
   Forkserver workers also close their inherited copy of the fork server's alive pipe
   (``_cpython.release_forkserver_alive_fd``): while any worker held it, the fork
   server, and so that parent-death signal, outlived the owner.
@@ -56,6 +57,7 @@ log = logging.getLogger("tracedpool")
 THREAD_PREFIX = "tpowner:"
 POLL_SECONDS = 1.0  # the fallback's interval, where no pidfd can be opened
 LOG_SECONDS = 1.0  # the last log line may take this long (a handler may block)
+SIBLING_GRACE = 0.5  # seconds siblings get to end themselves before they are SIGKILLed
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -168,7 +170,7 @@ def _watch(
     # wakes the poll too; then this thread checks once a second instead.
     while not _owner_gone(owner, ppid, ticks):
         time.sleep(POLL_SECONDS)
-    _die(owner, "", current_work, _stuck_siblings(owner))
+    _die(owner, "", current_work, end_siblings=True)
 
 
 def _owner_gone(owner: int, ppid: int, ticks: int | None) -> bool:
@@ -183,47 +185,73 @@ def _owner_gone(owner: int, ppid: int, ticks: int | None) -> bool:
     return fields is None or fields[0] in ("Z", "X") or _ticks(fields) != ticks
 
 
-def _stuck_siblings(owner: int) -> list[int]:
-    """The owner's other workers still here: stopped, or holding the GIL, where their
-    parent-death signal could not be SIGKILL. Found by the same /proc scan as the
+def _end_stuck_siblings(owner: int) -> None:
+    """SIGKILL the owner's other workers still here after ``SIBLING_GRACE`` seconds:
+    stopped, or holding the GIL, where their parent-death signal could not be SIGKILL.
+    The others end themselves (and log) meanwhile. Found by the same /proc scan as the
     doctor's, so only processes of this user that name this owner and whose parent is
     no longer it (a reused pid's own workers are its children)."""
-    return [o.pid for o in scan_orphans(owner) if o.pid != os.getpid()]
+    me = os.getpid()
+    deadline = time.monotonic() + SIBLING_GRACE
+    while True:
+        left = [o.pid for o in scan_orphans(owner) if o.pid != me]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if not left:
+        return
+    _log("tracedpool: worker %d: ending stuck sibling worker(s) %s", me, ", ".join(map(str, left)))
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _die(
-    owner: int, when: str, current_work: Callable[[], int], siblings: list[int] | None = None
+    owner: int, when: str, current_work: Callable[[], int], *, end_siblings: bool = False
 ) -> NoReturn:
-    """Log one line (bounded: a handler may block), SIGKILL the stuck ``siblings``,
-    then end without running the user's atexit hooks or finalizers (they could wait for
-    the owner for ever). The line comes first: two watchers may end each other."""
+    """Log one line (bounded: a handler may block), end the stuck siblings, then end
+    without running the user's atexit hooks or finalizers (they could wait for the
+    owner for ever)."""
     try:
-        work_id = current_work()
+        work_id = current_work() if _main_thread_busy() else -1
     except Exception:
         work_id = -1
-    args = (
+    _log(
+        "tracedpool: worker %d: its pool's owner (pid %d) is gone%s%s; exiting",
         os.getpid(),
         owner,
         f" {when}" if when else "",
         f"; work item {work_id} was running" if work_id >= 0 else "",
-        f"; ending sibling worker(s) {', '.join(map(str, siblings))}" if siblings else "",
     )
-    line = threading.Thread(
-        target=log.warning,
-        args=("tracedpool: worker %d: its pool's owner (pid %d) is gone%s%s%s; exiting", *args),
-        daemon=True,
-    )
+    if end_siblings:
+        with contextlib.suppress(Exception):
+            _end_stuck_siblings(owner)
+    with contextlib.suppress(OSError):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(1)
+
+
+def _log(message: str, *args: Any) -> None:
+    """One WARNING, given at most LOG_SECONDS: a handler may block for ever."""
+    line = threading.Thread(target=log.warning, args=(message, *args), daemon=True)
     with contextlib.suppress(Exception):
         line.start()
         line.join(LOG_SECONDS)
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-    for pid in siblings or ():
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(1)
+
+
+def _main_thread_busy() -> bool:
+    """Whether the worker's main thread is in a task (or sending its result) rather
+    than waiting for the next call: the frame just inside ``_process_worker``. Read only
+    here, at the end, so that no task pays for it."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    inner = None
+    while frame is not None:
+        if frame.f_code.co_name == "_process_worker":
+            return inner is not None and inner.f_code.co_name != "get"
+        inner, frame = frame, frame.f_back
+    return False
 
 
 _libc: Any = None

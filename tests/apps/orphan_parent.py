@@ -12,6 +12,7 @@ Scenarios (two workers each):
   stopped   one busy and one idle, both SIGSTOPped
   thread    the workers started by submit() from a thread that has since exited, both
             SIGSTOPped (3.11 to 3.13 start workers in the submitting thread)
+  thread-busy     started so, one in a 300 s sleep, one idle, neither stopped
   thread-native   started so, one holding the GIL in native code, one idle
   lone-native     one worker only, started so, holding the GIL in native code: nothing
                   can end it before the GIL is released (the case the doctor reports)
@@ -57,6 +58,7 @@ LONG = {
     "spin": spin_long,
     "native": native_long,
     "stopped": sleep_long,
+    "thread-busy": sleep_long,
     "thread-native": native_long,
     "lone-native": native_long,
 }
