@@ -31,6 +31,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from . import _names as N
 from ._otel import global_provider_unset
 
 log = logging.getLogger("tracedpool")
@@ -47,7 +48,7 @@ OTEL_TRACES_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 OTEL_PYTHON_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
 
-EXPORTER_NAME = "tracedpool_jsonl"  # the embedded default's OTEL_TRACES_EXPORTER name
+EXPORTER_NAME = N.EXPORTER_NAME  # the embedded default's OTEL_TRACES_EXPORTER name
 RULE_EXISTING = "existing provider"
 RULE_DISABLED = OTEL_SDK_DISABLED
 RULE_DEFAULT = "embedded default"

@@ -32,7 +32,7 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import _names as N
-from ._configure import EXPORTER_NAME
+from ._names import EXPORTER_NAME
 from ._otlpjson import default_trace_file, encode_line, file_settings
 
 log = logging.getLogger("tracedpool")

@@ -446,6 +446,10 @@ ENV_RESCUE_UNPICKLABLE_RESULTS: Final = _reg(
 #: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names to switch it off. Stable.
 INSTRUMENTOR_NAME: Final = "tracedpool"
 
+#: The embedded default exporter's name in ``OTEL_TRACES_EXPORTER`` and its
+#: ``opentelemetry_traces_exporter`` entry point (pyproject.toml). Stable.
+EXPORTER_NAME: Final = "tracedpool_jsonl"
+
 ENV_TRACE_FILE: Final = _reg(
     "env",
     "TRACEDPOOL_TRACE_FILE",
