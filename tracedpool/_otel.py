@@ -34,7 +34,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ._version import __version__
-from ._wire import WORKER
 
 SCOPE_NAME = "tracedpool"
 
@@ -581,6 +580,12 @@ class _WorkerTracing:
         self.ok = False
 
 
+# This worker process's collector, set up by its first traced task (or at start when an
+# SDK provider was inherited). Kept here, not in the wire module's WorkerState, so the
+# worker side imports tracing and tracing imports nothing of the worker side.
+_worker_tracing: _WorkerTracing | None = None
+
+
 def _serialize(span: Any) -> tuple[Any, ...]:
     ctx = span.context
     parent = span.parent
@@ -613,8 +618,8 @@ def _serialize(span: Any) -> tuple[Any, ...]:
 
 
 def _setup_worker_tracing() -> _WorkerTracing:
-    state = _WorkerTracing()
-    WORKER.tracing = state
+    global _worker_tracing
+    state = _worker_tracing = _WorkerTracing()
     try:
         from opentelemetry.sdk.trace import SpanProcessor
         from opentelemetry.sdk.trace import TracerProvider as SdkProvider
@@ -675,7 +680,10 @@ def _attach_base_context() -> None:
 
 def worker_init_tracing() -> None:
     """At worker start: if an SDK provider was inherited (fork), take it over now."""
-    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    try:
+        from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    except ImportError:
+        return  # no SDK here, so none was inherited; a traced task still propagates context
 
     if isinstance(trace.get_tracer_provider(), SdkProvider):
         _setup_worker_tracing()
@@ -683,7 +691,7 @@ def worker_init_tracing() -> None:
 
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
     """Make a sampled task's worker-run span current in the worker."""
-    if WORKER.tracing is None:
+    if _worker_tracing is None:
         _setup_worker_tracing()
     trace_id, span_id, flags = trace_info
     span = trace.NonRecordingSpan(
@@ -698,7 +706,7 @@ def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
         otel_context.detach(token)
     except Exception:
         pass
-    state = WORKER.tracing
+    state = _worker_tracing
     if state is None or not state.spans:
         return None
     with state.lock:

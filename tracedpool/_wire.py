@@ -60,7 +60,6 @@ class WorkerState:
     pending_meta: list[Any] | None = None
     current_work_id: int = -1
     last_recv_ns: int = 0
-    tracing: Any = None
     otel: Any = None  # the _otel module, imported by the first traced task
     pid: int = 0
 
