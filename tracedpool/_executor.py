@@ -905,7 +905,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             state.metrics.register(state)
         state.hooked = _cpython.install_queue_hooks(self, state)
         if stall.timeout is not None and state.hooked:
-            state.watcher = Watcher(state, stall)
+            state.watcher = Watcher(state, stall, _cpython.interpreter_shutting_down)
         if state.hooked:
             _cpython.install_feeder_guard()
         else:

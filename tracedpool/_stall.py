@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -438,11 +439,16 @@ def _waiting(worker: dict[str, Any]) -> str:
 class Watcher:
     """Per-pool stall watcher thread; see the module docstring."""
 
-    def __init__(self, state: Any, config: StallConfig) -> None:
+    def __init__(
+        self, state: Any, config: StallConfig, interpreter_exiting: Callable[[], bool]
+    ) -> None:
         import weakref
 
         self._state: Any = weakref.proxy(state)
         self.config = config
+        # Given by the pool (tracedpool._cpython reads the stdlib's flag): the stall
+        # detector reads no CPython internals itself and imports nothing of the hooks.
+        self._interpreter_exiting = interpreter_exiting
         assert config.timeout is not None
         self.timeout: float = config.timeout
         self._tick = min(self.timeout / 4, MAX_TICK)
@@ -598,9 +604,7 @@ class Watcher:
         breaks, or the process would never end. A worker merely using no CPU may be in a
         long sleep or a slow read: it is waited for, as the stdlib waits (losing its
         result would be worse); stall_action="break" ends it too."""
-        from ._cpython import interpreter_shutting_down
-
-        if self.config.action == "break" or not interpreter_shutting_down():
+        if self.config.action == "break" or not self._interpreter_exiting():
             return False
         kind = report.get("kind")
         dead = any(
