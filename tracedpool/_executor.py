@@ -67,7 +67,7 @@ from ._forensics import (
     stdlib_reason,
     summary,
 )
-from ._otel import Sink, global_provider_unset, resolve_sink
+from ._otel import Sink, SpanSpec, global_provider_unset, resolve_sink
 from ._stall import _DEFAULT as _STALL_DEFAULT
 from ._stall import StallConfig, Watcher, parent_threads
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
@@ -768,7 +768,7 @@ class _PoolState:
             if path:
                 stall_attrs[N.ATTR_STALL_REPORT] = path
             links = [(r.trace_id, r.span_id, r.flags) for r in stuck]
-            stall_spec: Any = (
+            stall_spec = SpanSpec(
                 N.SPAN_STALL,
                 sink.new_span_id(),
                 pt[1],
@@ -794,7 +794,9 @@ class _PoolState:
                 attrs[N.ATTR_POOL_NAME] = self.name
             if executor is not None:
                 attrs[N.ATTR_POOL_MAX_WORKERS] = executor._max_workers  # type: ignore[attr-defined]
-            spec = (N.SPAN_POOL, pt[1], 0, 0, self.t_created, time_ns(), attrs, (), None, ())
+            spec = SpanSpec(
+                N.SPAN_POOL, pt[1], 0, 0, self.t_created, time_ns(), attrs, (), None, ()
+            )
             sink.emit(pt[0], pt[2], pt[3], None, [spec])
 
 
