@@ -128,7 +128,7 @@ class _PoolState:
         self.parent_pid = os.getpid()
         self.manager_name = ""
         self.manager: Any = None  # the pool's TracedManagerThread, once started
-        self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
+        self.result_queue: Any = executor._result_queue
         self.break_info: BreakInfo | None = None
         self.forced: ForcedShutdown | None = None  # terminate_workers() / kill_workers()
         # Set by the manager as it starts failing a broken pool's futures (and refusing
@@ -830,6 +830,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         metrics cost nothing.
     """
 
+    # Set in __init__ before anything reads it; the hooks see it as a PoolObserver.
+    _tp_state: _PoolState
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -984,7 +987,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        result_queue = self._result_queue  # type: ignore[has-type]
+        result_queue = self._result_queue
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         st = self._tp_state
         if st.manager is None and result_queue is not None:
@@ -1040,12 +1043,12 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
     @property
     def pool_id(self) -> str:
         """This pool's id, the prefix of its task ids."""
-        return self._tp_state.pool_id  # type: ignore[no-any-return]
+        return self._tp_state.pool_id
 
     @property
     def broken_info(self) -> BreakInfo | None:
         """What broke this pool, once it is broken."""
-        return self._tp_state.break_info  # type: ignore[no-any-return]
+        return self._tp_state.break_info
 
 
 def _process_facts(pid: int, role: str) -> dict[str, Any]:
