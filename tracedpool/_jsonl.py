@@ -43,7 +43,7 @@ RETRY_SECONDS = 30.0
 
 
 # -- the file --------------------------------------------------------------------------------
-class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
+class JsonLinesSpanExporter(SpanExporter):
     """Writes each batch of spans as one OTLP/JSON line to a bounded, rotated local file.
 
     ``path``, ``max_bytes`` and ``count`` default to ``TRACEDPOOL_TRACE_FILE``,

@@ -73,7 +73,7 @@ except ImportError:  # pragma: no cover - a differently laid out API
 def global_meter_provider() -> Any:
     """The global MeterProvider, or None while it is unset or the no-op one."""
     if _HAS_GLOBAL:
-        provider = _api_internal._METER_PROVIDER  # type: ignore[union-attr]
+        provider = _api_internal._METER_PROVIDER
         if provider is None:
             return None
     else:
@@ -89,7 +89,7 @@ def late_metrics(st: Any) -> PoolMetrics | None:
     """For a pool that follows the global provider and had none when it was built:
     the instruments once one is set. Called per finished traced task, so the unset case
     is one attribute read."""
-    if _HAS_GLOBAL and _api_internal._METER_PROVIDER is None:  # type: ignore[union-attr]
+    if _HAS_GLOBAL and _api_internal._METER_PROVIDER is None:
         return None
     found = metrics_for(None)
     if found is not None:

@@ -575,7 +575,7 @@ def global_provider_unset() -> bool:
     ``get_tracer_provider()``; an API without that attribute falls back to the call.
     """
     if _HAS_PROVIDER_GLOBAL:
-        return trace._TRACER_PROVIDER is None  # type: ignore[attr-defined]
+        return trace._TRACER_PROVIDER is None
     return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
@@ -657,7 +657,7 @@ def _setup_worker_tracing() -> _WorkerTracing:
         _attach_base_context()
         return state
 
-    class _Collector(SpanProcessor):  # type: ignore[misc]
+    class _Collector(SpanProcessor):
         def on_end(self, span: Any) -> None:
             try:
                 item = _serialize(span)

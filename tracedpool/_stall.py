@@ -534,7 +534,7 @@ class Watcher:
                 cpu = proc.cpu_times()
                 try:
                     io = proc.io_counters()
-                    io_total = io.read_chars + io.write_chars  # type: ignore[attr-defined]
+                    io_total = io.read_chars + io.write_chars
                 except (psutil.AccessDenied, AttributeError):
                     io_total = 0
                 out.append((pid, round(cpu.user + cpu.system, 2), io_total))

@@ -384,7 +384,7 @@ def target_name(part: int, nargs: int, kwnames: tuple[str, ...]) -> str:
 def _failing_opcode(data: bytes) -> int | None:
     """Replay ``data`` through the pure-Python unpickler; the index of the opcode that
     raised, or None if it loads."""
-    unpickler = pickle._Unpickler(io.BytesIO(data))  # type: ignore[attr-defined]
+    unpickler = pickle._Unpickler(io.BytesIO(data))
     count = [0]
 
     def counting(fn: Any) -> Any:
@@ -394,7 +394,7 @@ def _failing_opcode(data: bytes) -> int | None:
 
         return run
 
-    table = pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+    table = pickle._Unpickler.dispatch
     unpickler.dispatch = {k: counting(f) for k, f in table.items()}  # type: ignore[misc]
     try:
         unpickler.load()
