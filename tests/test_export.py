@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import ErrorAtPickle, identity, traced_work
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,7 +34,7 @@ from tracedpool import _configure as C
 from tracedpool import _names as N
 from tracedpool._jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
 from tracedpool._otlpjson import read_spans, trace_files
-from tracedpool.testing import ErrorAtPickle, OtlpReceiver, identity, traced_work
+from tracedpool.testing import OtlpReceiver
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,7 +448,7 @@ import json, sys
 from opentelemetry import trace
 import tracedpool
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool.testing import traced_work
+from faults import traced_work
 
 if sys.argv[1] == "app-first":
     from opentelemetry.sdk.trace import TracerProvider
@@ -472,7 +473,7 @@ print(json.dumps(out))
 def _run_script(tmp_path: Path, mode: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(ROOT / "tests")))
     proc = subprocess.run(
         [sys.executable, "-c", _INSTALL_SCRIPT, mode],
         capture_output=True,

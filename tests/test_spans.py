@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from faults import Unpicklable, identity, sleep_then, traced_work
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -15,16 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tracedpool import _names as N
-from tracedpool.testing import (
-    Unpicklable,
-    identity,
-    recording_provider,
-    sleep_then,
-    spans_by_task,
-    square,
-    traced_work,
-    wait_for,
-)
+from tracedpool.testing import recording_provider, spans_by_task, square, wait_for
 
 
 def _by_name(spans: list[Any]) -> dict[str, Any]:
@@ -193,7 +185,7 @@ def test_exception_messages_can_be_omitted(make_pool: Any, recorder: Any) -> Non
     """record_exception_messages=False keeps the type but drops message and stack."""
     provider, exporter = recorder
     pool = make_pool(1, tracer_provider=provider, record_exception_messages=False)
-    from tracedpool.testing import raise_error
+    from faults import raise_error
 
     with pytest.raises(RuntimeError):
         pool.submit(raise_error, "private detail").result(timeout=60)
@@ -210,7 +202,7 @@ def test_user_exception_recorded_on_worker_run(make_pool: Any, recorder: Any) ->
     """A task that raises: exception event and ERROR on worker-run, ERROR on the task."""
     provider, exporter = recorder
     pool = make_pool(1, tracer_provider=provider)
-    from tracedpool.testing import raise_error
+    from faults import raise_error
 
     with pytest.raises(RuntimeError):
         pool.submit(raise_error, "boom").result(timeout=60)
@@ -361,7 +353,7 @@ def test_worker_sdk_configured_by_user_still_ships_spans(
 ) -> None:
     """A user who configures the SDK in the workers' initializer (which loses every span
     at os._exit under fork/forkserver) still gets task spans, under worker-run."""
-    from tracedpool.testing import configure_sdk_in_worker
+    from faults import configure_sdk_in_worker
 
     provider, exporter = recorder
     pool = make_pool(

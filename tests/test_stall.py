@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import busy, sleep_then, stop_self_later
 
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
 from tracedpool import _names as N
-from tracedpool.testing import busy, sleep_then, square, stop_self_later, wait_for
+from tracedpool.testing import square, wait_for
 
 TIMEOUT = 1.0
 
@@ -57,7 +58,7 @@ def test_stopped_worker_is_reported_then_broken(
     parent = next(p for p in on_disk["processes"] if p["role"] == "parent")
     assert {"manager", "main"} <= {t["role"] for t in parent["threads"]}
     task = on_disk["tasks"][0]
-    assert task["function"] == "tracedpool.testing.stop_self_later"
+    assert task["function"] == "faults.stop_self_later"
     assert task["worker_pid"] == stopped_pid and task["stage"] == "worker-run"
     pool.shutdown(wait=True)  # never hangs on the stopped (now killed) worker
     spans = exporter.get_finished_spans()
