@@ -28,10 +28,11 @@ from typing import Any
 
 from . import _names as N
 from ._cpython import future_outcome
+from ._errors import pickling_fault
 from ._forensics import role_of
 from ._otel import EventSpec, SpanSpec
 from ._threads import start_daemon
-from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, fault_of, qualname
+from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
 
 log = logging.getLogger("tracedpool")
 
@@ -594,9 +595,9 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
 
 
 def _fault_tuple(rec: TaskRecord, exc: BaseException | None) -> tuple[str, str, str] | None:
-    located = fault_of(exc)
+    located = pickling_fault(exc)
     if located is not None:
-        return located[0], located[1], located[2]
+        return located.stage, located.target, located.type_name
     return rec.fault
 
 

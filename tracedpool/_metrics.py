@@ -28,6 +28,7 @@ from typing import Any
 from opentelemetry import metrics as _api
 
 from . import _names as N
+from ._errors import pickling_fault
 from ._version import __version__
 from ._wire import M_RECV, M_RUN0, M_RUN1, M_SEND0
 
@@ -260,9 +261,7 @@ class PoolMetrics:
             self.result_size.record(rec.result_bytes, base)
         fault = rec.fault
         if fault is None and exc is not None:
-            from ._wire import fault_of
-
-            located = fault_of(exc)
+            located = pickling_fault(exc)
             fault = located[:3] if located is not None else None
         if fault is not None and fault[0] == "sendback":
             self.fault("sendback", st)

@@ -29,9 +29,10 @@ import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
-from ._errors import FAULT_ATTR, PicklingFault
+from ._errors import FAULT_ATTR, PicklingFault, pickling_fault
 
 time_ns = time.time_ns
 
@@ -448,11 +449,10 @@ def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work
         add_note(f"tracedpool: {PicklingFault(stage, target, typename, work_id)}")
 
 
-def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
-    if e is None:
-        return None
-    value = getattr(e, FAULT_ATTR, None)
-    return value if isinstance(value, tuple) and len(value) == 4 else None
+# tracedpool._errors.pickling_fault reads what annotate_fault writes. This second name is
+# kept only for tracedpool._doctor, which imports it; remove it once the doctor imports
+# pickling_fault instead.
+fault_of: Callable[[BaseException | None], tuple[str, str, str, int] | None] = pickling_fault
 
 
 # -- reading the status pipe in the parent ------------------------------------------------------
