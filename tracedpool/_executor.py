@@ -69,7 +69,7 @@ from ._forensics import (
 )
 from ._otel import Sink, SpanSpec, global_provider_unset, resolve_sink
 from ._stall import _DEFAULT as _STALL_DEFAULT
-from ._stall import StallConfig, Watcher, parent_threads
+from ._stall import StallConfig, Watcher, parent_threads, process_state
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
 
 log = logging.getLogger("tracedpool")
@@ -1058,7 +1058,7 @@ def _process_facts(pid: int, role: str) -> dict[str, Any]:
 
         proc = psutil.Process(pid)
         with proc.oneshot():
-            facts["status"] = proc.status()
+            facts["status"] = process_state(proc.status())
             cpu = proc.cpu_times()
             facts["cpu_seconds"] = round(cpu.user + cpu.system, 3)
             facts["rss_bytes"] = proc.memory_info().rss

@@ -783,6 +783,20 @@ def _wait_gone(pid: int, seconds: float) -> None:
         time.sleep(0.01)
 
 
+def process_state(status: str) -> str:
+    """A process's state as every stall report says it: running, sleeping, stopped,
+    zombie or dead, from psutil's finer ``status()`` values. Both the in-process
+    detector and ``doctor --pid`` fold through here, so a worker a debugger holds
+    (``tracing-stop``) is "stopped" to both, as a SIGSTOPped one is."""
+    if status in ("stopped", "tracing-stop"):
+        return "stopped"
+    if status in ("zombie", "dead"):
+        return status
+    if status in ("running", "waking"):
+        return "running"
+    return "sleeping"
+
+
 #: Stall kinds that cannot end by themselves: broken at interpreter exit even under
 #: stall_action="report" (see Watcher._exiting).
 _CANNOT_RECOVER = frozenset({"worker-stopped", "feeder-dead", "no-workers"})
