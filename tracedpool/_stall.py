@@ -713,19 +713,44 @@ class Watcher:
             add_source(w.get("threads"))
         snapshot_seconds = time.monotonic() - t0
         kind, diagnosis, stuck = classify(facts, self.timeout)
-        return {
-            "schema": SCHEMA,
-            "kind": kind,
-            "diagnosis": diagnosis,
-            "detected_at": datetime.now(UTC).isoformat(),
-            "stall_seconds": round(stalled_for, 3),
-            "pool": facts["pool"],
-            "tasks": facts["tasks"],
-            "processes": [facts["parent"], *workers],
-            "stuck_pids": stuck,
-            "snapshot_seconds": round(snapshot_seconds, 3),
-            "tracedpool_version": __version__,
-        }
+        return stall_report(
+            kind,
+            diagnosis,
+            round(stalled_for, 3),
+            facts["pool"],
+            facts["tasks"],
+            [facts["parent"], *workers],
+            stuck,
+            snapshot_seconds=round(snapshot_seconds, 3),
+        )
+
+
+def stall_report(
+    kind: str,
+    diagnosis: str,
+    stall_seconds: float,
+    pool: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    processes: list[dict[str, Any]],
+    stuck_pids: list[int],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A stall report (``SCHEMA``), as the in-process detector writes it and
+    ``tracedpool doctor --pid`` prints it; ``render_text`` and ``tracedpool report``
+    read this shape. ``extra`` keys go after the common ones."""
+    return {
+        "schema": SCHEMA,
+        "kind": kind,
+        "diagnosis": diagnosis,
+        "detected_at": datetime.now(UTC).isoformat(),
+        "stall_seconds": stall_seconds,
+        "pool": pool,
+        "tasks": tasks,
+        "processes": processes,
+        "stuck_pids": stuck_pids,
+        **extra,
+        "tracedpool_version": __version__,
+    }
 
 
 def snapshot_all(
