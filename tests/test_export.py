@@ -38,6 +38,9 @@ from tracedpool.testing import OtlpReceiver
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 ROOT = Path(__file__).resolve().parent.parent
+#: Tests only (so not in tracedpool._names): an OTLP/HTTP endpoint, a collector or
+#: Jaeger such as http://localhost:4318, for the opt-in test against a real one.
+ENV_TEST_OTLP_ENDPOINT = "TRACEDPOOL_TEST_OTLP_ENDPOINT"
 
 
 @pytest.fixture
@@ -580,14 +583,14 @@ def test_otlp_http_delivers_what_jaeger_would_receive(
 
 
 @pytest.mark.skipif(
-    not os.environ.get(N.ENV_TEST_OTLP_ENDPOINT),
-    reason=f"set {N.ENV_TEST_OTLP_ENDPOINT} (e.g. http://localhost:4318) to run against a real "
+    not os.environ.get(ENV_TEST_OTLP_ENDPOINT),
+    reason=f"set {ENV_TEST_OTLP_ENDPOINT} (e.g. http://localhost:4318) to run against a real "
     "collector or Jaeger",
 )
 def test_real_collector_accepts_the_pools_spans(env: pytest.MonkeyPatch) -> None:
     """Opt-in: the pool's spans reach a real OTLP/HTTP endpoint; with Jaeger's query API
     on the same host (port 16686), the trace is found there."""
-    endpoint = os.environ[N.ENV_TEST_OTLP_ENDPOINT].rstrip("/")
+    endpoint = os.environ[ENV_TEST_OTLP_ENDPOINT].rstrip("/")
     env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     service = f"tracedpool-test-{os.getpid()}"
     env.setenv("OTEL_SERVICE_NAME", service)

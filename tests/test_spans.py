@@ -464,3 +464,41 @@ def test_a_call_that_fails_to_pickle_keeps_its_own_feeder_span(
     feeder = _by_name(spans)[N.SPAN_FEEDER_SERIALIZE]
     assert N.ATTR_PAYLOAD_BYTES not in (feeder.attributes or {})
     assert feeder.status.status_code.name == "ERROR"
+
+
+def test_pool_span_names_the_start_method(make_pool: Any, recorder: Any, start_method: str) -> None:
+    """The pool's span says how its workers start (once per pool, not per task)."""
+    provider, exporter = recorder
+    pool = make_pool(1, start=start_method, tracer_provider=provider)
+    pool.submit(square, 2).result(timeout=60)
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    pool_span = next(s for s in spans if s.name == N.SPAN_POOL)
+    assert pool_span.attributes[N.ATTR_POOL_START_METHOD] == start_method
+    task = next(s for s in spans if s.name == N.SPAN_TASK)
+    assert N.ATTR_POOL_START_METHOD not in task.attributes
+
+
+def test_an_instrumentation_failure_for_a_task_is_an_event_on_its_span(
+    make_pool: Any, recorder: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """When tracedpool's own work for a task fails, the task still runs and its span
+    carries a tracedpool.internal-error event saying where; the log says it once."""
+    import tracedpool._executor as E
+
+    def broken_qualname(obj: Any) -> str:
+        raise RuntimeError("instrumentation bug")
+
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    monkeypatch.setattr(E, "qualname", broken_qualname)
+    assert [pool.submit(square, i).result(timeout=60) for i in (2, 3)] == [4, 9]
+    pool.shutdown(wait=True)
+    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    assert len(tasks) == 2
+    for task in tasks:
+        (event,) = [e for e in task.events if e.name == N.EVENT_INTERNAL_ERROR]
+        assert event.attributes == {N.ATTR_INTERNAL_ERROR_WHERE: "submit"}
+        assert task.start_time <= event.timestamp <= task.end_time
+    logged = [r for r in caplog.records if "instrumentation failed in submit" in r.getMessage()]
+    assert len(logged) == 1

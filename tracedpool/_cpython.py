@@ -244,8 +244,9 @@ class PoolObserver(Protocol):
         """Set once a breakage's inventory (or its failure) is known."""
         ...
 
-    def internal_error(self, where: str) -> None:
-        """A hook's call into the observer raised: log once, never raise."""
+    def internal_error(self, where: str, rec: Any = None) -> None:
+        """A hook's call into the observer raised: log once, never raise; ``rec``, the
+        sampled task's record it was for, if any (its span then says so)."""
 
     # Installed on the queues before the first submit.
     def wrap_send_bytes(self, send: Callable[..., Any]) -> Callable[..., Any]: ...
@@ -309,7 +310,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc]
                 try:
                     observer.on_enqueue(rec, obj.work_id)
                 except BaseException:  # a hook must never fail the manager thread
-                    observer.internal_error("enqueue")
+                    observer.internal_error("enqueue", rec)
         super().put(obj, block, timeout)
 
     def _on_queue_feeder_error(self, e: BaseException, obj: Any) -> None:
@@ -773,7 +774,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
                 try:
                     self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
                 except BaseException:
-                    self._tp_observer.internal_error("result")
+                    self._tp_observer.internal_error("result", work_item.fn.rec)
         try:
             super().process_result_item(result_item)
         except BaseException as e:

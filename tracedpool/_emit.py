@@ -85,6 +85,7 @@ class TaskRecord:
     submit_thread = ""
     stall: tuple[int, str, str | None] | None = None  # (t_ns, diagnosis, report path)
     slow: tuple[int, float, int] | None = None  # (t_ns, seconds running, worker pid)
+    internal_error: tuple[int, str] | None = None  # (t_ns, where): the first for this task
 
     def __init__(self, state: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
@@ -324,15 +325,15 @@ class Emitter:
 def _exception_event(
     exc: BaseException, t: int, messages: bool, extra: dict[str, Any]
 ) -> EventSpec:
-    attrs: dict[str, Any] = {"exception.type": qualname(type(exc))}
+    attrs: dict[str, Any] = {N.ATTR_EXCEPTION_TYPE: qualname(type(exc))}
     if messages:
-        attrs["exception.message"] = str(exc)
+        attrs[N.ATTR_EXCEPTION_MESSAGE] = str(exc)
         cause = exc.__cause__
         tb = getattr(cause, "tb", None)
         if isinstance(tb, str):  # the worker's traceback, as the stdlib carries it
-            attrs["exception.stacktrace"] = tb.strip().strip("'\"").strip()
+            attrs[N.ATTR_EXCEPTION_STACKTRACE] = tb.strip().strip("'\"").strip()
         else:
-            attrs["exception.stacktrace"] = "".join(
+            attrs[N.ATTR_EXCEPTION_STACKTRACE] = "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__)
             )
     attrs.update(extra)
@@ -408,12 +409,12 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
             if broken.reason == "result-unpickle-failed" and rec.work_id in broken.culprits:
                 f = broken.fault or {}
                 ev: dict[str, Any] = {
-                    "exception.type": f.get("exc_type", "UnpicklingError"),
+                    N.ATTR_EXCEPTION_TYPE: f.get("exc_type", "UnpicklingError"),
                     N.ATTR_FAULT_STAGE: "result-unpickle",
                     N.ATTR_FAULT_TARGET: f.get("target", "result"),
                 }
                 if messages:
-                    ev["exception.message"] = f.get("message", "")
+                    ev[N.ATTR_EXCEPTION_MESSAGE] = f.get("message", "")
                 events.append(EventSpec(N.EVENT_EXCEPTION, t_done, ev))
     forced = st.forced
     if forced is not None and outcome != "result" and rec.work_id in forced.pending:
@@ -432,6 +433,11 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
                 t_slow,
                 {N.ATTR_SLOW_TASK_SECONDS: seconds, N.ATTR_WORKER_PID: pid},
             )
+        )
+    if rec.internal_error is not None:
+        t_err, where = rec.internal_error
+        events.append(
+            EventSpec(N.EVENT_INTERNAL_ERROR, t_err, {N.ATTR_INTERNAL_ERROR_WHERE: where})
         )
     specs: list[SpanSpec] = [
         _new(
@@ -616,10 +622,10 @@ def _worker_unpickle_spec(
     where that happened, at the time the worker reported it."""
     t = f.get("t_ns") or t_done
     fa = {N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: f.get("target", "call")}
-    ev: dict[str, Any] = {"exception.type": f.get("exc_type", "")}
+    ev: dict[str, Any] = {N.ATTR_EXCEPTION_TYPE: f.get("exc_type", "")}
     if messages:
-        ev["exception.message"] = f.get("message", "")
-        ev["exception.stacktrace"] = f.get("traceback", "")
+        ev[N.ATTR_EXCEPTION_MESSAGE] = f.get("message", "")
+        ev[N.ATTR_EXCEPTION_STACKTRACE] = f.get("traceback", "")
     ev.update(fa)
     attrs = {N.ATTR_TASK_ID: tid, N.ATTR_PROCESS_PID: f.get("pid", 0), N.ATTR_CODE_FUNCTION: fname}
     attrs.update(fa)

@@ -154,6 +154,7 @@ class _PoolState:
         self.metrics: _metrics.PoolMetrics | None = None
         self.meter_provider_arg: Any = None
         self.metrics_dropped_seen = 0
+        self.start_method = _cpython.start_method(executor)  # once: fork, spawn, forkserver
 
     # -- sink ----------------------------------------------------------------------------------
     def current_sink(self) -> Sink | None:
@@ -188,7 +189,11 @@ class _PoolState:
         self.tracing = sink is not None and self.pool_trace is not None
         return sink
 
-    def internal_error(self, where: str) -> None:
+    def internal_error(self, where: str, rec: TaskRecord | None = None) -> None:
+        """tracedpool's own instrumentation failed (``where``): log the first time, with
+        the traceback; if it was for one sampled task, its span gets an event too."""
+        if rec is not None and rec.internal_error is None:
+            rec.internal_error = (time_ns(), where)
         if not self._internal_warned:
             self._internal_warned = True
             log.warning(
@@ -742,7 +747,7 @@ class _PoolState:
                 try:
                     metrics.record_task(item, self)
                 except Exception:
-                    self.internal_error("metrics")
+                    self.internal_error("metrics", item)
             try:
                 specs = task_specs(item, self)
             finally:
@@ -792,6 +797,8 @@ class _PoolState:
             }
             if self.name:
                 attrs[N.ATTR_POOL_NAME] = self.name
+            if self.start_method:
+                attrs[N.ATTR_POOL_START_METHOD] = self.start_method
             if executor is not None:
                 attrs[N.ATTR_POOL_MAX_WORKERS] = executor._max_workers  # type: ignore[attr-defined]
             spec = SpanSpec(
@@ -965,7 +972,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             if st.record_values:
                 rec.args_repr = _bounded_repr((args, kwargs), st.redact)
         except Exception:
-            st.internal_error("submit")
+            st.internal_error("submit", rec)
         task = _Task(fn, args, kwargs, (sampled[0], rec.worker_span_id, sampled[2]), rec)
         # The stdlib numbers work items in submit(); read the number it is about to use,
         # and confirm it below (another thread may submit in between).

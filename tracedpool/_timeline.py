@@ -219,7 +219,7 @@ def build_timeline(
                     task.stall = str(a.get(N.ATTR_STALL_DIAGNOSIS, "stalled"))
                 elif name == N.EVENT_POOL_BROKEN:
                     task.fault = f"pool broken: {a.get(N.ATTR_BROKEN_REASON, '?')}"
-                elif name == "exception" and N.ATTR_FAULT_STAGE in a:
+                elif name == N.EVENT_EXCEPTION and N.ATTR_FAULT_STAGE in a:
                     task.fault = _fault_text(a)
             if task.fault is None and task.outcome in ("exception", "broken"):
                 task.fault = f"raised {task.error_type or 'an exception'}"
@@ -232,7 +232,7 @@ def build_timeline(
             continue
         owner.stages[s.name] = s
         for name, _t, a in s.events:
-            if name == "exception" and N.ATTR_FAULT_STAGE in a:
+            if name == N.EVENT_EXCEPTION and N.ATTR_FAULT_STAGE in a:
                 owner.fault = _fault_text(a)
     ordered = sorted(tasks.values(), key=lambda t: (t.start, t.task_id))
 
@@ -319,7 +319,7 @@ def _window_ns(last_seconds: float | None) -> int | None:
 
 def _fault_text(a: dict[str, Any]) -> str:
     text = f"{a.get(N.ATTR_FAULT_STAGE)}: {a.get(N.ATTR_FAULT_TARGET, '?')}"
-    typename = a.get(N.ATTR_FAULT_TYPE) or a.get("exception.type")
+    typename = a.get(N.ATTR_FAULT_TYPE) or a.get(N.ATTR_EXCEPTION_TYPE)
     return f"{text} ({typename})" if typename else text
 
 
