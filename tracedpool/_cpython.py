@@ -637,8 +637,8 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
                 expect = None
             if isinstance(arg, str) and arg in ("work_id", "exception") and "UNICODE" in name:
                 expect = arg
-    except Exception:
-        pass
+    except (ValueError, TypeError):
+        pass  # a message cut short or not a pickle: what was read so far is the answer
     return work_id, target
 
 
@@ -670,7 +670,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
             try:
                 self._tp_observer.on_manager_exit()
             except BaseException:
-                pass
+                self._tp_observer.internal_error("manager-exit")
 
     _tp_poll: Any = None
     _tp_poll_key: Any = None
@@ -843,8 +843,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
             if reader is not None:
                 try:
                     reader.close()
-                except Exception:
-                    pass
+                except OSError:
+                    pass  # already closed by the stdlib: nothing is left to unblock
         super().terminate_broken(cause, *args, **kwargs)
 
     def _tp_end_stopped_workers(self) -> None:
@@ -861,8 +861,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
                 if process.exitcode is None:  # not reaped, so the pid is still ours
                     process.terminate()
                     os.kill(process.pid, signal.SIGCONT)
-            except Exception:
-                pass
+            except (OSError, ValueError):
+                pass  # gone meanwhile (ProcessLookupError), or its handle already closed
 
     def _tp_refuse_new_work(self) -> None:
         """Mark the executor broken, under the lock submit() checks the mark under, before
@@ -916,8 +916,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
         for future in cancelled:
             try:
                 future.set_running_or_notify_cancel()
-            except BaseException:
-                pass
+            except RuntimeError:
+                pass  # "Future in unexpected state": another thread notified it meanwhile
 
     # -- read-only views for forensics --------------------------------------------------------
     def pending_items(self) -> list[tuple[int, Any]]:

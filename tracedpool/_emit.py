@@ -101,6 +101,7 @@ class TaskRecord:
                 self.result_type = type(result)
         except BaseException:
             self.outcome = "unknown"
+            self.state.internal_error("result", self)
         self.state.emitter.push(self)
 
 

@@ -255,8 +255,8 @@ class _PoolState:
                 self._last_read_t = time_ns()
                 try:
                     self._last_read_n = buf.getbuffer().nbytes  # Connection gives a BytesIO
-                except Exception:
-                    self._last_read_n = -1
+                except (AttributeError, ValueError, BufferError):
+                    self._last_read_n = -1  # not a BytesIO after all: the size is unknown
             return buf
 
         return recv_bytes
@@ -378,8 +378,8 @@ class _PoolState:
                 if pid in self.stall_killed:
                     try:
                         process.join(timeout=1.0)
-                    except Exception:
-                        pass
+                    except (ValueError, AssertionError, OSError):
+                        pass  # closed or reaped already: nothing to wait for
         dead = reap_dead_workers(processes, self.oom_before, self.rss)
         self.status.drain()
         tasks = dict(manager.pending_items())  # work id -> work item
@@ -508,7 +508,7 @@ class _PoolState:
         try:
             self.status.drain()
         except Exception:
-            pass
+            self.internal_error("manager-exit")
         # The manager exits only after joining the workers, and no worker is started
         # after it: close the status pipe now, so a shut-down pool holds no descriptor
         # (as the stdlib's holds none), rather than when the executor is collected.
@@ -543,8 +543,8 @@ class _PoolState:
             for process in processes.values():
                 try:
                     live += process.exitcode is None
-                except Exception:
-                    pass
+                except ValueError:
+                    pass  # its handle is closed: not live
         return max(0, in_flight - running), running, live
 
     # -- the stall detector's view --------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -662,6 +663,7 @@ def _setup_worker_tracing() -> _WorkerTracing:
             try:
                 item = _serialize(span)
             except Exception:
+                _dropped_worker_span()
                 return
             with state.lock:
                 state.spans.append(item)
@@ -685,6 +687,23 @@ def _setup_worker_tracing() -> _WorkerTracing:
     state.ok = True
     _attach_base_context()
     return state
+
+
+_warned_dropped_span = False
+
+
+def _dropped_worker_span() -> None:
+    """A span the task's code ended in the worker could not be shipped to the parent:
+    say so once per worker (with the traceback), then drop such spans quietly."""
+    global _warned_dropped_span
+    if not _warned_dropped_span:
+        _warned_dropped_span = True
+        logging.getLogger("tracedpool").warning(
+            "tracedpool: a span ended in worker %d could not be sent to the parent and "
+            "was dropped; further such spans are dropped without a word",
+            os.getpid(),
+            exc_info=True,
+        )
 
 
 def _attach_base_context() -> None:
@@ -715,7 +734,17 @@ def worker_init_tracing() -> None:
         return  # no SDK here, so none was inherited; a traced task still propagates context
 
     if isinstance(trace.get_tracer_provider(), SdkProvider):
-        _setup_worker_tracing()
+        try:
+            _setup_worker_tracing()
+        except Exception:
+            # Said here, once per worker: the worker's start-up would swallow it, and
+            # the spans of task code would vanish without a word.
+            logging.getLogger("tracedpool").warning(
+                "tracedpool: worker %d could not take over the inherited tracer provider; "
+                "spans that task code creates in it may be lost",
+                os.getpid(),
+                exc_info=True,
+            )
 
 
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
@@ -731,10 +760,7 @@ def worker_attach(trace_info: tuple[int, int, int]) -> Any:
 
 def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
     """Leave the task's context; return the spans task code ended meanwhile."""
-    try:
-        otel_context.detach(token)
-    except Exception:
-        pass
+    otel_context.detach(token)  # the API's detach logs and swallows its own failures
     state = _worker_tracing
     if state is None or not state.spans:
         return None

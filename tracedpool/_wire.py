@@ -294,8 +294,8 @@ def locate_call_failure(buf: Any) -> tuple[int, str] | None:
         return None  # it did not fail a second time: the part cannot be named
     try:
         walk = _Trace(data, failed_at)
-    except Exception:
-        return None
+    except (ValueError, IndexError, TypeError):
+        return None  # the opcodes do not walk as expected: the part cannot be named
     ops = walk.ops
     key_at = next((i for i, (_o, a, _p) in enumerate(ops) if a == "work_id"), -1)
     if key_at < 0 or key_at + 1 >= len(ops):
@@ -408,11 +408,16 @@ def report_worker_unpickle_failure(fd: int, buf: Any, e: BaseException) -> None:
     """Tell the parent which work item and part failed to unpickle, before the worker dies."""
     try:
         located = locate_call_failure(buf)
+    except Exception:
+        located = None  # a bug in locating must not cost the report: the part is unnamed
+    try:
         work_id, target = located if located is not None else (-1, "call")
         facts = _exc_facts(e)
         facts.update(stage="worker-unpickle", target=target)
         _write_payload(fd, REC_FAULT, work_id, facts)
     except BaseException:
+        # The exception's own str() or traceback failed. The worker dies right after
+        # this (as the stdlib makes it) and has no other channel to the parent.
         pass
 
 
@@ -442,8 +447,8 @@ def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work
     typename = objtype if isinstance(objtype, str) else qualname(objtype)
     try:
         setattr(e, FAULT_ATTR, (stage, target, typename, work_id))
-    except Exception:
-        return
+    except (AttributeError, TypeError):
+        return  # an exception that takes no attributes (slots): it cannot be marked
     add_note = getattr(e, "add_note", None)
     if add_note is not None:
         add_note(f"tracedpool: {PicklingFault(stage, target, typename, work_id)}")
@@ -504,6 +509,8 @@ class StatusReader:
                 payload = json.loads(buf[pos + rec.size + length.size : end])
             except ValueError:
                 payload = {}
+            if not isinstance(payload, dict):
+                payload = {}  # a worker writes a dict: anything else is not its record
             payload.update(pid=pid, work_id=work_id, t_ns=t)
             (self.faults if kind == REC_FAULT else self.init_failures).append(payload)
             pos = end
