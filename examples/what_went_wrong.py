@@ -303,12 +303,16 @@ def feeder_blocked(opts: Options) -> tuple[str, bool]:
 
 def workers_gone(opts: Options) -> tuple[str, bool]:
     """The worker exits, but a child it forked keeps the pipe the parent watches for its
-    death open: the stdlib never notices, and waits for ever."""
+    death open: the stdlib never notices, and waits for ever. Under forkserver (3.14's
+    default) the fork server reports the exit itself, so this case runs under fork."""
     reports: list[dict[str, Any]] = []
+    context = opts.mp_context
+    if context.get_start_method() == "forkserver":
+        context = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory() as tmp:
         pid_file = Path(tmp) / "child.pid"
         try:
-            with fresh_pool(opts, on_stall=reports.append) as pool:
+            with fresh_pool(opts, on_stall=reports.append, mp_context=context) as pool:
                 e = expect_stall(pool.submit(faults.exit_leaving_child, str(pid_file), 60))
         finally:
             if pid_file.exists():  # the worker's child is ours to clean up

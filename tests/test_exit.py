@@ -3,10 +3,12 @@ worker process behind (checked by pid and start time after it is gone)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -198,14 +200,15 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
         "import sys, time\n"
         "import tracedpool\n"
         "from faults import sleep_then\n"
-        "pool = tracedpool.TracedProcessPoolExecutor(\n"
-        "    1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
-        ")\n"
-        "future = pool.submit(sleep_then, 'done', 3.0)\n"
-        "future.add_done_callback(\n"
-        "    lambda f: print('future:', f.exception() or f.result(), flush=True)\n"
-        ")\n"
-        "time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
+        "if __name__ == '__main__':  # spawn and forkserver import this module\n"
+        "    pool = tracedpool.TracedProcessPoolExecutor(\n"
+        "        1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
+        "    )\n"
+        "    future = pool.submit(sleep_then, 'done', 3.0)\n"
+        "    future.add_done_callback(\n"
+        "        lambda f: print('future:', f.exception() or f.result(), flush=True)\n"
+        "    )\n"
+        "    time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
     env.update(
@@ -222,3 +225,61 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "future: done" in out.stdout, (out.stdout, out.stderr)
     assert list((tmp_path / "reports").glob("stall-*.json")), "the stall was reported"
+
+
+_OUTAGE_SCRIPT = """
+import tracedpool
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool.testing import square
+
+if __name__ == "__main__":
+    tracedpool.configure(service_name="outage")
+    with TracedProcessPoolExecutor(2) as pool:
+        assert list(pool.map(square, range(2000))) == [i * i for i in range(2000)]
+    print("pool done", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _collector(kind: str) -> Iterator[str]:
+    """An OTLP endpoint on loopback where the collector is down: nothing listens
+    (refused), or a socket accepts connections and never answers (black-holed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if kind == "blackhole":
+            sock.listen(64)  # the kernel completes the handshakes; nobody reads
+        # refused: bound but not listening, so the port stays ours and refuses
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["refused", "blackhole"])
+def test_configured_program_exits_within_the_bound_when_the_collector_is_down(
+    tmp_path: Path, kind: str
+) -> None:
+    """configure() with the collector down: the process exits within the exit-export
+    bound plus the pool's own shutdown (the SDK alone waits out its retries, ~31 s), and
+    says once how many spans it could not send and which variable sets the bound."""
+    script = tmp_path / "outage.py"
+    script.write_text(_OUTAGE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    with _collector(kind) as endpoint:
+        env.update(
+            PYTHONPATH=str(ROOT),
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            TRACEDPOOL_EXIT_EXPORT_TIMEOUT="1",
+            TRACEDPOOL_HEARTBEAT_DIR="none",
+        )
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+        )
+        elapsed = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pool done"
+    warnings = [line for line in out.stderr.splitlines() if "still sending after" in line]
+    assert len(warnings) == 1, out.stderr
+    assert N.ENV_EXIT_EXPORT_TIMEOUT in warnings[0]
+    assert "span(s) still queued were not sent" in warnings[0]
+    # A bound against the SDK's 31 s of retries, not a speed claim: 1 s of export bound,
+    # the pool's work and interpreter start-up on a loaded 2-core box.
+    assert elapsed < 20, (elapsed, out.stderr[-2000:])

@@ -225,11 +225,17 @@ def test_blocked_feeder_thread_is_diagnosed(make_pool: Any, tmp_path: Path) -> N
 
 
 @pytest.mark.breaks_pool
-def test_workers_gone_unnoticed_is_no_live_workers(make_pool: Any, tmp_path: Path) -> None:
+# Under forkserver the fork server reports the worker's exit itself, so the stdlib
+# notices and this hang cannot happen; under fork and spawn the death signal is a pipe
+# that the worker's child inherits.
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_gone_unnoticed_is_no_live_workers(
+    make_pool: Any, tmp_path: Path, start: str
+) -> None:
     """A worker exits while a child it forked keeps its death signal pipe open: the
     stdlib never notices and waits for ever. 'no live workers', then broken."""
     reports: list[dict[str, Any]] = []
-    pool = _stalled_pool(make_pool, tmp_path, reports)
+    pool = _stalled_pool(make_pool, tmp_path, reports, start=start)
     pid_file = tmp_path / "child.pid"
     future = pool.submit(exit_leaving_child, str(pid_file), 60)
     try:
@@ -249,16 +255,16 @@ def test_workers_gone_unnoticed_is_no_live_workers(make_pool: Any, tmp_path: Pat
 _EXIT_SCRIPT = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
-import psutil
 from tracedpool import TracedProcessPoolExecutor
 from faults import stop_self_later
 
-pool = TracedProcessPoolExecutor(
-    2, stall_timeout={timeout}, stall_report_dir=sys.argv[2], stall_action=sys.argv[1]
-)
-future = pool.submit(stop_self_later, 0.2)
-print(" ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
-# The script ends here: interpreter exit waits for the pool, whose worker is stopped.
+if __name__ == "__main__":  # spawn and forkserver (3.14's default) import this module
+    pool = TracedProcessPoolExecutor(
+        2, stall_timeout={timeout}, stall_report_dir=sys.argv[2], stall_action=sys.argv[1]
+    )
+    future = pool.submit(stop_self_later, 0.2)
+    print(" ".join(str(p.pid) for p in pool._processes.values()), flush=True)
+    # The script ends here: interpreter exit waits for the pool, whose worker is stopped.
 """
 
 
@@ -306,17 +312,18 @@ import json, sys
 from tracedpool import TracedProcessPoolExecutor
 from faults import make_undumpable, sleep_then
 
-reports = []
-pool = TracedProcessPoolExecutor(
-    1,
-    initializer=make_undumpable if sys.argv[1] == "undumpable" else None,
-    stall_timeout={timeout},
-    stall_report_dir=sys.argv[2],
-    on_stall=reports.append,
-)
-assert pool.submit(sleep_then, 1, {sleep}).result(timeout=60) == 1
-pool.shutdown()
-print(json.dumps(reports))
+if __name__ == "__main__":  # spawn and forkserver (3.14's default) import this module
+    reports = []
+    pool = TracedProcessPoolExecutor(
+        1,
+        initializer=make_undumpable if sys.argv[1] == "undumpable" else None,
+        stall_timeout={timeout},
+        stall_report_dir=sys.argv[2],
+        on_stall=reports.append,
+    )
+    assert pool.submit(sleep_then, 1, {sleep}).result(timeout=60) == 1
+    pool.shutdown()
+    print(json.dumps(reports))
 """
 
 

@@ -166,6 +166,9 @@ def build(package: Path) -> tuple[Unprivileged, Path]:
         "HOME": str(scratch),
         "TMPDIR": str(scratch),
         "LANG": "C.UTF-8",
+        # Named, not left to site.py: Debian's interpreters (3.14 and 3.15 here) look in
+        # dist-packages instead of the prefix's site-packages.
+        "PYTHONPATH": str(site),
     }
     if shared:
         env["LD_LIBRARY_PATH"] = str(lib)

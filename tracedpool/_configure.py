@@ -22,8 +22,11 @@ variable and the rule, before anything is installed.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 from opentelemetry import trace
 
 from . import _names as N
-from ._otel import global_provider_unset
+from ._otel import global_provider_unset, queued_spans
 
 log = logging.getLogger("tracedpool")
 
@@ -132,9 +135,15 @@ def configure(
     if service_name is not None:
         attributes["service.name"] = service_name
     attributes.update(OTELResourceDetector().detect().attributes)  # the variables win
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
-    for _, exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    # The SDK's own exit-time shutdown waits out every export retry (about 31 s with the
+    # collector down), past a container's grace period; ours is bounded (below).
+    provider = TracerProvider(
+        resource=Resource.create(attributes), sampler=sampler, shutdown_on_exit=False
+    )
+    processors = [BatchSpanProcessor(exporter) for _, exporter in exporters]
+    for processor in processors:
+        provider.add_span_processor(processor)
+    atexit.register(_shutdown_at_exit, provider, processors, rule)
 
     file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
     setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)
@@ -145,6 +154,66 @@ def configure(
             return TracingSetup(trace.get_tracer_provider(), False, RULE_EXISTING, (), None)
     log.info("tracedpool: %s", setup.describe())
     return setup
+
+
+DEFAULT_EXIT_EXPORT_TIMEOUT = 3.0
+
+
+def exit_export_timeout() -> float:
+    """``TRACEDPOOL_EXIT_EXPORT_TIMEOUT`` in seconds; a bad value falls back to the
+    default with a warning (this is read at exit, where raising helps no one)."""
+    raw = os.environ.get(N.ENV_EXIT_EXPORT_TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_EXIT_EXPORT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        log.warning(
+            "tracedpool: %s=%r is not a number of seconds >= 0; using %s",
+            N.ENV_EXIT_EXPORT_TIMEOUT,
+            raw,
+            DEFAULT_EXIT_EXPORT_TIMEOUT,
+        )
+        return DEFAULT_EXIT_EXPORT_TIMEOUT
+    return value
+
+
+def _shutdown_at_exit(provider: Any, processors: list[Any], rule: str) -> None:
+    """Shut the provider down at interpreter exit, waiting at most the bound.
+
+    The shutdown (a last flush of each batch processor) runs on a daemon thread; if it
+    has not finished in time the spans still queued are counted, said once, and left:
+    the process exits whatever the collector does (refused, black-holed, slow)."""
+    timeout = exit_export_timeout()
+    done = threading.Event()
+
+    def shutdown() -> None:
+        try:
+            provider.shutdown()
+        except Exception:
+            log.warning("tracedpool: the tracer provider's shutdown failed", exc_info=True)
+        finally:
+            done.set()
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=shutdown, name="tracedpool-exit-export", daemon=True)
+    thread.start()
+    if done.wait(timeout):
+        return
+    unsent = [queued_spans(p) for p in processors]
+    known = sum(n for n in unsent if n is not None)
+    count = f"{known} span(s)" if None not in unsent else f"at least {known} span(s)"
+    log.warning(
+        "tracedpool: the trace exporter (chosen by %s) was still sending after %.1f s at "
+        "exit; %s still queued were not sent, and the batch in flight may be lost. "
+        "%s sets this bound.",
+        rule,
+        time.monotonic() - t0,
+        count,
+        N.ENV_EXIT_EXPORT_TIMEOUT,
+    )
 
 
 def _existing_provider() -> Any:

@@ -611,6 +611,39 @@ def pending_count(executor: Any) -> int:
     return len(executor._pending_work_items)
 
 
+# -- the fork server's alive pipe, in a worker ------------------------------------------------
+def release_forkserver_alive_fd() -> None:
+    """In a worker the fork server started: close its copy of the fork server's "alive"
+    pipe (write end), so that the fork server exits as soon as the owner does.
+
+    ``ForkServer.connect_to_new_process`` sends the owner's ``_forkserver_alive_fd`` to
+    every child, and ``_serve_one`` stores it in the child's ``_forkserver`` (3.4 to
+    3.13 as read; 3.14 by reading). The fork server exits at EOF on that pipe, so while
+    any worker holds the write end it outlives the owner, and so does the
+    parent-death signal of every worker it forked: a stopped worker kept the fork
+    server, and itself, alive for ever. The child never uses the descriptor: its
+    ``_forkserver_pid`` is None, so ``ensure_running()`` starts a fork server of its own
+    and overwrites it. Probed, not assumed: only a write-only pipe is closed."""
+    import stat
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if not isinstance(fd, int) or getattr(server, "_forkserver_pid", 0) is not None:
+        return  # not a fork server's child, or this process runs the fork server
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+            return
+        os.close(fd)
+    except OSError:
+        return
+    server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
 # -- locating a result that failed to unpickle ---------------------------------------------
 def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
     """Read, without executing it, which work id and which part a result message held.
@@ -656,6 +689,10 @@ def _callback_raised(e: BaseException, thread: str = "manager") -> None:
 
 class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
     """The stdlib manager thread with observation points and two stdlib fixes."""
+
+    #: It joins (or kills) every worker it started before it ends, so a worker it starts
+    #: may die with it (PR_SET_PDEATHSIG follows the forking thread; tracedpool._lifeline).
+    _tp_outlives_workers = True
 
     def __init__(self, executor: Any, observer: PoolObserver) -> None:
         super().__init__(executor)

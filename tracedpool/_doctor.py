@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _heartbeat
+from . import _heartbeat, _lifeline
 from . import _names as N
 from ._version import __version__
 
@@ -1616,4 +1616,32 @@ def probe(
                 {"directory": str(directory), "stale_files": gone},
             )
         )
+    orphans = orphans_check(pid)
+    if orphans is not None:
+        checks.append(orphans)
     return Result("probe", checks, time.monotonic() - t0)
+
+
+def orphans_check(owner: int | None = None) -> Check | None:
+    """``probe.orphans``: traced workers of this user whose owner is gone, from /proc
+    alone (their watcher thread's name carries the owner's pid). None when there are
+    none: the probe stays one line per pool."""
+    t0 = time.monotonic()
+    found = _lifeline.scan_orphans(owner)
+    if not found:
+        return None
+    shown = ", ".join(
+        f"pid {o.pid} (owner pid {o.owner}{', stopped' if o.state in ('T', 't') else ''})"
+        for o in found
+    )
+    return Check(
+        "probe.orphans",
+        "warn",
+        f"{len(found)} traced pool worker(s) outlived their owner: {shown}",
+        "they hold memory and files and will never get work: kill them "
+        f"(kill -9 {' '.join(str(o.pid) for o in found)}); a worker normally ends within a "
+        "second of its owner, so one left over held the GIL in native code or could not "
+        "be signalled",
+        {"orphans": [o._asdict() for o in found]},
+        time.monotonic() - t0,
+    )

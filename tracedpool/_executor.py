@@ -67,6 +67,7 @@ from ._forensics import (
     stdlib_reason,
     summary,
 )
+from ._lifeline import StartedBy
 from ._otel import Sink, SpanSpec, global_provider_unset, resolve_sink
 from ._stall import _DEFAULT as _STALL_DEFAULT
 from ._stall import StallConfig, Watcher, parent_threads, process_state
@@ -884,7 +885,13 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
 
         reader, writer = multiprocessing.Pipe(duplex=False)
         try:
-            options = {"dump_handler": stall.timeout is not None}
+            # StartedBy judges, in the thread that starts each worker, whether the
+            # worker may die with that thread (tracedpool._lifeline).
+            options = {
+                "dump_handler": stall.timeout is not None,
+                "lifeline": StartedBy(),
+                "forkserver_child": _cpython.release_forkserver_alive_fd,
+            }
             super().__init__(
                 max_workers,
                 mp_context,

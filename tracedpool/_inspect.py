@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import _lifeline
 from ._doctor import Check, DoctorError, Result, may_inspect
 from ._stall import SCHEMA, _user_frame, _where, classify, render_text, snapshot_all, write_report
 from ._version import __version__
@@ -254,6 +255,11 @@ def inspect_pid(pid: int, sample: float = 1.0) -> Result:
             method = "spawn" if "--multiprocessing-fork" in cmd else "fork"
             candidates.append((child, method))
     orphans = _orphan_candidates(proc, cmdline)
+    # Traced workers name their owner (tracedpool._lifeline): no stack needed to know.
+    marked = {o.pid: o for o in _lifeline.scan_orphans()}
+    for o_pid in marked.keys() - {p.pid for p in orphans}:
+        with contextlib.suppress(psutil.Error):
+            orphans.append(psutil.Process(o_pid))
     procs = {p.pid: p for p, _ in candidates} | {p.pid: p for p in orphans}
     before = {p_pid: _cpu_io(p) for p_pid, p in procs.items()}
     allowed = [p_pid for p_pid in procs if may_inspect(p_pid).allowed]
@@ -287,8 +293,11 @@ def inspect_pid(pid: int, sample: float = 1.0) -> Result:
         facts = _facts(orphan, "orphan")
         facts["threads"], facts["stack_method"] = snaps.get(orphan.pid, (None, "not permitted"))
         activity = worker_activity(facts["threads"])
-        if activity.pop("is_worker") and facts["threads"] is not None:
+        traced = marked.get(orphan.pid)
+        if (activity.pop("is_worker") and facts["threads"] is not None) or traced:
             facts.update(activity)
+            if traced is not None:
+                facts["owner_pid"] = traced.owner
             insp.orphans.append(facts)
     report = build_report(insp)
     checks = _checks(insp, report, cmdline)
@@ -520,7 +529,8 @@ def _checks(insp: Inspection, report: dict[str, Any], cmdline: str) -> list[Chec
             else None,
             {
                 "orphans": [
-                    {k: o.get(k) for k in ("pid", "ppid", "status", "doing")} for o in insp.orphans
+                    {k: o.get(k) for k in ("pid", "ppid", "status", "doing", "owner_pid")}
+                    for o in insp.orphans
                 ]
             },
         )

@@ -461,6 +461,13 @@ ENV_STALL_REPORT_DIR: Final = _reg(
     "TRACEDPOOL_STALL_REPORT_DIR",
     "`stall_report_dir` for pools that `tracedpool.instrument()` or the instrumentor traces.",
 )
+ENV_EXIT_EXPORT_TIMEOUT: Final = _reg(
+    "env",
+    "TRACEDPOOL_EXIT_EXPORT_TIMEOUT",
+    "Seconds that interpreter exit waits for a `configure()`d provider to export what is "
+    "left (default 3): past it, the spans still queued are counted in one warning and the "
+    "process exits, however the collector behaves.",
+)
 ENV_RESCUE_UNPICKLABLE_RESULTS: Final = _reg(
     "env",
     "TRACEDPOOL_RESCUE_UNPICKLABLE_RESULTS",

@@ -768,3 +768,14 @@ def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
         spans: list[tuple[Any, ...]] = state.spans
         state.spans = []
     return spans
+
+
+def queued_spans(processor: Any) -> int | None:
+    """Spans waiting in an SDK ``BatchSpanProcessor``'s queue, or None where the SDK's
+    layout is not the one read here (a private attribute, probed)."""
+    batch = getattr(processor, "_batch_processor", None)
+    queue = getattr(batch, "_queue", None)
+    try:
+        return len(queue) if queue is not None else None
+    except TypeError:
+        return None

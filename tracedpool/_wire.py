@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from . import _lifeline
 from ._errors import FAULT_ATTR, PicklingFault, pickling_fault
 
 time_ns = time.time_ns
@@ -175,15 +176,22 @@ def qualname(obj: Any) -> str:
 
 
 # -- worker initialisation ------------------------------------------------------------------
+def _current_work_id() -> int:
+    return WORKER.current_work_id
+
+
 def worker_init(
     status_conn: Any,
     user_init: Any,
     user_initargs: tuple[Any, ...],
     options: dict[str, Any] | None = None,
 ) -> None:
-    """The initializer every worker runs: the status pipe, the stack-dump handler the
-    stall detector falls back on, then the user's initializer."""
+    """The initializer every worker runs: the tie to the pool's owner (first, so that
+    a user initializer that hangs is covered too), the status pipe, the stack-dump
+    handler the stall detector falls back on, then the user's initializer."""
     w = WORKER
+    if options and "lifeline" in options:
+        _lifeline.start(options["lifeline"], _current_work_id, options.get("forkserver_child"))
     w.status_conn = status_conn  # keeps the descriptor open for the worker's lifetime
     try:
         fd = status_conn.fileno()
