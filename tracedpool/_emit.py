@@ -440,15 +440,13 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
         events.append(
             EventSpec(N.EVENT_INTERNAL_ERROR, t_err, {N.ATTR_INTERNAL_ERROR_WHERE: where})
         )
+    # The task span and its submit span, which every task has; then enqueue and
+    # feeder-serialize (also in the parent), worker-run and sendback, as far as it got.
     specs: list[SpanSpec] = [
         _new(
             SpanSpec,
             (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ()),
-        )
-    ]
-
-    # submit, enqueue, feeder-serialize: in the parent
-    specs.append(
+        ),
         _new(
             SpanSpec,
             (
@@ -467,8 +465,8 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
                 None,
                 (),
             ),
-        )
-    )
+        ),
+    ]
     if rec.t_enqueue:
         # The first submit starts the manager, which may enqueue before submit() returns:
         # then the wait began when submit did.
