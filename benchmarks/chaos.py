@@ -57,8 +57,11 @@ from typing import Any
 # Run from a checkout without installing (and let spawn/forkserver workers, which
 # re-import this file as __mp_main__, import tracedpool too).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "tests"):  # tracedpool, and the tests' fault injectors
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from faults import quiet_deliberate_crash, sleep_then  # noqa: E402
 
 from tracedpool import (  # noqa: E402
     PoolStalledError,
@@ -66,11 +69,7 @@ from tracedpool import (  # noqa: E402
     TracedProcessPoolExecutor,
 )
 from tracedpool import _names as N  # noqa: E402
-from tracedpool.testing import (  # noqa: E402
-    quiet_deliberate_crash,
-    recording_provider,
-    sleep_then,
-)
+from tracedpool.testing import recording_provider  # noqa: E402
 
 MD_START = "<!-- chaos:start -->"
 MD_END = "<!-- chaos:end -->"

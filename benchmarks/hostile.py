@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "tests"):  # tracedpool, and the tests' fault injectors
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import psutil  # noqa: E402
+from faults import bytes_of  # noqa: E402
 
 from tracedpool import TracedProcessPoolExecutor  # noqa: E402
 from tracedpool import _names as N  # noqa: E402
-from tracedpool.testing import bytes_of, recording_provider  # noqa: E402
+from tracedpool.testing import recording_provider  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -39,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "tests"):  # tracedpool, and the tests' fault injectors
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import psutil  # noqa: E402
+from faults import busy as busy_task  # noqa: E402
+from faults import sleep_then  # noqa: E402
 
 from tracedpool import TracedProcessPoolExecutor  # noqa: E402
 from tracedpool import _names as N  # noqa: E402
-from tracedpool.testing import busy as busy_task  # noqa: E402
-from tracedpool.testing import sleep_then, square  # noqa: E402
+from tracedpool.testing import square  # noqa: E402
 
 
 def _running_pid(pool: Any, deadline: float) -> int:

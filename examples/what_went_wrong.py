@@ -19,11 +19,12 @@ detector's diagnosis and the path of its report. The cases:
   feeder thread. ``stall_action="break"`` fails the stuck futures with
   ``PoolStalledError`` instead of letting them wait for ever, so nothing here hangs.
 
-The fault injectors come from ``tracedpool.testing``, the ones tracedpool's own tests
-use. The workers' own tracebacks (printed by the standard library) go to stderr; add
+The fault injectors are the ones tracedpool's own tests use, from ``tests/faults.py``
+in this checkout (they are not installed with the package). The workers' own
+tracebacks (printed by the standard library) go to stderr; add
 ``2>/dev/null`` to see only the summary lines.
 
-Run it (after ``make demo`` created ``.venv``, or ``pip install 'tracedpool[sdk]'``)::
+Run it from a checkout (after ``make demo`` created ``.venv``)::
 
     .venv/bin/python examples/what_went_wrong.py            # every case, ~20 s
     .venv/bin/python examples/what_went_wrong.py --list     # the cases
@@ -55,8 +56,13 @@ from opentelemetry import trace
 
 import tracedpool
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
-from tracedpool import testing as faults
 from tracedpool._timeline import TimelineError, write_timeline
+from tracedpool.testing import square
+
+# The fault injectors live with the tests, not in the package; the workers find them by
+# module name too (spawn and forkserver start with this sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import faults
 
 tracer = trace.get_tracer("examples.what_went_wrong")
 
@@ -102,7 +108,7 @@ def fresh_pool(opts: Options, **kwargs: Any) -> TracedProcessPoolExecutor:
     )
 
 
-# -- pickling faults and broken pools: tracedpool.testing's fault table ------------------
+# -- pickling faults and broken pools: the tests' fault table ---------------------------
 
 WHAT = {
     "lambda-fn": "submit a lambda (only importable functions pickle)",
@@ -137,7 +143,7 @@ def fault_case(case: faults.FaultCase) -> Case:
             if case.breaks_pool:
                 return f"{got}; the pool is broken", ok
             # A located pickling fault fails one future; the pool goes on.
-            healthy = pool.submit(faults.square, 3).result(timeout=RESULT_TIMEOUT) == 9
+            healthy = pool.submit(square, 3).result(timeout=RESULT_TIMEOUT) == 9
             return f"{got}; the pool still works", ok and healthy
 
     group = "broken" if case.stage == "worker-run" else "pickling"
@@ -147,7 +153,7 @@ def fault_case(case: faults.FaultCase) -> Case:
 def initializer_fails(opts: Options) -> tuple[str, bool]:
     with fresh_pool(opts, initializer=faults.failing_initializer) as pool:
         try:
-            pool.submit(faults.square, 3).result(timeout=RESULT_TIMEOUT)
+            pool.submit(square, 3).result(timeout=RESULT_TIMEOUT)
         except Exception as e:
             return f"{summarize(e)}; the pool is broken", isinstance(
                 e, tracedpool.TracedBrokenProcessPool
@@ -219,7 +225,7 @@ def manager_blocked_in_callback(opts: Options) -> tuple[str, bool]:
     with fresh_pool(opts, on_stall=on_stall) as pool:
         first = pool.submit(faults.sleep_then, 1, 0.3)  # still running when hooked
         first.add_done_callback(blocking_callback)
-        second = pool.submit(faults.square, 3)
+        second = pool.submit(square, 3)
         late = second.result(timeout=RESULT_TIMEOUT)
     said, ok = stalled(reports, "manager-blocked-callback", None)
     return f"reported, not broken: {said}; once the callback returned, got {late}", ok and late == 9
@@ -324,11 +330,11 @@ def feeder_dead(opts: Options) -> tuple[str, bool]:
     reports: list[dict[str, Any]] = []
     previous = threading.excepthook
     with fresh_pool(opts, on_stall=reports.append) as pool:
-        pool.submit(faults.square, 2).result(timeout=RESULT_TIMEOUT)  # the feeder runs
+        pool.submit(square, 2).result(timeout=RESULT_TIMEOUT)  # the feeder runs
         threading.excepthook = lambda args: None
         try:
             doomed = pool.submit(faults.identity, faults.ExitAtPickle())
-            later = pool.submit(faults.square, 3)
+            later = pool.submit(square, 3)
             expect_stall(doomed)
             e = expect_stall(later)
         finally:

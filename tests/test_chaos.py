@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import sleep_then
 
 from tracedpool import TracedBrokenProcessPool
 from tracedpool._cpython import snapshot_items
-from tracedpool.testing import sleep_then
 
 
 def _load_chaos() -> Any:

@@ -63,3 +63,40 @@ def test_report_bad_input_exits_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "not a tracedpool stall report" in out.stderr
     assert _run("frobnicate").returncode == 2
     assert _run().returncode == 2
+
+
+def test_report_turns_binary_deep_and_misshapen_files_into_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    """A binary file, JSON nested too deeply to parse, a directory, and a file with the
+    report's schema but not its shape each end in one line on stderr and exit 2 (as
+    `tracedpool timeline` does for its files), never in a traceback."""
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(bytes(range(256)) * 4)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    misshapen = tmp_path / "misshapen.json"
+    misshapen.write_text(json.dumps({"schema": SCHEMA, "processes": 5, "tasks": 3}))
+    for path, why in [
+        (binary, "not UTF-8 text"),
+        (deep, "nested too deeply"),
+        (tmp_path, "cannot read"),
+        (misshapen, "does not have a report's shape"),
+    ]:
+        for extra in ((), ("--json",)) if path is not misshapen else ((),):
+            out = _run("report", str(path), *extra)
+            assert out.returncode == 2, (path, out.stderr)
+            assert out.stderr.count("\n") == 1 and why in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+
+
+def test_timeline_turns_binary_and_deep_files_into_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The same files given to `tracedpool timeline`: one line, exit 2."""
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    for path in (binary, deep):
+        out = _run("timeline", str(path), "-o", str(tmp_path / "t.html"))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and "not an OTLP/JSON trace export" in out.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_export import ENV_TEST_OTLP_ENDPOINT
 
 from tracedpool import _names as N
 
@@ -127,7 +128,7 @@ def test_compose_pins_images_mounts_the_config_and_publishes_the_ports(
 def test_readme_names_the_files_and_images(compose: dict[str, Any]) -> None:
     """collectors/README.md names both files and the exact image tags in compose.yaml."""
     readme = (COLLECTORS / "README.md").read_text()
-    for name in ("otel-collector.yaml", "compose.yaml", N.ENV_TEST_OTLP_ENDPOINT):
+    for name in ("otel-collector.yaml", "compose.yaml", ENV_TEST_OTLP_ENDPOINT):
         assert name in readme
     for service in compose["services"].values():
         assert service["image"] in readme

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
+from faults import sleep_then
 from unprivileged import Unprivileged
 
 from tracedpool import TracedProcessPoolExecutor, _heartbeat
@@ -44,7 +45,7 @@ from tracedpool._doctor import (
     working_set,
 )
 from tracedpool._inspect import inspect_pid
-from tracedpool.testing import OtlpReceiver, sleep_then, square
+from tracedpool.testing import OtlpReceiver, square
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = Path(__file__).resolve().parent / "doctor_service.py"

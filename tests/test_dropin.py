@@ -11,9 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
-
-from tracedpool import ResultUnpicklingError, TracedProcessPoolExecutor
-from tracedpool.testing import (
+from faults import (
     ErrorAtUnpickle,
     failing_initializer,
     identity,
@@ -21,8 +19,10 @@ from tracedpool.testing import (
     raise_not_rebuildable,
     return_instance,
     sleep_then,
-    square,
 )
+
+from tracedpool import ResultUnpicklingError, TracedProcessPoolExecutor
+from tracedpool.testing import square
 
 
 def test_is_a_process_pool_executor() -> None:
@@ -92,7 +92,7 @@ def test_submit_after_broken_names_the_cause(make_pool: Any) -> None:
     """submit() on a broken pool raises BrokenProcessPool carrying the original cause."""
     import signal
 
-    from tracedpool.testing import kill_self
+    from faults import kill_self
 
     pool = make_pool(1)
     with pytest.raises(BrokenProcessPool):
@@ -107,7 +107,7 @@ def test_bystanders_and_queued_tasks_are_told_apart(make_pool: Any) -> None:
     """Every future a breakage fails gets its own exception saying its part in it."""
     import signal
 
-    from tracedpool.testing import kill_self
+    from faults import kill_self
 
     pool = make_pool(2)
     bystander = pool.submit(sleep_then, 1, 5)
@@ -222,7 +222,7 @@ def test_sigkilled_worker_reports_last_sampled_rss(make_pool: Any) -> None:
     task, and its error carries its last sampled RSS, the OOM evidence."""
     import signal
 
-    from tracedpool.testing import kill_self
+    from faults import kill_self
 
     pool = make_pool(1)
     # Enough tasks that the status pipe (64 KiB, ~21 bytes a task) would overflow if the
@@ -246,7 +246,7 @@ def test_pool_objects_are_freed_without_the_gc(fault: str, recorder: Any) -> Non
     import threading
     import weakref
 
-    from tracedpool.testing import ExitAtPickle, Unpicklable
+    from faults import ExitAtPickle, Unpicklable
 
     provider, _exporter = recorder
     gc.collect()

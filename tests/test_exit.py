@@ -39,7 +39,9 @@ class ExitRun:
         self.report_dir = tmp_path / "reports"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
         env.update(
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=os.pathsep.join(
+                (str(ROOT), str(ROOT / "tests"))
+            ),  # tracedpool, and tests/faults.py
             TRACEDPOOL_TRACE_FILE=str(self.trace_file),
             TRACEDPOOL_TEST_REPORT_DIR=str(self.report_dir),
             XDG_STATE_HOME=str(tmp_path / "state"),
@@ -197,7 +199,7 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
     script.write_text(
         "import sys, time\n"
         "import tracedpool\n"
-        "from tracedpool.testing import sleep_then\n"
+        "from faults import sleep_then\n"
         "if __name__ == '__main__':  # spawn and forkserver import this module\n"
         "    pool = tracedpool.TracedProcessPoolExecutor(\n"
         "        1, stall_timeout=1.0, stall_report_dir=sys.argv[1]\n"
@@ -209,7 +211,10 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
         "    time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
-    env.update(PYTHONPATH=str(ROOT), TRACEDPOOL_HEARTBEAT_DIR="none")
+    env.update(
+        PYTHONPATH=os.pathsep.join((str(ROOT), str(ROOT / "tests"))),
+        TRACEDPOOL_HEARTBEAT_DIR="none",
+    )
     out = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "reports")],
         capture_output=True,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import ErrorAtPickle, identity, traced_work
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,10 +34,13 @@ from tracedpool import _configure as C
 from tracedpool import _names as N
 from tracedpool._jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
 from tracedpool._otlpjson import read_spans, trace_files
-from tracedpool.testing import ErrorAtPickle, OtlpReceiver, identity, traced_work
+from tracedpool.testing import OtlpReceiver
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 ROOT = Path(__file__).resolve().parent.parent
+#: Tests only (so not in tracedpool._names): an OTLP/HTTP endpoint, a collector or
+#: Jaeger such as http://localhost:4318, for the opt-in test against a real one.
+ENV_TEST_OTLP_ENDPOINT = "TRACEDPOOL_TEST_OTLP_ENDPOINT"
 
 
 @pytest.fixture
@@ -447,7 +451,7 @@ import json, sys
 from opentelemetry import trace
 import tracedpool
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool.testing import traced_work
+from faults import traced_work
 
 if sys.argv[1] == "app-first":
     from opentelemetry.sdk.trace import TracerProvider
@@ -472,7 +476,7 @@ print(json.dumps(out))
 def _run_script(tmp_path: Path, mode: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join((str(ROOT), str(ROOT / "tests")))
     proc = subprocess.run(
         [sys.executable, "-c", _INSTALL_SCRIPT, mode],
         capture_output=True,
@@ -579,14 +583,14 @@ def test_otlp_http_delivers_what_jaeger_would_receive(
 
 
 @pytest.mark.skipif(
-    not os.environ.get(N.ENV_TEST_OTLP_ENDPOINT),
-    reason=f"set {N.ENV_TEST_OTLP_ENDPOINT} (e.g. http://localhost:4318) to run against a real "
+    not os.environ.get(ENV_TEST_OTLP_ENDPOINT),
+    reason=f"set {ENV_TEST_OTLP_ENDPOINT} (e.g. http://localhost:4318) to run against a real "
     "collector or Jaeger",
 )
 def test_real_collector_accepts_the_pools_spans(env: pytest.MonkeyPatch) -> None:
     """Opt-in: the pool's spans reach a real OTLP/HTTP endpoint; with Jaeger's query API
     on the same host (port 16686), the trace is found there."""
-    endpoint = os.environ[N.ENV_TEST_OTLP_ENDPOINT].rstrip("/")
+    endpoint = os.environ[ENV_TEST_OTLP_ENDPOINT].rstrip("/")
     env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     service = f"tracedpool-test-{os.getpid()}"
     env.setenv("OTEL_SERVICE_NAME", service)

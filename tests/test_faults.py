@@ -6,14 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import FaultCase, fault_table
 
 import tracedpool
 from tracedpool import TracedBrokenProcessPool
 from tracedpool import _names as N
-from tracedpool.testing import FaultCase, assert_pool_healthy, fault_table, spans_by_task
+from tracedpool.testing import assert_pool_healthy, spans_by_task
+
+TESTS = Path(__file__).resolve().parent  # where faults.py is
 
 CASES = fault_table()
 
@@ -109,7 +113,7 @@ def test_fault_is_located_in_exception_and_spans(
 _CRASH_SCRIPT = """
 import ctypes, multiprocessing, sys
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool.testing import segfault
+from faults import segfault
 
 with TracedProcessPoolExecutor(1, mp_context=multiprocessing.get_context(sys.argv[2])) as pool:
     if sys.argv[1] == "deliberate":
@@ -129,7 +133,7 @@ def test_only_a_deliberate_crash_is_quiet(crash: str, start_method: str) -> None
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONPATH": str(TESTS)},
     )
     assert (out.returncode, out.stdout.strip()) == (0, "SIGSEGV"), out.stderr
     if crash == "deliberate":
@@ -137,3 +141,21 @@ def test_only_a_deliberate_crash_is_quiet(crash: str, start_method: str) -> None
     else:
         assert "Fatal Python error: Segmentation fault" in out.stderr, out.stderr
         assert "string_at" in out.stderr
+
+
+def test_the_installed_package_ships_no_fault_injector() -> None:
+    """tracedpool.testing offers what users need in their own tests; the injectors that
+    crash, kill or stop a process live here in tests/ and nothing installed imports them."""
+    import tracedpool.testing
+
+    assert set(tracedpool.testing.__all__) == {
+        "OtlpReceiver",
+        "assert_pool_healthy",
+        "otlp_json_line",
+        "recording_provider",
+        "spans_by_task",
+        "square",
+        "wait_for",
+    }
+    for name in ("segfault", "kill_self", "make_undumpable", "exit_with", "fault_table"):
+        assert not hasattr(tracedpool.testing, name), name

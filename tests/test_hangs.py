@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 import pytest
+from faults import ExitAtPickle, getpid, identity, raise_error, sleep_then
 
-from tracedpool.testing import ExitAtPickle, getpid, identity, raise_error, sleep_then, square
+from tracedpool.testing import square
 
 needs_max_tasks = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="max_tasks_per_child is new in 3.11"
@@ -89,7 +90,7 @@ def test_worker_killed_while_pool_busy_reports_and_shuts_down(make_pool: Any) ->
     """A SIGKILLed worker breaks the pool promptly and shutdown() returns."""
     import signal
 
-    from tracedpool.testing import kill_self
+    from faults import kill_self
 
     pool = make_pool(2)
     victim = pool.submit(kill_self, signal.SIGKILL)

@@ -19,10 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
-
-from tracedpool import TracedBrokenProcessPool, TracedProcessPoolExecutor
-from tracedpool import _names as N
-from tracedpool.testing import (
+from faults import (
     CrashOnDel,
     CustomBaseError,
     RaiseAtPickle,
@@ -32,10 +29,11 @@ from tracedpool.testing import (
     deeply_nested,
     identity,
     ignore_first,
-    spans_by_task,
-    square,
-    wait_for,
 )
+
+from tracedpool import TracedBrokenProcessPool, TracedProcessPoolExecutor
+from tracedpool import _names as N
+from tracedpool.testing import spans_by_task, square, wait_for
 
 CI_RESULT_BYTES = 64 * 1024 * 1024
 

@@ -10,22 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import ErrorAtPickle, identity, kill_self, sleep_then, stop_self_later
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from tracedpool import _emit, _metrics
 from tracedpool import _names as N
-from tracedpool.testing import (
-    ErrorAtPickle,
-    identity,
-    kill_self,
-    recording_provider,
-    sleep_then,
-    square,
-    stop_self_later,
-    wait_for,
-)
+from tracedpool.testing import recording_provider, square, wait_for
 
 
 def _meter() -> tuple[MeterProvider, InMemoryMetricReader]:
@@ -68,7 +60,7 @@ def test_stage_durations_and_sizes_per_traced_task(make_pool: Any, start_method:
     assert [f.result(timeout=60) for f in futures] == [0, 1, 2, 3]
     pool.shutdown(wait=True)
     points = _points(reader)
-    fname = "tracedpool.testing.sleep_then"
+    fname = "faults.sleep_then"
     (task,) = points[N.METRIC_TASK_DURATION]
     assert task.count == 4
     assert task.attributes == {N.ATTR_CODE_FUNCTION: fname, N.ATTR_POOL_NAME: "metrics"}
@@ -133,7 +125,7 @@ def test_faults_and_broken_pools_are_counted_even_untraced(make_pool: Any) -> No
 def test_sendback_and_stall_are_counted(make_pool: Any, tmp_path: Path) -> None:
     """A result that cannot be pickled in the worker (traced) and a stopped worker are
     counted."""
-    from tracedpool.testing import return_unpicklable
+    from faults import return_unpicklable
 
     tracer_provider, _ = recording_provider()
     meter_provider, reader = _meter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -41,4 +42,46 @@ def test_no_name_is_spelled_outside_the_names_module() -> None:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("#"):
                 continue
+            assert not pattern.search(line), f"{path.name}:{line_no}: use tracedpool._names"
+
+
+def _registered_constants() -> list[str]:
+    """The names of _names' constants that go into the docs table."""
+    tree = ast.parse((ROOT / "tracedpool" / "_names.py").read_text(encoding="utf-8"))
+    out = []
+    for node in tree.body:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name)
+            and node.value.func.id in ("_reg", "_metric")
+        ):
+            out.append(node.target.id)
+    return out
+
+
+def test_every_documented_name_is_used_by_the_package() -> None:
+    """Each name in the docs table is read or emitted by some module of the package: a
+    documented name the code never uses (or a tests-only one) fails here."""
+    sources = {
+        path.name: path.read_text(encoding="utf-8")
+        for path in (ROOT / "tracedpool").glob("*.py")
+        if path.name != "_names.py"
+    }
+    unused = [
+        name
+        for name in _registered_constants()
+        if not any(re.search(rf"\b{name}\b", text) for text in sources.values())
+    ]
+    assert not unused, f"documented in tracedpool/_names.py but never used: {unused}"
+
+
+def test_exception_attribute_keys_are_not_spelled_outside_the_names_module() -> None:
+    """OpenTelemetry's exception.* keys come from tracedpool._names too."""
+    pattern = re.compile(r"[\"']exception\.(type|message|stacktrace|escaped)[\"']")
+    for path in (ROOT / "tracedpool").glob("*.py"):
+        if path.name == "_names.py":
+            continue
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             assert not pattern.search(line), f"{path.name}:{line_no}: use tracedpool._names"

@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from faults import Unpicklable
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tracedpool import _names as N
-from tracedpool.testing import Unpicklable, square, wait_for
+from tracedpool.testing import square, wait_for
 
 
 class Holder:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import Unpicklable, identity, raise_error, sleep_then
 
 import tracedpool
 from tracedpool import _names as N
 from tracedpool import _stall
 from tracedpool._jsonl import JsonLinesSpanExporter
 from tracedpool._otlpjson import read_spans
-from tracedpool.testing import Unpicklable, identity, raise_error, sleep_then
 
 SECRET = "s3cr3t-7f1c9a"  # marks a value: it must appear nowhere tracedpool records it
 

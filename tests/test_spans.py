@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from faults import Unpicklable, identity, sleep_then, traced_work
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -15,16 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tracedpool import _names as N
-from tracedpool.testing import (
-    Unpicklable,
-    identity,
-    recording_provider,
-    sleep_then,
-    spans_by_task,
-    square,
-    traced_work,
-    wait_for,
-)
+from tracedpool.testing import recording_provider, spans_by_task, square, wait_for
 
 
 def _by_name(spans: list[Any]) -> dict[str, Any]:
@@ -193,7 +185,7 @@ def test_exception_messages_can_be_omitted(make_pool: Any, recorder: Any) -> Non
     """record_exception_messages=False keeps the type but drops message and stack."""
     provider, exporter = recorder
     pool = make_pool(1, tracer_provider=provider, record_exception_messages=False)
-    from tracedpool.testing import raise_error
+    from faults import raise_error
 
     with pytest.raises(RuntimeError):
         pool.submit(raise_error, "private detail").result(timeout=60)
@@ -210,7 +202,7 @@ def test_user_exception_recorded_on_worker_run(make_pool: Any, recorder: Any) ->
     """A task that raises: exception event and ERROR on worker-run, ERROR on the task."""
     provider, exporter = recorder
     pool = make_pool(1, tracer_provider=provider)
-    from tracedpool.testing import raise_error
+    from faults import raise_error
 
     with pytest.raises(RuntimeError):
         pool.submit(raise_error, "boom").result(timeout=60)
@@ -361,7 +353,7 @@ def test_worker_sdk_configured_by_user_still_ships_spans(
 ) -> None:
     """A user who configures the SDK in the workers' initializer (which loses every span
     at os._exit under fork/forkserver) still gets task spans, under worker-run."""
-    from tracedpool.testing import configure_sdk_in_worker
+    from faults import configure_sdk_in_worker
 
     provider, exporter = recorder
     pool = make_pool(
@@ -472,3 +464,41 @@ def test_a_call_that_fails_to_pickle_keeps_its_own_feeder_span(
     feeder = _by_name(spans)[N.SPAN_FEEDER_SERIALIZE]
     assert N.ATTR_PAYLOAD_BYTES not in (feeder.attributes or {})
     assert feeder.status.status_code.name == "ERROR"
+
+
+def test_pool_span_names_the_start_method(make_pool: Any, recorder: Any, start_method: str) -> None:
+    """The pool's span says how its workers start (once per pool, not per task)."""
+    provider, exporter = recorder
+    pool = make_pool(1, start=start_method, tracer_provider=provider)
+    pool.submit(square, 2).result(timeout=60)
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    pool_span = next(s for s in spans if s.name == N.SPAN_POOL)
+    assert pool_span.attributes[N.ATTR_POOL_START_METHOD] == start_method
+    task = next(s for s in spans if s.name == N.SPAN_TASK)
+    assert N.ATTR_POOL_START_METHOD not in task.attributes
+
+
+def test_an_instrumentation_failure_for_a_task_is_an_event_on_its_span(
+    make_pool: Any, recorder: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """When tracedpool's own work for a task fails, the task still runs and its span
+    carries a tracedpool.internal-error event saying where; the log says it once."""
+    import tracedpool._executor as E
+
+    def broken_qualname(obj: Any) -> str:
+        raise RuntimeError("instrumentation bug")
+
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    monkeypatch.setattr(E, "qualname", broken_qualname)
+    assert [pool.submit(square, i).result(timeout=60) for i in (2, 3)] == [4, 9]
+    pool.shutdown(wait=True)
+    tasks = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    assert len(tasks) == 2
+    for task in tasks:
+        (event,) = [e for e in task.events if e.name == N.EVENT_INTERNAL_ERROR]
+        assert event.attributes == {N.ATTR_INTERNAL_ERROR_WHERE: "submit"}
+        assert task.start_time <= event.timestamp <= task.end_time
+    logged = [r for r in caplog.records if "instrumentation failed in submit" in r.getMessage()]
+    assert len(logged) == 1

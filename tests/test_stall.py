@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import busy, sleep_then, stop_self_later
 
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
 from tracedpool import _names as N
-from tracedpool.testing import busy, sleep_then, square, stop_self_later, wait_for
+from tracedpool.testing import square, wait_for
 
 TIMEOUT = 1.0
 
@@ -57,7 +58,7 @@ def test_stopped_worker_is_reported_then_broken(
     parent = next(p for p in on_disk["processes"] if p["role"] == "parent")
     assert {"manager", "main"} <= {t["role"] for t in parent["threads"]}
     task = on_disk["tasks"][0]
-    assert task["function"] == "tracedpool.testing.stop_self_later"
+    assert task["function"] == "faults.stop_self_later"
     assert task["worker_pid"] == stopped_pid and task["stage"] == "worker-run"
     pool.shutdown(wait=True)  # never hangs on the stopped (now killed) worker
     spans = exporter.get_finished_spans()
@@ -233,3 +234,34 @@ def test_report_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     paths = [_stall.write_report(report, tmp_path) for _ in range(5)]
     assert sorted(tmp_path.glob("*.json")) == sorted(paths[-3:])
     assert len(list(tmp_path.glob("*.txt"))) == 3
+
+
+def test_a_worker_held_by_a_debugger_is_reported_as_stopped(make_pool: Any, tmp_path: Path) -> None:
+    """A worker in ptrace's tracing-stop (a debugger attached) is "worker-stopped", as
+    `doctor --pid` calls it, not a worker merely blocked; detached, its task completes."""
+    import ctypes
+    import os
+
+    import psutil
+    from faults import getpid
+
+    reports: list[dict[str, Any]] = []
+    pool = make_pool(
+        1, stall_timeout=TIMEOUT, stall_report_dir=tmp_path / "r", on_stall=reports.append
+    )
+    pid = pool.submit(getpid).result(timeout=60)
+    future = pool.submit(sleep_then, "done", 2.0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace = libc.ptrace
+    ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+        pytest.skip(f"ptrace not permitted here: {os.strerror(ctypes.get_errno())}")
+    try:
+        assert wait_for(lambda: psutil.Process(pid).status() == "tracing-stop", 10)
+        assert wait_for(lambda: reports, 30)
+    finally:
+        ptrace(17, pid, None, None)  # PTRACE_DETACH, from the attaching thread
+    assert reports[0]["kind"] == "worker-stopped", reports[0]["diagnosis"]
+    worker = next(p for p in reports[0]["processes"] if p["role"] == "worker")
+    assert worker["status"] == "stopped"
+    assert future.result(timeout=60) == "done"

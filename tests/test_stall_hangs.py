@@ -20,14 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faults
 import psutil
 import pytest
 import unprivileged
-from unprivileged import Unprivileged
-
-from tracedpool import PoolStalledError
-from tracedpool._stall import wait_channel
-from tracedpool.testing import (
+from faults import (
     INHERITED_LOCK,
     ExitAtPickle,
     SlowToUnpickle,
@@ -35,9 +32,13 @@ from tracedpool.testing import (
     exit_leaving_child,
     identity,
     sleep_then,
-    square,
     take_inherited_lock,
 )
+from unprivileged import Unprivileged
+
+from tracedpool import PoolStalledError
+from tracedpool._stall import wait_channel
+from tracedpool.testing import square
 
 TIMEOUT = 1.0
 #: The issue's bound is stall_timeout + 1 s; the shared 2-core box can delay a thread
@@ -253,9 +254,9 @@ def test_workers_gone_unnoticed_is_no_live_workers(
 
 _EXIT_SCRIPT = """
 import sys
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {tests!r}]
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool.testing import stop_self_later
+from faults import stop_self_later
 
 if __name__ == "__main__":  # spawn and forkserver (3.14's default) import this module
     pool = TracedProcessPoolExecutor(
@@ -272,7 +273,9 @@ def test_interpreter_exit_with_stopped_worker_ends(tmp_path: Path, action: str) 
     """A script that exits with a stopped worker ends (bounded), under either action,
     and leaves no worker behind."""
     script = tmp_path / "exit_stopped.py"
-    script.write_text(_EXIT_SCRIPT.format(root=str(ROOT), timeout=TIMEOUT))
+    script.write_text(
+        _EXIT_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), timeout=TIMEOUT)
+    )
     reports = tmp_path / "reports"
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -307,7 +310,7 @@ def test_interpreter_exit_with_stopped_worker_ends(tmp_path: Path, action: str) 
 _NOBODY_SCRIPT = """
 import json, sys
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool.testing import make_undumpable, sleep_then
+from faults import make_undumpable, sleep_then
 
 if __name__ == "__main__":  # spawn and forkserver (3.14's default) import this module
     reports = []
@@ -333,6 +336,7 @@ def test_snapshots_as_unprivileged_user(worker: str, nobody: Unprivileged) -> No
         os.chmod(work, 0o755)
         script = work / "nobody.py"
         script.write_text(_NOBODY_SCRIPT.format(timeout=TIMEOUT, sleep=4 * TIMEOUT))
+        shutil.copy(faults.__file__, work / "faults.py")  # beside the script: on its path
         reports_dir = work / "reports"
         reports_dir.mkdir()
         os.chown(reports_dir, unprivileged.NOBODY, unprivileged.NOBODY)

@@ -13,17 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import ErrorAtPickle, identity, sleep_then, stop_self_later
 
 from tracedpool import _names as N
 from tracedpool._timeline import TimelineError, build_timeline, render_html, write_timeline
-from tracedpool.testing import (
-    ErrorAtPickle,
-    identity,
-    otlp_json_line,
-    recording_provider,
-    sleep_then,
-    stop_self_later,
-)
+from tracedpool.testing import otlp_json_line, recording_provider
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +79,7 @@ def test_cli_builds_a_self_contained_page_with_lanes_stages_and_faults(
     assert f"pool {pool_id} manager thread" in page
     for stage in N.METRIC_STAGES:
         assert f"{stage} " in page  # in the tooltips and the breakdown
-    assert "feeder-serialize: args[0] (tracedpool.testing.ErrorAtPickle)" in page
+    assert "feeder-serialize: args[0] (faults.ErrorAtPickle)" in page
     assert 'id="breakdown"' in page and 'id="lanes"' in page and 'id="tasks"' in page
 
 
@@ -108,7 +102,7 @@ def test_trace_strings_are_escaped(make_pool: Any, tmp_path: Path) -> None:
     """A hostile function name in the trace file appears only escaped in the page."""
     trace, _ = _trace_file(make_pool, tmp_path / "traces.jsonl")
     hostile = "<script>alert('x')</script>&\"<img onerror=1>"
-    text = trace.read_text().replace("tracedpool.testing.sleep_then", json.dumps(hostile)[1:-1])
+    text = trace.read_text().replace("faults.sleep_then", json.dumps(hostile)[1:-1])
     trace.write_text(text)
     page = render_html(build_timeline(trace))
     assert hostile not in page

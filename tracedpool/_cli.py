@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._jsonfile import JsonFileError, read_document
 from ._stall import SCHEMA, render_text
 
 
@@ -36,13 +37,11 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if p.suffix == ".txt" and p.with_suffix(".json").exists():
         p = p.with_suffix(".json")
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ReportError(f"cannot read {p}: {e.strerror or e}") from None
-    try:
-        report = json.loads(text)
-    except ValueError:
-        raise ReportError(f"{p} is not JSON: not a tracedpool stall report") from None
+        report = read_document(p)
+    except JsonFileError as e:
+        raise ReportError(
+            str(e) if e.unreadable else f"{e}: not a tracedpool stall report"
+        ) from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise ReportError(f"{p} is not a tracedpool stall report (expected schema {SCHEMA})")
     return report
@@ -54,10 +53,17 @@ def _report(args: argparse.Namespace) -> int:
     except ReportError as e:
         print(f"tracedpool report: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(render_text(report), end="")
+    try:
+        text = json.dumps(report, indent=2) + "\n" if args.json else render_text(report)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as e:
+        # The schema matched but the content is not a report's (edited or made up).
+        print(
+            f"tracedpool report: {args.path} is not a tracedpool stall report: its "
+            f"content does not have a report's shape ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
+        return 2
+    print(text, end="")
     return 0
 
 

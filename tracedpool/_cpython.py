@@ -17,7 +17,8 @@ rest of tracedpool:
 
 Each hook hands plain facts to an ``observer`` (the executor's ``_PoolState``) and
 never raises: an exception escaping a manager or feeder hook would kill that thread and
-hang every pending future.
+hang every pending future. ``PoolObserver`` lists everything the hooks call or touch on
+it, and nothing else.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
-from typing import Any
+from typing import Any, Protocol
 
 from . import _wire
 from ._wire import _Task
@@ -216,8 +217,76 @@ def interpreter_shutting_down() -> bool:
 WORKER = _wire.WORKER
 
 
+class PoolObserver(Protocol):
+    """The pool's state, as the hooks here see it: what they report, what they read.
+
+    Implemented by ``tracedpool._executor._PoolState``. Every method is called from a
+    hook that must not fail its thread, and each such call is guarded: a method that
+    raises is reported through ``internal_error`` by the hook.
+    """
+
+    # Read on the manager thread at every wake (the cheap untraced path).
+    tracing: bool  # a sink exists and the pool's own trace is sampled
+    wakes: int  # manager wakes so far; upkeep runs every 64th
+    last_buf: Any  # the last raw result message, kept to locate an unpicklable one
+    completed: int  # futures completed: progress, for the stall detector
+    # Set by the stall detector to break the pool; read by the manager's wait.
+    stall_break: tuple[str, str | None] | None
+    # Set by the hooks.
+    manager: Any  # the pool's TracedManagerThread, once it starts
+    breaking: bool  # the manager started failing a broken pool's futures
+    # Read at the executor level.
+    hooked: bool  # the queue hooks are in place (install_queue_hooks succeeded)
+    result_queue: Any  # the stdlib's result queue, kept past shutdown(wait=False)
+
+    @property
+    def break_ready(self) -> threading.Event:
+        """Set once a breakage's inventory (or its failure) is known."""
+        ...
+
+    def internal_error(self, where: str, rec: Any = None) -> None:
+        """A hook's call into the observer raised: log once, never raise; ``rec``, the
+        sampled task's record it was for, if any (its span then says so)."""
+
+    # Installed on the queues before the first submit.
+    def wrap_send_bytes(self, send: Callable[..., Any]) -> Callable[..., Any]: ...
+    def wrap_recv_bytes(self, recv: Callable[..., Any]) -> Callable[..., Any]: ...
+
+    # Feeder thread.
+    def on_feeder_error(self, e: BaseException, call_item: Any) -> None: ...
+
+    # Manager thread.
+    def on_enqueue(self, rec: Any, work_id: int) -> None: ...
+    def on_wait_start(self, t0: int) -> None: ...
+    def on_wake(
+        self,
+        t0: int,
+        t1: int,
+        result_item: Any,
+        is_broken: bool,
+        cause: Any,
+        manager: TracedManagerThread,
+    ) -> tuple[int, BaseException] | None:
+        """Returns (work id, exception) to deliver in place of an unpicklable result."""
+        ...
+
+    def on_result(self, task: _Task, meta: list[Any], exc: BaseException | None) -> None: ...
+    def on_broken(
+        self, manager: TracedManagerThread, cause: Any, stdlib_message: str | None = None
+    ) -> dict[int, BaseException]:
+        """The exception each pending future of a broken pool fails with, by work id."""
+        ...
+
+    def on_manager_exit(self) -> None: ...
+
+    # Caller's thread (3.14+).
+    def on_force_shutdown(
+        self, operation: str, signal_name: str, pids: tuple[int, ...], pending: frozenset[int]
+    ) -> None: ...
+
+
 # -- call queue ----------------------------------------------------------------------------
-class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
+class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc]
     """The call queue's class, swapped onto the stdlib instance (never constructed).
 
     Parent side: ``put`` on the manager thread marks the enqueue stage;
@@ -228,19 +297,20 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc, valid-type]
 
     # Class-level defaults: under spawn the worker's copy is rebuilt by __setstate__,
     # which restores only the stdlib's own state.
-    _tp_observer: Any = None
+    _tp_observer: PoolObserver | None = None
     _tp_buf: Any = None
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         # Manager thread. Only a sampled task (wrapped in _Task) has stages to time.
         if obj is not None and type(obj.fn) is _Task:
             rec = obj.fn.rec
-            if rec is not None:
+            observer = self._tp_observer
+            if rec is not None and observer is not None:
                 rec.t_enqueue = time_ns()
                 try:
-                    self._tp_observer.on_enqueue(rec, obj.work_id)
+                    observer.on_enqueue(rec, obj.work_id)
                 except BaseException:  # a hook must never fail the manager thread
-                    self._tp_observer.internal_error("enqueue")
+                    observer.internal_error("enqueue", rec)
         super().put(obj, block, timeout)
 
     def _on_queue_feeder_error(self, e: BaseException, obj: Any) -> None:
@@ -447,7 +517,7 @@ class TracedResultQueue(_mpq.SimpleQueue):  # type: ignore[type-arg]
 
 
 # -- installing the hooks on an executor ---------------------------------------------------
-def install_queue_hooks(executor: Any, observer: Any) -> bool:
+def install_queue_hooks(executor: Any, observer: PoolObserver) -> bool:
     """Swap the queue classes on a freshly constructed executor; False if not possible."""
     if not HOOKS_AVAILABLE:
         return False
@@ -600,8 +670,8 @@ def locate_result_in_message(buf: Any) -> tuple[int | None, str]:
                 expect = None
             if isinstance(arg, str) and arg in ("work_id", "exception") and "UNICODE" in name:
                 expect = arg
-    except Exception:
-        pass
+    except (ValueError, TypeError):
+        pass  # a message cut short or not a pickle: what was read so far is the answer
     return work_id, target
 
 
@@ -617,16 +687,16 @@ def _callback_raised(e: BaseException, thread: str = "manager") -> None:
     )
 
 
-class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
+class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
     """The stdlib manager thread with observation points and two stdlib fixes."""
 
     #: It joins (or kills) every worker it started before it ends, so a worker it starts
     #: may die with it (PR_SET_PDEATHSIG follows the forking thread; tracedpool._lifeline).
     _tp_outlives_workers = True
 
-    def __init__(self, executor: Any, observer: Any) -> None:
+    def __init__(self, executor: Any, observer: PoolObserver) -> None:
         super().__init__(executor)
-        self._tp_observer = observer
+        self._tp_observer: PoolObserver = observer
         self._tp_joining = False
         observer.manager = self
 
@@ -637,7 +707,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             try:
                 self._tp_observer.on_manager_exit()
             except BaseException:
-                pass
+                self._tp_observer.internal_error("manager-exit")
 
     _tp_poll: Any = None
     _tp_poll_key: Any = None
@@ -741,7 +811,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                 try:
                     self._tp_observer.on_result(work_item.fn, meta, result_item.exception)
                 except BaseException:
-                    self._tp_observer.internal_error("result")
+                    self._tp_observer.internal_error("result", work_item.fn.rec)
         try:
             super().process_result_item(result_item)
         except BaseException as e:
@@ -810,8 +880,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
             if reader is not None:
                 try:
                     reader.close()
-                except Exception:
-                    pass
+                except OSError:
+                    pass  # already closed by the stdlib: nothing is left to unblock
         super().terminate_broken(cause, *args, **kwargs)
 
     def _tp_end_stopped_workers(self) -> None:
@@ -828,8 +898,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
                 if process.exitcode is None:  # not reaped, so the pid is still ours
                     process.terminate()
                     os.kill(process.pid, signal.SIGCONT)
-            except Exception:
-                pass
+            except (OSError, ValueError):
+                pass  # gone meanwhile (ProcessLookupError), or its handle already closed
 
     def _tp_refuse_new_work(self) -> None:
         """Mark the executor broken, under the lock submit() checks the mark under, before
@@ -883,8 +953,8 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc, valid-type]
         for future in cancelled:
             try:
                 future.set_running_or_notify_cancel()
-            except BaseException:
-                pass
+            except RuntimeError:
+                pass  # "Future in unexpected state": another thread notified it meanwhile
 
     # -- read-only views for forensics --------------------------------------------------------
     def pending_items(self) -> list[tuple[int, Any]]:
@@ -943,23 +1013,23 @@ def unblock_result_read(
 class InternalsMixin(_cfp.ProcessPoolExecutor):
     """The executor-level overrides of private methods, kept at this boundary."""
 
-    _tp_state: Any = None
+    _tp_state: PoolObserver | None = None
 
     def _start_executor_manager_thread(self) -> None:
-        if self._executor_manager_thread is not None:  # type: ignore[has-type]
+        if self._executor_manager_thread is not None:
             return  # every submit asks; the stdlib's own method does nothing then either
         state = self._tp_state
         if state is None or not state.hooked:
-            super()._start_executor_manager_thread()  # type: ignore[misc]
+            super()._start_executor_manager_thread()
             return
         # The stdlib's own steps (identical in 3.10 to 3.14 and main), building our
         # manager class instead of the stdlib's.
-        if not self._safe_to_dynamically_spawn_children:  # type: ignore[attr-defined]
-            self._launch_processes()  # type: ignore[attr-defined]
+        if not self._safe_to_dynamically_spawn_children:
+            self._launch_processes()
         manager = TracedManagerThread(self, state)
         manager.start()
-        self._executor_manager_thread = manager  # type: ignore[attr-defined]
-        _cfp._threads_wakeups[manager] = self._executor_manager_thread_wakeup  # type: ignore[attr-defined]
+        self._executor_manager_thread = manager
+        _cfp._threads_wakeups[manager] = self._executor_manager_thread_wakeup
 
     if HAS_FORCE_SHUTDOWN:  # only where the stdlib has it, so hasattr() answers alike
 
@@ -970,9 +1040,9 @@ class InternalsMixin(_cfp.ProcessPoolExecutor):
             known = isinstance(operation, str)
             signal_name = FORCE_SHUTDOWN_SIGNALS.get(operation) if known else None
             if state is not None and signal_name is not None:
-                processes = dict(self._processes or {})  # type: ignore[has-type]
+                processes = dict(self._processes or {})
                 pids = tuple(pid for pid, p in processes.items() if _alive(p))
-                items = snapshot_items(self._pending_work_items)  # type: ignore[attr-defined]
+                items = snapshot_items(self._pending_work_items)
                 pending = frozenset(work_id for work_id, _ in items)
                 try:
                     state.on_force_shutdown(operation, signal_name, pids, pending)
@@ -994,24 +1064,24 @@ class InternalsMixin(_cfp.ProcessPoolExecutor):
             # manager. Replace the worker here whenever there is room.
             self._replace_retired_worker()
             return
-        super()._adjust_process_count()  # type: ignore[misc]
+        super()._adjust_process_count()
 
     def _replace_retired_worker(self) -> None:
         manager = threading.current_thread()
         processes = manager.processes  # type: ignore[attr-defined]
         if processes is None or len(processes) >= self._max_workers:  # type: ignore[attr-defined]
             return
-        if self._processes is not None:  # type: ignore[has-type]
+        if self._processes is not None:
             self._spawn_process()  # type: ignore[attr-defined]
             return
         # shutdown(wait=False) cleared the executor's references, but work is still
         # pending: restore them for the duration of one spawn, from the manager's own.
-        saved = (self._call_queue, self._result_queue)  # type: ignore[has-type]
+        saved = (self._call_queue, self._result_queue)
         try:
             self._processes = processes
-            self._call_queue = manager.call_queue  # type: ignore[attr-defined]
+            self._call_queue = manager.call_queue
             self._result_queue = self._tp_state.result_queue
-            self._spawn_process()  # type: ignore[attr-defined]
+            self._spawn_process()
         finally:
             self._processes = None
             self._call_queue, self._result_queue = saved

@@ -28,13 +28,17 @@ from typing import Any
 
 from . import _names as N
 from ._cpython import future_outcome
+from ._errors import pickling_fault
 from ._forensics import role_of
+from ._otel import EventSpec, SpanSpec
 from ._threads import start_daemon
-from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, fault_of, qualname
+from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
 
 log = logging.getLogger("tracedpool")
 
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = range(5)
+# Builds a SpanSpec from a tuple of its fields in one C call (see SpanSpec).
+_new = tuple.__new__
 _MAX_REPR = 256
 #: Records (finished tasks and manager wakes) waiting for the emitter before new ones
 #: are dropped: bounds memory when span processors are slower than the pool.
@@ -81,6 +85,7 @@ class TaskRecord:
     submit_thread = ""
     stall: tuple[int, str, str | None] | None = None  # (t_ns, diagnosis, report path)
     slow: tuple[int, float, int] | None = None  # (t_ns, seconds running, worker pid)
+    internal_error: tuple[int, str] | None = None  # (t_ns, where): the first for this task
 
     def __init__(self, state: Any, t0: int, sampled: tuple[Any, ...]) -> None:
         self.state = state
@@ -96,6 +101,7 @@ class TaskRecord:
                 self.result_type = type(result)
         except BaseException:
             self.outcome = "unknown"
+            self.state.internal_error("result", self)
         self.state.emitter.push(self)
 
 
@@ -319,20 +325,20 @@ class Emitter:
 # -- span specs ----------------------------------------------------------------------------
 def _exception_event(
     exc: BaseException, t: int, messages: bool, extra: dict[str, Any]
-) -> tuple[Any, ...]:
-    attrs: dict[str, Any] = {"exception.type": qualname(type(exc))}
+) -> EventSpec:
+    attrs: dict[str, Any] = {N.ATTR_EXCEPTION_TYPE: qualname(type(exc))}
     if messages:
-        attrs["exception.message"] = str(exc)
+        attrs[N.ATTR_EXCEPTION_MESSAGE] = str(exc)
         cause = exc.__cause__
         tb = getattr(cause, "tb", None)
         if isinstance(tb, str):  # the worker's traceback, as the stdlib carries it
-            attrs["exception.stacktrace"] = tb.strip().strip("'\"").strip()
+            attrs[N.ATTR_EXCEPTION_STACKTRACE] = tb.strip().strip("'\"").strip()
         else:
-            attrs["exception.stacktrace"] = "".join(
+            attrs[N.ATTR_EXCEPTION_STACKTRACE] = "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__)
             )
     attrs.update(extra)
-    return ("exception", t, attrs)
+    return EventSpec(N.EVENT_EXCEPTION, t, attrs)
 
 
 def _bounded_repr(value: Any, redact: Any) -> str:
@@ -350,7 +356,7 @@ def _bounded_repr(value: Any, redact: Any) -> str:
     return text
 
 
-def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
+def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
     """The task span (first) and its stage spans, as specs for the sink.
 
     This runs once per sampled task on the emitter thread; it is written for the common
@@ -391,7 +397,7 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
         attrs[N.ATTR_ARGS_REPR] = rec.args_repr
     if rec.future is not None and outcome == "result":
         attrs[N.ATTR_RESULT_REPR] = _bounded_repr(rec.future.result(), st.redact)
-    events: list[tuple[Any, ...]] = []
+    events: list[EventSpec] = []
     status = None
     if failed and exc is not None:
         attrs[N.ATTR_ERROR_TYPE] = qualname(type(exc))
@@ -399,71 +405,91 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
         if stage_fault == "result-unpickle":
             events.append(_exception_event(exc, t_done, messages, _fault_attrs(fault)))
         if broken is not None:
-            events.append((N.EVENT_POOL_BROKEN, t_done, st.broken_attrs(rec.work_id)))
+            events.append(EventSpec(N.EVENT_POOL_BROKEN, t_done, st.broken_attrs(rec.work_id)))
             attrs[N.ATTR_BROKEN_ROLE] = role_of(broken, rec.work_id)
             if broken.reason == "result-unpickle-failed" and rec.work_id in broken.culprits:
                 f = broken.fault or {}
                 ev: dict[str, Any] = {
-                    "exception.type": f.get("exc_type", "UnpicklingError"),
+                    N.ATTR_EXCEPTION_TYPE: f.get("exc_type", "UnpicklingError"),
                     N.ATTR_FAULT_STAGE: "result-unpickle",
                     N.ATTR_FAULT_TARGET: f.get("target", "result"),
                 }
                 if messages:
-                    ev["exception.message"] = f.get("message", "")
-                events.append(("exception", t_done, ev))
+                    ev[N.ATTR_EXCEPTION_MESSAGE] = f.get("message", "")
+                events.append(EventSpec(N.EVENT_EXCEPTION, t_done, ev))
     forced = st.forced
     if forced is not None and outcome != "result" and rec.work_id in forced.pending:
-        events.append((N.EVENT_WORKERS_SIGNALLED, forced.t_ns, st.forced_attrs()))
+        events.append(EventSpec(N.EVENT_WORKERS_SIGNALLED, forced.t_ns, st.forced_attrs()))
     if rec.stall is not None:
         t_stall, diagnosis, path = rec.stall
         ev_attrs: dict[str, Any] = {N.ATTR_STALL_DIAGNOSIS: diagnosis}
         if path:
             ev_attrs[N.ATTR_STALL_REPORT] = path
-        events.append((N.EVENT_STALL, t_stall, ev_attrs))
+        events.append(EventSpec(N.EVENT_STALL, t_stall, ev_attrs))
     if rec.slow is not None:
         t_slow, seconds, pid = rec.slow
         events.append(
-            (N.EVENT_SLOW_TASK, t_slow, {N.ATTR_SLOW_TASK_SECONDS: seconds, N.ATTR_WORKER_PID: pid})
+            EventSpec(
+                N.EVENT_SLOW_TASK,
+                t_slow,
+                {N.ATTR_SLOW_TASK_SECONDS: seconds, N.ATTR_WORKER_PID: pid},
+            )
         )
-    specs: list[tuple[Any, ...]] = [
-        (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ())
-    ]
-
-    # submit, enqueue, feeder-serialize: in the parent
-    specs.append(
-        (
-            N.SPAN_SUBMIT,
-            new_id(),
-            span_id,
-            PRODUCER,
-            rec.t_submit0,
-            rec.t_submit1 or t_done,
-            {N.ATTR_TASK_ID: tid, N.ATTR_THREAD_NAME: rec.submit_thread, N.ATTR_PROCESS_PID: ppid},
-            (),
-            None,
-            (),
+    if rec.internal_error is not None:
+        t_err, where = rec.internal_error
+        events.append(
+            EventSpec(N.EVENT_INTERNAL_ERROR, t_err, {N.ATTR_INTERNAL_ERROR_WHERE: where})
         )
-    )
-    if rec.t_enqueue:
-        # The first submit starts the manager, which may enqueue before submit() returns:
-        # then the wait began when submit did.
-        start = rec.t_submit1 if 0 < rec.t_submit1 <= rec.t_enqueue else rec.t_submit0
-        specs.append(
+    # The task span and its submit span, which every task has; then enqueue and
+    # feeder-serialize (also in the parent), worker-run and sendback, as far as it got.
+    specs: list[SpanSpec] = [
+        _new(
+            SpanSpec,
+            (N.SPAN_TASK, span_id, 0, INTERNAL, rec.t_submit0, t_done, attrs, events, status, ()),
+        ),
+        _new(
+            SpanSpec,
             (
-                N.SPAN_ENQUEUE,
+                N.SPAN_SUBMIT,
                 new_id(),
                 span_id,
-                INTERNAL,
-                start,
-                rec.t_enqueue,
+                PRODUCER,
+                rec.t_submit0,
+                rec.t_submit1 or t_done,
                 {
                     N.ATTR_TASK_ID: tid,
-                    N.ATTR_THREAD_NAME: st.manager_name,
+                    N.ATTR_THREAD_NAME: rec.submit_thread,
                     N.ATTR_PROCESS_PID: ppid,
                 },
                 (),
                 None,
                 (),
+            ),
+        ),
+    ]
+    if rec.t_enqueue:
+        # The first submit starts the manager, which may enqueue before submit() returns:
+        # then the wait began when submit did.
+        start = rec.t_submit1 if 0 < rec.t_submit1 <= rec.t_enqueue else rec.t_submit0
+        specs.append(
+            _new(
+                SpanSpec,
+                (
+                    N.SPAN_ENQUEUE,
+                    new_id(),
+                    span_id,
+                    INTERNAL,
+                    start,
+                    rec.t_enqueue,
+                    {
+                        N.ATTR_TASK_ID: tid,
+                        N.ATTR_THREAD_NAME: st.manager_name,
+                        N.ATTR_PROCESS_PID: ppid,
+                    },
+                    (),
+                    None,
+                    (),
+                ),
             )
         )
     if rec.t_ser0:
@@ -475,7 +501,7 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
         }
         if rec.payload_bytes >= 0:
             attrs[N.ATTR_PAYLOAD_BYTES] = rec.payload_bytes
-        stage_events: tuple[Any, ...] = ()
+        stage_events: tuple[EventSpec, ...] = ()
         status = None
         if stage_fault == "feeder-serialize":
             fa = _fault_attrs(fault)
@@ -483,17 +509,20 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
             stage_events = (_exception_event(exc, end, messages, fa),)  # type: ignore[arg-type]
             status = (True, f"{type(exc).__name__} while pickling {fa[N.ATTR_FAULT_TARGET]}")
         specs.append(
-            (
-                N.SPAN_FEEDER_SERIALIZE,
-                new_id(),
-                span_id,
-                INTERNAL,
-                rec.t_ser0,
-                end,
-                attrs,
-                stage_events,
-                status,
-                (),
+            _new(
+                SpanSpec,
+                (
+                    N.SPAN_FEEDER_SERIALIZE,
+                    new_id(),
+                    span_id,
+                    INTERNAL,
+                    rec.t_ser0,
+                    end,
+                    attrs,
+                    stage_events,
+                    status,
+                    (),
+                ),
             )
         )
 
@@ -508,17 +537,20 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
             stage_events = (_exception_event(exc, meta[M_RUN1], messages, {}),)  # type: ignore[arg-type]
             status = (True, type(exc).__name__)
         specs.append(
-            (
-                N.SPAN_WORKER_RUN,
-                rec.worker_span_id,
-                span_id,
-                CONSUMER,
-                meta[M_RECV] or meta[M_RUN0],
-                meta[M_RUN1],
-                attrs,
-                stage_events,
-                status,
-                (),
+            _new(
+                SpanSpec,
+                (
+                    N.SPAN_WORKER_RUN,
+                    rec.worker_span_id,
+                    span_id,
+                    CONSUMER,
+                    meta[M_RECV] or meta[M_RUN0],
+                    meta[M_RUN1],
+                    attrs,
+                    stage_events,
+                    status,
+                    (),
+                ),
             )
         )
         if meta[M_SEND0]:
@@ -537,17 +569,20 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
                     f"{type(exc).__name__} while pickling the {fa[N.ATTR_FAULT_TARGET]}",
                 )
             specs.append(
-                (
-                    N.SPAN_SENDBACK,
-                    new_id(),
-                    span_id,
-                    PRODUCER,
-                    meta[M_SEND0],
-                    end,
-                    attrs,
-                    stage_events,
-                    status,
-                    (),
+                _new(
+                    SpanSpec,
+                    (
+                        N.SPAN_SENDBACK,
+                        new_id(),
+                        span_id,
+                        PRODUCER,
+                        meta[M_SEND0],
+                        end,
+                        attrs,
+                        stage_events,
+                        status,
+                        (),
+                    ),
                 )
             )
         if meta[M_SPANS]:
@@ -565,9 +600,9 @@ def task_specs(rec: TaskRecord, st: Any) -> list[tuple[Any, ...]]:
 
 
 def _fault_tuple(rec: TaskRecord, exc: BaseException | None) -> tuple[str, str, str] | None:
-    located = fault_of(exc)
+    located = pickling_fault(exc)
     if located is not None:
-        return located[0], located[1], located[2]
+        return located.stage, located.target, located.type_name
     return rec.fault
 
 
@@ -581,20 +616,20 @@ def _fault_attrs(fault: Any) -> dict[str, Any]:
 
 def _worker_unpickle_spec(
     rec: TaskRecord, f: dict[str, Any], tid: str, fname: str, t_done: int, messages: bool
-) -> tuple[Any, ...]:
+) -> SpanSpec:
     """The call never ran: it failed to unpickle in the worker, so its worker-run span is
     where that happened, at the time the worker reported it."""
     t = f.get("t_ns") or t_done
     fa = {N.ATTR_FAULT_STAGE: "worker-unpickle", N.ATTR_FAULT_TARGET: f.get("target", "call")}
-    ev: dict[str, Any] = {"exception.type": f.get("exc_type", "")}
+    ev: dict[str, Any] = {N.ATTR_EXCEPTION_TYPE: f.get("exc_type", "")}
     if messages:
-        ev["exception.message"] = f.get("message", "")
-        ev["exception.stacktrace"] = f.get("traceback", "")
+        ev[N.ATTR_EXCEPTION_MESSAGE] = f.get("message", "")
+        ev[N.ATTR_EXCEPTION_STACKTRACE] = f.get("traceback", "")
     ev.update(fa)
     attrs = {N.ATTR_TASK_ID: tid, N.ATTR_PROCESS_PID: f.get("pid", 0), N.ATTR_CODE_FUNCTION: fname}
     attrs.update(fa)
     status = (True, f"{f.get('exc_type')} while unpickling {fa[N.ATTR_FAULT_TARGET]}")
-    return (
+    return SpanSpec(
         N.SPAN_WORKER_RUN,
         rec.worker_span_id,
         rec.span_id,
@@ -602,13 +637,13 @@ def _worker_unpickle_spec(
         t,
         t,
         attrs,
-        (("exception", t, ev),),
+        (EventSpec(N.EVENT_EXCEPTION, t, ev),),
         status,
         (),
     )
 
 
-def wake_spec(w: WakeRecord, st: Any) -> tuple[Any, ...]:
+def wake_spec(w: WakeRecord, st: Any) -> SpanSpec:
     links = [(r.trace_id, r.span_id, r.flags) for r in w.served]
     attrs = {
         N.ATTR_WAKE_REASON: w.reason,
@@ -617,15 +652,18 @@ def wake_spec(w: WakeRecord, st: Any) -> tuple[Any, ...]:
         N.ATTR_POOL_ID: st.pool_id,
         N.ATTR_THREAD_NAME: st.manager_name,
     }
-    return (
-        N.SPAN_MANAGER_WAKE,
-        st.sink.new_span_id(),
-        st.pool_trace[1],
-        INTERNAL,
-        w.t_ready,
-        w.t_end or w.t_ready,
-        attrs,
-        (),
-        None,
-        links,
+    return _new(
+        SpanSpec,
+        (
+            N.SPAN_MANAGER_WAKE,
+            st.sink.new_span_id(),
+            st.pool_trace[1],
+            INTERNAL,
+            w.t_ready,
+            w.t_end or w.t_ready,
+            attrs,
+            (),
+            None,
+            links,
+        ),
     )

@@ -68,9 +68,9 @@ from ._forensics import (
     summary,
 )
 from ._lifeline import StartedBy
-from ._otel import Sink, global_provider_unset, resolve_sink
+from ._otel import Sink, SpanSpec, global_provider_unset, resolve_sink
 from ._stall import _DEFAULT as _STALL_DEFAULT
-from ._stall import StallConfig, Watcher, parent_threads
+from ._stall import StallConfig, Watcher, parent_threads, process_state
 from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
 
 log = logging.getLogger("tracedpool")
@@ -129,7 +129,7 @@ class _PoolState:
         self.parent_pid = os.getpid()
         self.manager_name = ""
         self.manager: Any = None  # the pool's TracedManagerThread, once started
-        self.result_queue: Any = executor._result_queue  # type: ignore[attr-defined]
+        self.result_queue: Any = executor._result_queue
         self.break_info: BreakInfo | None = None
         self.forced: ForcedShutdown | None = None  # terminate_workers() / kill_workers()
         # Set by the manager as it starts failing a broken pool's futures (and refusing
@@ -155,6 +155,7 @@ class _PoolState:
         self.metrics: _metrics.PoolMetrics | None = None
         self.meter_provider_arg: Any = None
         self.metrics_dropped_seen = 0
+        self.start_method = _cpython.start_method(executor)  # once: fork, spawn, forkserver
 
     # -- sink ----------------------------------------------------------------------------------
     def current_sink(self) -> Sink | None:
@@ -189,7 +190,11 @@ class _PoolState:
         self.tracing = sink is not None and self.pool_trace is not None
         return sink
 
-    def internal_error(self, where: str) -> None:
+    def internal_error(self, where: str, rec: TaskRecord | None = None) -> None:
+        """tracedpool's own instrumentation failed (``where``): log the first time, with
+        the traceback; if it was for one sampled task, its span gets an event too."""
+        if rec is not None and rec.internal_error is None:
+            rec.internal_error = (time_ns(), where)
         if not self._internal_warned:
             self._internal_warned = True
             log.warning(
@@ -251,8 +256,8 @@ class _PoolState:
                 self._last_read_t = time_ns()
                 try:
                     self._last_read_n = buf.getbuffer().nbytes  # Connection gives a BytesIO
-                except Exception:
-                    self._last_read_n = -1
+                except (AttributeError, ValueError, BufferError):
+                    self._last_read_n = -1  # not a BytesIO after all: the size is unknown
             return buf
 
         return recv_bytes
@@ -374,8 +379,8 @@ class _PoolState:
                 if pid in self.stall_killed:
                     try:
                         process.join(timeout=1.0)
-                    except Exception:
-                        pass
+                    except (ValueError, AssertionError, OSError):
+                        pass  # closed or reaped already: nothing to wait for
         dead = reap_dead_workers(processes, self.oom_before, self.rss)
         self.status.drain()
         tasks = dict(manager.pending_items())  # work id -> work item
@@ -504,7 +509,7 @@ class _PoolState:
         try:
             self.status.drain()
         except Exception:
-            pass
+            self.internal_error("manager-exit")
         # The manager exits only after joining the workers, and no worker is started
         # after it: close the status pipe now, so a shut-down pool holds no descriptor
         # (as the stdlib's holds none), rather than when the executor is collected.
@@ -539,8 +544,8 @@ class _PoolState:
             for process in processes.values():
                 try:
                     live += process.exitcode is None
-                except Exception:
-                    pass
+                except ValueError:
+                    pass  # its handle is closed: not live
         return max(0, in_flight - running), running, live
 
     # -- the stall detector's view --------------------------------------------------------------
@@ -743,7 +748,7 @@ class _PoolState:
                 try:
                     metrics.record_task(item, self)
                 except Exception:
-                    self.internal_error("metrics")
+                    self.internal_error("metrics", item)
             try:
                 specs = task_specs(item, self)
             finally:
@@ -769,7 +774,7 @@ class _PoolState:
             if path:
                 stall_attrs[N.ATTR_STALL_REPORT] = path
             links = [(r.trace_id, r.span_id, r.flags) for r in stuck]
-            stall_spec: Any = (
+            stall_spec = SpanSpec(
                 N.SPAN_STALL,
                 sink.new_span_id(),
                 pt[1],
@@ -793,9 +798,13 @@ class _PoolState:
             }
             if self.name:
                 attrs[N.ATTR_POOL_NAME] = self.name
+            if self.start_method:
+                attrs[N.ATTR_POOL_START_METHOD] = self.start_method
             if executor is not None:
                 attrs[N.ATTR_POOL_MAX_WORKERS] = executor._max_workers  # type: ignore[attr-defined]
-            spec = (N.SPAN_POOL, pt[1], 0, 0, self.t_created, time_ns(), attrs, (), None, ())
+            spec = SpanSpec(
+                N.SPAN_POOL, pt[1], 0, 0, self.t_created, time_ns(), attrs, (), None, ()
+            )
             sink.emit(pt[0], pt[2], pt[3], None, [spec])
 
 
@@ -828,6 +837,9 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         (default) means the global one. With none set, or ``NoOpMeterProvider()``,
         metrics cost nothing.
     """
+
+    # Set in __init__ before anything reads it; the hooks see it as a PoolObserver.
+    _tp_state: _PoolState
 
     def __init__(
         self,
@@ -912,7 +924,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             state.metrics.register(state)
         state.hooked = _cpython.install_queue_hooks(self, state)
         if stall.timeout is not None and state.hooked:
-            state.watcher = Watcher(state, stall)
+            state.watcher = Watcher(state, stall, _cpython.interpreter_shutting_down)
         if state.hooked:
             _cpython.install_feeder_guard()
         else:
@@ -967,7 +979,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             if st.record_values:
                 rec.args_repr = _bounded_repr((args, kwargs), st.redact)
         except Exception:
-            st.internal_error("submit")
+            st.internal_error("submit", rec)
         task = _Task(fn, args, kwargs, (sampled[0], rec.worker_span_id, sampled[2]), rec)
         # The stdlib numbers work items in submit(); read the number it is about to use,
         # and confirm it below (another thread may submit in between).
@@ -989,7 +1001,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        result_queue = self._result_queue  # type: ignore[has-type]
+        result_queue = self._result_queue
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         st = self._tp_state
         if st.manager is None and result_queue is not None:
@@ -1045,12 +1057,12 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
     @property
     def pool_id(self) -> str:
         """This pool's id, the prefix of its task ids."""
-        return self._tp_state.pool_id  # type: ignore[no-any-return]
+        return self._tp_state.pool_id
 
     @property
     def broken_info(self) -> BreakInfo | None:
         """What broke this pool, once it is broken."""
-        return self._tp_state.break_info  # type: ignore[no-any-return]
+        return self._tp_state.break_info
 
 
 def _process_facts(pid: int, role: str) -> dict[str, Any]:
@@ -1060,7 +1072,7 @@ def _process_facts(pid: int, role: str) -> dict[str, Any]:
 
         proc = psutil.Process(pid)
         with proc.oneshot():
-            facts["status"] = proc.status()
+            facts["status"] = process_state(proc.status())
             cpu = proc.cpu_times()
             facts["cpu_seconds"] = round(cpu.user + cpu.system, 3)
             facts["rss_bytes"] = proc.memory_info().rss

@@ -198,8 +198,8 @@ def reap_dead_workers(
         pid, p = by_sentinel[sentinel]
         try:
             p.join(timeout=1.0)
-        except Exception:
-            pass
+        except (ValueError, AssertionError, OSError):
+            pass  # closed or reaped already: its exit code is read below either way
         code = p.exitcode
         name = signal_name(code)
         worker = DeadWorker(pid, code, name)

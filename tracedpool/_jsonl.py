@@ -32,7 +32,7 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import _names as N
-from ._configure import EXPORTER_NAME
+from ._names import EXPORTER_NAME
 from ._otlpjson import default_trace_file, encode_line, file_settings
 
 log = logging.getLogger("tracedpool")
@@ -43,7 +43,7 @@ RETRY_SECONDS = 30.0
 
 
 # -- the file --------------------------------------------------------------------------------
-class JsonLinesSpanExporter(SpanExporter):  # type: ignore[misc]
+class JsonLinesSpanExporter(SpanExporter):
     """Writes each batch of spans as one OTLP/JSON line to a bounded, rotated local file.
 
     ``path``, ``max_bytes`` and ``count`` default to ``TRACEDPOOL_TRACE_FILE``,

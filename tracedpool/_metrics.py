@@ -28,6 +28,7 @@ from typing import Any
 from opentelemetry import metrics as _api
 
 from . import _names as N
+from ._errors import pickling_fault
 from ._version import __version__
 from ._wire import M_RECV, M_RUN0, M_RUN1, M_SEND0
 
@@ -73,7 +74,7 @@ except ImportError:  # pragma: no cover - a differently laid out API
 def global_meter_provider() -> Any:
     """The global MeterProvider, or None while it is unset or the no-op one."""
     if _HAS_GLOBAL:
-        provider = _api_internal._METER_PROVIDER  # type: ignore[union-attr]
+        provider = _api_internal._METER_PROVIDER
         if provider is None:
             return None
     else:
@@ -89,7 +90,7 @@ def late_metrics(st: Any) -> PoolMetrics | None:
     """For a pool that follows the global provider and had none when it was built:
     the instruments once one is set. Called per finished traced task, so the unset case
     is one attribute read."""
-    if _HAS_GLOBAL and _api_internal._METER_PROVIDER is None:  # type: ignore[union-attr]
+    if _HAS_GLOBAL and _api_internal._METER_PROVIDER is None:
         return None
     found = metrics_for(None)
     if found is not None:
@@ -260,9 +261,7 @@ class PoolMetrics:
             self.result_size.record(rec.result_bytes, base)
         fault = rec.fault
         if fault is None and exc is not None:
-            from ._wire import fault_of
-
-            located = fault_of(exc)
+            located = pickling_fault(exc)
             fault = located[:3] if located is not None else None
         if fault is not None and fault[0] == "sendback":
             self.fault("sendback", st)

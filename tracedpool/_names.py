@@ -114,6 +114,22 @@ ATTR_THREAD_NAME: Final = _reg(
 ATTR_ERROR_TYPE: Final = _reg(
     "attribute", "error.type", "Qualified type name of the exception a task ended with."
 )
+ATTR_EXCEPTION_TYPE: Final = _reg(
+    "attribute",
+    "exception.type",
+    "On an `exception` event: the exception's qualified type name.",
+)
+ATTR_EXCEPTION_MESSAGE: Final = _reg(
+    "attribute",
+    "exception.message",
+    "On an `exception` event: its message (omitted with `TRACEDPOOL_RECORD_EXCEPTION_MESSAGES=0`).",
+)
+ATTR_EXCEPTION_STACKTRACE: Final = _reg(
+    "attribute",
+    "exception.stacktrace",
+    "On an `exception` event: its stack trace, the worker's own for a task that raised "
+    "there (omitted with `TRACEDPOOL_RECORD_EXCEPTION_MESSAGES=0`).",
+)
 
 # -- attributes: tracedpool ------------------------------------------------------------------
 ATTR_TASK_ID: Final = _reg(
@@ -129,7 +145,9 @@ ATTR_POOL_MAX_WORKERS: Final = _reg(
     "attribute", "tracedpool.pool.max_workers", "The pool's `max_workers`."
 )
 ATTR_POOL_START_METHOD: Final = _reg(
-    "attribute", "tracedpool.pool.start_method", "fork, spawn or forkserver."
+    "attribute",
+    "tracedpool.pool.start_method",
+    "On the pool span: how its workers start, `fork`, `spawn` or `forkserver`.",
 )
 ATTR_TASK_OUTCOME: Final = _reg(
     "attribute",
@@ -315,7 +333,15 @@ EVENT_SLOW_TASK: Final = _reg(
 EVENT_INTERNAL_ERROR: Final = _reg(
     "event",
     "tracedpool.internal-error",
-    "tracedpool's own instrumentation failed for this task; the task itself was unaffected.",
+    "On a task's span: tracedpool's own instrumentation failed for this task (at the "
+    "moment it failed, with `tracedpool.internal_error.where`); the task itself was "
+    "unaffected. The first failure of each pool is also logged, with its traceback.",
+)
+ATTR_INTERNAL_ERROR_WHERE: Final = _reg(
+    "attribute",
+    "tracedpool.internal_error.where",
+    "Where tracedpool's instrumentation failed for a task: `submit`, `enqueue`, `result` "
+    "or `metrics`.",
 )
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -453,6 +479,10 @@ ENV_RESCUE_UNPICKLABLE_RESULTS: Final = _reg(
 #: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names to switch it off. Stable.
 INSTRUMENTOR_NAME: Final = "tracedpool"
 
+#: The embedded default exporter's name in ``OTEL_TRACES_EXPORTER`` and its
+#: ``opentelemetry_traces_exporter`` entry point (pyproject.toml). Stable.
+EXPORTER_NAME: Final = "tracedpool_jsonl"
+
 ENV_TRACE_FILE: Final = _reg(
     "env",
     "TRACEDPOOL_TRACE_FILE",
@@ -469,12 +499,6 @@ ENV_TRACE_FILE_COUNT: Final = _reg(
     "env",
     "TRACEDPOOL_TRACE_FILE_COUNT",
     "How many files the embedded default keeps, the current one included (default 3).",
-)
-ENV_TEST_OTLP_ENDPOINT: Final = _reg(
-    "env",
-    "TRACEDPOOL_TEST_OTLP_ENDPOINT",
-    "Tests only: an OTLP/HTTP endpoint (a collector or Jaeger, e.g. `http://localhost:4318`) "
-    "for the opt-in integration test; skipped when unset.",
 )
 ENV_HEARTBEAT_DIR: Final = _reg(
     "env",

@@ -25,24 +25,47 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ._version import __version__
-from ._wire import WORKER
 
 SCOPE_NAME = "tracedpool"
 
-# A span spec: (name, span_id, parent_span_id, kind, start_ns, end_ns, attributes,
-# events, status, links). parent_span_id 0 means "the task's remote parent" for the
-# task span itself (from the record), events are (name, t_ns, attributes), status is
-# (is_error, description) or None, links are (trace_id, span_id, flags) tuples.
-Spec = tuple[Any, ...]
+
+class EventSpec(NamedTuple):
+    """A span event to record: OpenTelemetry's (name, timestamp, attributes)."""
+
+    name: str
+    t_ns: int
+    attributes: dict[str, Any]
+
+
+class SpanSpec(NamedTuple):
+    """A finished span to hand to a sink, built on the pool's emitter thread.
+
+    A tuple, so sinks unpack it as fast as a plain one. The emitter builds the per-task
+    ones with ``tuple.__new__(SpanSpec, (...))``: one C call instead of the generated
+    ``__new__``'s Python call and C call (about 190 ns instead of 360; one is built per
+    stage of every sampled task, and benchmarks/calls.py counts those calls).
+    """
+
+    name: str
+    span_id: int  # 0: the sink picks one
+    parent_id: int  # 0: the task's remote parent (the ``parent`` given to emit), or none
+    kind: int  # trace.SpanKind's value
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: Sequence[EventSpec]
+    status: tuple[bool, str] | None  # (is_error, description), or None: unset
+    links: Sequence[tuple[int, int, int]]  # (trace_id, span_id, flags)
 
 
 class Sink:
@@ -70,7 +93,9 @@ class Sink:
     def new_trace_id(self) -> int:
         raise NotImplementedError
 
-    def emit(self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[Spec]) -> None:
+    def emit(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
         raise NotImplementedError
 
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
@@ -210,7 +235,9 @@ class SdkSink(Sink):
             self._routes = (processors, routes)
         return routes[flags]  # type: ignore[no-any-return]
 
-    def emit(self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[Spec]) -> None:
+    def emit(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
         mk, SC, RS = self._make_context, self._SpanContext, self._ReadableSpan
         tflags = self._flags[flags]
         if state is None:
@@ -224,10 +251,10 @@ class SdkSink(Sink):
             made[span_id] = ctx
             if parent_id == 0:
                 parent_ctx = parent
+            elif parent_id in made:  # a subscript, not made.get(): no call per stage span
+                parent_ctx = made[parent_id]
             else:
-                parent_ctx = made.get(parent_id) or mk(
-                    SC, (trace_id, parent_id, False, tflags, state, True)
-                )
+                parent_ctx = mk(SC, (trace_id, parent_id, False, tflags, state, True))
             spans.append(
                 RS(
                     name,
@@ -509,7 +536,9 @@ class ApiSink(Sink):
     def new_trace(self, name: str) -> tuple[int, int, int, Any] | None:
         return self.new_trace_id(), self.new_span_id(), 1, None
 
-    def emit(self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[Spec]) -> None:
+    def emit(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
         from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
         made: dict[int, Any] = {}
@@ -547,7 +576,7 @@ def global_provider_unset() -> bool:
     ``get_tracer_provider()``; an API without that attribute falls back to the call.
     """
     if _HAS_PROVIDER_GLOBAL:
-        return trace._TRACER_PROVIDER is None  # type: ignore[attr-defined]
+        return trace._TRACER_PROVIDER is None
     return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
@@ -579,6 +608,12 @@ class _WorkerTracing:
         self.spans: list[tuple[Any, ...]] = []
         self.lock = threading.Lock()
         self.ok = False
+
+
+# This worker process's collector, set up by its first traced task (or at start when an
+# SDK provider was inherited). Kept here, not in the wire module's WorkerState, so the
+# worker side imports tracing and tracing imports nothing of the worker side.
+_worker_tracing: _WorkerTracing | None = None
 
 
 def _serialize(span: Any) -> tuple[Any, ...]:
@@ -613,8 +648,8 @@ def _serialize(span: Any) -> tuple[Any, ...]:
 
 
 def _setup_worker_tracing() -> _WorkerTracing:
-    state = _WorkerTracing()
-    WORKER.tracing = state
+    global _worker_tracing
+    state = _worker_tracing = _WorkerTracing()
     try:
         from opentelemetry.sdk.trace import SpanProcessor
         from opentelemetry.sdk.trace import TracerProvider as SdkProvider
@@ -623,11 +658,12 @@ def _setup_worker_tracing() -> _WorkerTracing:
         _attach_base_context()
         return state
 
-    class _Collector(SpanProcessor):  # type: ignore[misc]
+    class _Collector(SpanProcessor):
         def on_end(self, span: Any) -> None:
             try:
                 item = _serialize(span)
             except Exception:
+                _dropped_worker_span()
                 return
             with state.lock:
                 state.spans.append(item)
@@ -653,6 +689,23 @@ def _setup_worker_tracing() -> _WorkerTracing:
     return state
 
 
+_warned_dropped_span = False
+
+
+def _dropped_worker_span() -> None:
+    """A span the task's code ended in the worker could not be shipped to the parent:
+    say so once per worker (with the traceback), then drop such spans quietly."""
+    global _warned_dropped_span
+    if not _warned_dropped_span:
+        _warned_dropped_span = True
+        logging.getLogger("tracedpool").warning(
+            "tracedpool: a span ended in worker %d could not be sent to the parent and "
+            "was dropped; further such spans are dropped without a word",
+            os.getpid(),
+            exc_info=True,
+        )
+
+
 def _attach_base_context() -> None:
     """Run the worker, between traced tasks, under a valid but unsampled parent.
 
@@ -675,15 +728,28 @@ def _attach_base_context() -> None:
 
 def worker_init_tracing() -> None:
     """At worker start: if an SDK provider was inherited (fork), take it over now."""
-    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    try:
+        from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    except ImportError:
+        return  # no SDK here, so none was inherited; a traced task still propagates context
 
     if isinstance(trace.get_tracer_provider(), SdkProvider):
-        _setup_worker_tracing()
+        try:
+            _setup_worker_tracing()
+        except Exception:
+            # Said here, once per worker: the worker's start-up would swallow it, and
+            # the spans of task code would vanish without a word.
+            logging.getLogger("tracedpool").warning(
+                "tracedpool: worker %d could not take over the inherited tracer provider; "
+                "spans that task code creates in it may be lost",
+                os.getpid(),
+                exc_info=True,
+            )
 
 
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
     """Make a sampled task's worker-run span current in the worker."""
-    if WORKER.tracing is None:
+    if _worker_tracing is None:
         _setup_worker_tracing()
     trace_id, span_id, flags = trace_info
     span = trace.NonRecordingSpan(
@@ -694,11 +760,8 @@ def worker_attach(trace_info: tuple[int, int, int]) -> Any:
 
 def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
     """Leave the task's context; return the spans task code ended meanwhile."""
-    try:
-        otel_context.detach(token)
-    except Exception:
-        pass
-    state = WORKER.tracing
+    otel_context.detach(token)  # the API's detach logs and swallows its own failures
+    state = _worker_tracing
     if state is None or not state.spans:
         return None
     with state.lock:

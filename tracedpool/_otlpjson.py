@@ -16,10 +16,13 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _jsonfile
 from . import _names as N
+from ._jsonfile import BAD_LINE, JsonFileError
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_COUNT = 3
@@ -291,17 +294,66 @@ def decode_request(request: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
                 }
 
 
-def read_spans(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+@dataclass
+class ReadStats:
+    """What ``read_spans`` met besides spans."""
+
+    skipped: int = 0  # lines not JSON, or nested too deeply to parse or decode
+    requests: int = 0  # lines read as export requests
+    first_bad: tuple[Path, int] | None = None  # (file, line) of the first skipped line
+
+
+def read_spans(
+    path: str | os.PathLike[str], *, strict: bool = False, stats: ReadStats | None = None
+) -> Iterator[dict[str, Any]]:
     """Every span in a trace file and its rotated predecessors, oldest file first.
 
-    A line that does not parse (one cut short by a crash mid-write) is skipped.
+    A line that does not parse (a write cut short by a crash or a full disk) is skipped,
+    and so is one nested too deeply to parse or decode (whether the JSON parser or the
+    decoder meets the limit first depends on the Python version, so both count alike);
+    ``stats`` counts them. A line's spans are given all or none.
+
+    With ``strict`` (``tracedpool timeline``), a file that cannot be read, a JSON line
+    that is not an export request, and a file with no readable line at all raise
+    ``JsonFileError`` naming the file and line; otherwise such lines are skipped too.
     """
+    stats = stats if stats is not None else ReadStats()
+    if strict:
+        p = Path(path)
+        try:
+            p.stat()
+        except OSError as e:
+            raise JsonFileError(f"cannot read {p}: {e.strerror or e}", unreadable=True) from None
     for file in trace_files(path):
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    request = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(request, dict):
-                    yield from decode_request(request)
+        for lineno, request in _jsonfile.lines(file):
+            if request is BAD_LINE:
+                stats.skipped += 1
+                stats.first_bad = stats.first_bad or (file, lineno)
+                continue
+            if not isinstance(request, dict) or "resourceSpans" not in request:
+                if strict:
+                    raise JsonFileError(_not_export(file, lineno, "no resourceSpans"))
+                continue
+            try:
+                spans = list(decode_request(request))
+            except RecursionError:
+                stats.skipped += 1
+                stats.first_bad = stats.first_bad or (file, lineno)
+                continue
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                if strict:
+                    raise JsonFileError(
+                        _not_export(file, lineno, f"{type(e).__name__}: {e}")
+                    ) from None
+                continue
+            stats.requests += 1
+            yield from spans
+    if strict and not stats.requests and stats.first_bad is not None:
+        raise JsonFileError(_not_export(*stats.first_bad, "not JSON, or nested too deeply"))
+
+
+def _not_export(file: Path, lineno: int, why: str) -> str:
+    return (
+        f"{file}, line {lineno}: not an OTLP/JSON trace export ({why}); expected one "
+        "ExportTraceServiceRequest JSON object per line"
+    )

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -438,11 +439,16 @@ def _waiting(worker: dict[str, Any]) -> str:
 class Watcher:
     """Per-pool stall watcher thread; see the module docstring."""
 
-    def __init__(self, state: Any, config: StallConfig) -> None:
+    def __init__(
+        self, state: Any, config: StallConfig, interpreter_exiting: Callable[[], bool]
+    ) -> None:
         import weakref
 
         self._state: Any = weakref.proxy(state)
         self.config = config
+        # Given by the pool (tracedpool._cpython reads the stdlib's flag): the stall
+        # detector reads no CPython internals itself and imports nothing of the hooks.
+        self._interpreter_exiting = interpreter_exiting
         assert config.timeout is not None
         self.timeout: float = config.timeout
         self._tick = min(self.timeout / 4, MAX_TICK)
@@ -528,7 +534,7 @@ class Watcher:
                 cpu = proc.cpu_times()
                 try:
                     io = proc.io_counters()
-                    io_total = io.read_chars + io.write_chars  # type: ignore[attr-defined]
+                    io_total = io.read_chars + io.write_chars
                 except (psutil.AccessDenied, AttributeError):
                     io_total = 0
                 out.append((pid, round(cpu.user + cpu.system, 2), io_total))
@@ -598,9 +604,7 @@ class Watcher:
         breaks, or the process would never end. A worker merely using no CPU may be in a
         long sleep or a slow read: it is waited for, as the stdlib waits (losing its
         result would be worse); stall_action="break" ends it too."""
-        from ._cpython import interpreter_shutting_down
-
-        if self.config.action == "break" or not interpreter_shutting_down():
+        if self.config.action == "break" or not self._interpreter_exiting():
             return False
         kind = report.get("kind")
         dead = any(
@@ -709,19 +713,44 @@ class Watcher:
             add_source(w.get("threads"))
         snapshot_seconds = time.monotonic() - t0
         kind, diagnosis, stuck = classify(facts, self.timeout)
-        return {
-            "schema": SCHEMA,
-            "kind": kind,
-            "diagnosis": diagnosis,
-            "detected_at": datetime.now(UTC).isoformat(),
-            "stall_seconds": round(stalled_for, 3),
-            "pool": facts["pool"],
-            "tasks": facts["tasks"],
-            "processes": [facts["parent"], *workers],
-            "stuck_pids": stuck,
-            "snapshot_seconds": round(snapshot_seconds, 3),
-            "tracedpool_version": __version__,
-        }
+        return stall_report(
+            kind,
+            diagnosis,
+            round(stalled_for, 3),
+            facts["pool"],
+            facts["tasks"],
+            [facts["parent"], *workers],
+            stuck,
+            snapshot_seconds=round(snapshot_seconds, 3),
+        )
+
+
+def stall_report(
+    kind: str,
+    diagnosis: str,
+    stall_seconds: float,
+    pool: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    processes: list[dict[str, Any]],
+    stuck_pids: list[int],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A stall report (``SCHEMA``), as the in-process detector writes it and
+    ``tracedpool doctor --pid`` prints it; ``render_text`` and ``tracedpool report``
+    read this shape. ``extra`` keys go after the common ones."""
+    return {
+        "schema": SCHEMA,
+        "kind": kind,
+        "diagnosis": diagnosis,
+        "detected_at": datetime.now(UTC).isoformat(),
+        "stall_seconds": stall_seconds,
+        "pool": pool,
+        "tasks": tasks,
+        "processes": processes,
+        "stuck_pids": stuck_pids,
+        **extra,
+        "tracedpool_version": __version__,
+    }
 
 
 def snapshot_all(
@@ -777,6 +806,20 @@ def _wait_gone(pid: int, seconds: float) -> None:
         except psutil.Error:
             return
         time.sleep(0.01)
+
+
+def process_state(status: str) -> str:
+    """A process's state as every stall report says it: running, sleeping, stopped,
+    zombie or dead, from psutil's finer ``status()`` values. Both the in-process
+    detector and ``doctor --pid`` fold through here, so a worker a debugger holds
+    (``tracing-stop``) is "stopped" to both, as a SIGSTOPped one is."""
+    if status in ("stopped", "tracing-stop"):
+        return "stopped"
+    if status in ("zombie", "dead"):
+        return status
+    if status in ("running", "waking"):
+        return "running"
+    return "sleeping"
 
 
 #: Stall kinds that cannot end by themselves: broken at interpreter exit even under

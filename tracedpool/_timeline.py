@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import math
 import os
 import secrets
@@ -30,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _names as N
-from ._otlpjson import decode_request, trace_files
+from ._jsonfile import JsonFileError
+from ._otlpjson import ReadStats
+from ._otlpjson import read_spans as _read_span_dicts
 
 #: At most this many task rows are drawn (the breakdown still counts every task).
 MAX_TASK_ROWS = 2000
@@ -143,72 +144,23 @@ class Timeline:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def read_spans(path: str | Path) -> tuple[list[Span], list[str], int]:
+def _load_spans(path: str | Path) -> tuple[list[Span], list[str], int]:
     """Every span in an OTLP/JSON-lines file and its rotated predecessors, the service
     names they name, and how many lines were skipped as unreadable.
 
-    Decoding is ``_otlpjson``'s (the exporter's own reader). A line that is not JSON (a
-    write cut short by a crash or a full disk) is skipped and counted, and so is one
-    nested too deeply to parse or decode (a ``RecursionError``: whether the JSON parser
-    or the decoder hits the limit first depends on the Python version, so both count
-    the same way); JSON that is not an export request, or a file with no readable line
-    at all, is a ``TimelineError``.
+    Reading is ``_otlpjson.read_spans``'s, strict: a line that is not JSON or is nested
+    too deeply is skipped and counted; JSON that is not an export request, or a file
+    with no readable line at all, is a ``TimelineError``.
     """
-    p = Path(path)
+    stats = ReadStats()
     try:
-        p.stat()
-    except OSError as e:
-        raise TimelineError(f"cannot read {p}: {e.strerror or e}") from None
-    spans: list[Span] = []
-    services: set[str] = set()
-    skipped = good = 0
-    first_bad: tuple[Path, int] | None = None
-    for file in trace_files(p):
-        try:
-            f = file.open(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise TimelineError(f"cannot read {file}: {e.strerror or e}") from None
-        with f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    request = json.loads(line)
-                except (ValueError, RecursionError):
-                    skipped += 1
-                    first_bad = first_bad or (file, lineno)
-                    continue
-                if not isinstance(request, dict) or "resourceSpans" not in request:
-                    raise TimelineError(_not_export(file, lineno, "no resourceSpans"))
-                line_spans: list[Span] = []
-                line_services: set[str] = set()
-                try:
-                    for d in decode_request(request):
-                        line_spans.append(_span(d))
-                        service = d["resource"].get("service.name")
-                        if service is not None:
-                            line_services.add(str(service))
-                except RecursionError:
-                    skipped += 1  # the whole line: none of its spans are kept
-                    first_bad = first_bad or (file, lineno)
-                    continue
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise TimelineError(
-                        _not_export(file, lineno, f"{type(e).__name__}: {e}")
-                    ) from None
-                spans += line_spans
-                services |= line_services
-                good += 1
-    if not good and first_bad is not None:
-        raise TimelineError(_not_export(*first_bad, "not JSON, or nested too deeply"))
-    return spans, sorted(services), skipped
-
-
-def _not_export(file: Path, lineno: int, why: str) -> str:
-    return (
-        f"{file}, line {lineno}: not an OTLP/JSON trace export ({why}); expected one "
-        "ExportTraceServiceRequest JSON object per line"
-    )
+        decoded = list(_read_span_dicts(path, strict=True, stats=stats))
+    except JsonFileError as e:
+        raise TimelineError(str(e)) from None
+    services = {
+        str(d["resource"]["service.name"]) for d in decoded if "service.name" in d["resource"]
+    }
+    return [_span(d) for d in decoded], sorted(services), stats.skipped
 
 
 def _span(d: dict[str, Any]) -> Span:
@@ -240,7 +192,7 @@ def build_timeline(
     negative ``last_seconds`` is a ``TimelineError``.
     """
     window = _window_ns(last_seconds)
-    spans, services, skipped = read_spans(path)
+    spans, services, skipped = _load_spans(path)
     cutoff = since_ns
     if window is not None and spans:
         newest = max(s.end for s in spans) - window
@@ -267,7 +219,7 @@ def build_timeline(
                     task.stall = str(a.get(N.ATTR_STALL_DIAGNOSIS, "stalled"))
                 elif name == N.EVENT_POOL_BROKEN:
                     task.fault = f"pool broken: {a.get(N.ATTR_BROKEN_REASON, '?')}"
-                elif name == "exception" and N.ATTR_FAULT_STAGE in a:
+                elif name == N.EVENT_EXCEPTION and N.ATTR_FAULT_STAGE in a:
                     task.fault = _fault_text(a)
             if task.fault is None and task.outcome in ("exception", "broken"):
                 task.fault = f"raised {task.error_type or 'an exception'}"
@@ -280,7 +232,7 @@ def build_timeline(
             continue
         owner.stages[s.name] = s
         for name, _t, a in s.events:
-            if name == "exception" and N.ATTR_FAULT_STAGE in a:
+            if name == N.EVENT_EXCEPTION and N.ATTR_FAULT_STAGE in a:
                 owner.fault = _fault_text(a)
     ordered = sorted(tasks.values(), key=lambda t: (t.start, t.task_id))
 
@@ -367,7 +319,7 @@ def _window_ns(last_seconds: float | None) -> int | None:
 
 def _fault_text(a: dict[str, Any]) -> str:
     text = f"{a.get(N.ATTR_FAULT_STAGE)}: {a.get(N.ATTR_FAULT_TARGET, '?')}"
-    typename = a.get(N.ATTR_FAULT_TYPE) or a.get("exception.type")
+    typename = a.get(N.ATTR_FAULT_TYPE) or a.get(N.ATTR_EXCEPTION_TYPE)
     return f"{text} ({typename})" if typename else text
 
 

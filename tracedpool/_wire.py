@@ -29,10 +29,11 @@ import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from . import _lifeline
-from ._errors import FAULT_ATTR, PicklingFault
+from ._errors import FAULT_ATTR, PicklingFault, pickling_fault
 
 time_ns = time.time_ns
 
@@ -61,7 +62,6 @@ class WorkerState:
     pending_meta: list[Any] | None = None
     current_work_id: int = -1
     last_recv_ns: int = 0
-    tracing: Any = None
     otel: Any = None  # the _otel module, imported by the first traced task
     pid: int = 0
 
@@ -302,8 +302,8 @@ def locate_call_failure(buf: Any) -> tuple[int, str] | None:
         return None  # it did not fail a second time: the part cannot be named
     try:
         walk = _Trace(data, failed_at)
-    except Exception:
-        return None
+    except (ValueError, IndexError, TypeError):
+        return None  # the opcodes do not walk as expected: the part cannot be named
     ops = walk.ops
     key_at = next((i for i, (_o, a, _p) in enumerate(ops) if a == "work_id"), -1)
     if key_at < 0 or key_at + 1 >= len(ops):
@@ -393,7 +393,7 @@ def target_name(part: int, nargs: int, kwnames: tuple[str, ...]) -> str:
 def _failing_opcode(data: bytes) -> int | None:
     """Replay ``data`` through the pure-Python unpickler; the index of the opcode that
     raised, or None if it loads."""
-    unpickler = pickle._Unpickler(io.BytesIO(data))  # type: ignore[attr-defined]
+    unpickler = pickle._Unpickler(io.BytesIO(data))
     count = [0]
 
     def counting(fn: Any) -> Any:
@@ -403,7 +403,7 @@ def _failing_opcode(data: bytes) -> int | None:
 
         return run
 
-    table = pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+    table = pickle._Unpickler.dispatch
     unpickler.dispatch = {k: counting(f) for k, f in table.items()}  # type: ignore[misc]
     try:
         unpickler.load()
@@ -416,11 +416,16 @@ def report_worker_unpickle_failure(fd: int, buf: Any, e: BaseException) -> None:
     """Tell the parent which work item and part failed to unpickle, before the worker dies."""
     try:
         located = locate_call_failure(buf)
+    except Exception:
+        located = None  # a bug in locating must not cost the report: the part is unnamed
+    try:
         work_id, target = located if located is not None else (-1, "call")
         facts = _exc_facts(e)
         facts.update(stage="worker-unpickle", target=target)
         _write_payload(fd, REC_FAULT, work_id, facts)
     except BaseException:
+        # The exception's own str() or traceback failed. The worker dies right after
+        # this (as the stdlib makes it) and has no other channel to the parent.
         pass
 
 
@@ -450,18 +455,17 @@ def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work
     typename = objtype if isinstance(objtype, str) else qualname(objtype)
     try:
         setattr(e, FAULT_ATTR, (stage, target, typename, work_id))
-    except Exception:
-        return
+    except (AttributeError, TypeError):
+        return  # an exception that takes no attributes (slots): it cannot be marked
     add_note = getattr(e, "add_note", None)
     if add_note is not None:
         add_note(f"tracedpool: {PicklingFault(stage, target, typename, work_id)}")
 
 
-def fault_of(e: BaseException | None) -> tuple[str, str, str, int] | None:
-    if e is None:
-        return None
-    value = getattr(e, FAULT_ATTR, None)
-    return value if isinstance(value, tuple) and len(value) == 4 else None
+# tracedpool._errors.pickling_fault reads what annotate_fault writes. This second name is
+# kept only for tracedpool._doctor, which imports it; remove it once the doctor imports
+# pickling_fault instead.
+fault_of: Callable[[BaseException | None], tuple[str, str, str, int] | None] = pickling_fault
 
 
 # -- reading the status pipe in the parent ------------------------------------------------------
@@ -513,6 +517,8 @@ class StatusReader:
                 payload = json.loads(buf[pos + rec.size + length.size : end])
             except ValueError:
                 payload = {}
+            if not isinstance(payload, dict):
+                payload = {}  # a worker writes a dict: anything else is not its record
             payload.update(pid=pid, work_id=work_id, t_ns=t)
             (self.faults if kind == REC_FAULT else self.init_failures).append(payload)
             pos = end

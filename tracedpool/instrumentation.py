@@ -25,7 +25,8 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from opentelemetry.instrumentation.instrumentor import (  # type: ignore[import-not-found,attr-defined]
+# import-not-found where the optional extra is absent; unused-ignore where it is present.
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[import-not-found,attr-defined,unused-ignore]
     BaseInstrumentor,
 )
 

@@ -24,9 +24,9 @@ import time
 from typing import Any
 
 import psutil
+from faults import sleep_then, stop_self_later
 
 import tracedpool
-from tracedpool.testing import sleep_then, stop_self_later
 
 
 def _states(pids: list[int]) -> list[str]:
