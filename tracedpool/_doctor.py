@@ -1393,8 +1393,8 @@ def _round_trip(pool: Any, value: int, timeout: float) -> None:
 
 
 def smoke_checks(opts: Options) -> list[Check]:
+    from ._errors import pickling_fault
     from ._executor import TracedProcessPoolExecutor
-    from ._wire import fault_of
 
     have_sdk = _dist_version("opentelemetry-sdk") is not None
     provider = exporter = None
@@ -1434,11 +1434,11 @@ def smoke_checks(opts: Options) -> list[Check]:
                 },
             )
         )
-        located = None
+        located: tuple[str, str, str, int] | None = None
         try:
             pool.submit(_echo, threading.Lock()).result(timeout=opts.timeout)
         except TypeError as e:
-            located = fault_of(e)
+            located = pickling_fault(e)
         except Exception as e:
             located = ("unexpected", type(e).__name__, str(e), -1)
         if located is not None and located[:2] == ("feeder-serialize", "args[0]"):

@@ -21,14 +21,21 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import _lifeline
 from ._doctor import Check, DoctorError, Result, may_inspect
-from ._stall import SCHEMA, _user_frame, _where, classify, render_text, snapshot_all, write_report
-from ._version import __version__
+from ._stall import (
+    _user_frame,
+    _where,
+    classify,
+    process_state,
+    render_text,
+    snapshot_all,
+    stall_report,
+    write_report,
+)
 
 SNAPSHOT_BUDGET = 5.0  # seconds for every stack, in parallel
 MAX_ORPHAN_CANDIDATES = 32
@@ -139,17 +146,6 @@ def worker_activity(threads: list[dict[str, Any]] | None) -> dict[str, Any]:
     if any(n in ("get", "recv_bytes", "_recv_bytes", "_recv") for n in inner_names):
         return {"is_worker": True, "doing": "idle"}
     return {"is_worker": True, "doing": f"in {_where(inner[0] if inner else None)}"}
-
-
-def _state(status: str) -> str:
-    """running, sleeping, stopped, zombie or dead (psutil's finer states folded)."""
-    if status in ("stopped", "tracing-stop"):
-        return "stopped"
-    if status in ("zombie", "dead"):
-        return status
-    if status in ("running", "waking"):
-        return "running"
-    return "sleeping"
 
 
 def _cpu_io(proc: Any) -> tuple[float, int] | None:
@@ -320,7 +316,7 @@ def _facts(proc: Any, role: str) -> dict[str, Any]:
     try:
         with proc.oneshot():
             status = proc.status()
-            facts["status"] = _state(status)
+            facts["status"] = process_state(status)
             facts["raw_status"] = status
             facts["ppid"] = proc.ppid()
             cpu = proc.cpu_times()
@@ -450,18 +446,15 @@ def build_report(insp: Inspection) -> dict[str, Any]:
         kind, stuck = "idle", []
         diagnosis = f"idle: {len(insp.workers)} worker(s) waiting for work, manager waiting"
     healthy = kind in ("idle", "busy", "no-pool")
-    return {
-        "schema": SCHEMA,
-        "kind": kind,
-        "diagnosis": diagnosis,
-        "detected_at": datetime.now(UTC).isoformat(),
-        "stall_seconds": 0.0 if healthy else insp.sample_seconds,
-        "pool": pool,
-        "tasks": tasks,
-        "processes": [insp.parent, *insp.workers, *insp.others, *insp.orphans],
-        "stuck_pids": stuck,
-        "tracedpool_version": __version__,
-    }
+    return stall_report(
+        kind,
+        diagnosis,
+        0.0 if healthy else insp.sample_seconds,
+        pool,
+        tasks,
+        [insp.parent, *insp.workers, *insp.others, *insp.orphans],
+        stuck,
+    )
 
 
 def _checks(insp: Inspection, report: dict[str, Any], cmdline: str) -> list[Check]:

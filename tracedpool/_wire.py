@@ -29,11 +29,10 @@ import struct
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from . import _lifeline
-from ._errors import FAULT_ATTR, PicklingFault, pickling_fault
+from ._errors import FAULT_ATTR, PicklingFault
 
 time_ns = time.time_ns
 
@@ -197,21 +196,18 @@ def worker_init(
         fd = status_conn.fileno()
         os.set_blocking(fd, False)
         w.status_fd = fd
-    except Exception:
+    except (OSError, ValueError):  # a closed pipe: this worker sends no status
         w.status_fd = -1
     if options and options.get("dump_handler"):
         try:
             from ._stall import install_worker_dump_handler
 
             install_worker_dump_handler()
-        except Exception:
+        except (OSError, RuntimeError, ValueError):  # no signal or file: no fallback dump
             pass
-    try:
-        from . import _otel
+    from . import _otel
 
-        _otel.worker_init_tracing()
-    except Exception:
-        pass
+    _otel.worker_init_tracing()  # says once itself what it cannot take over
     if user_init is None:
         return
     try:
@@ -460,12 +456,6 @@ def annotate_fault(e: BaseException, stage: str, target: str, objtype: Any, work
     add_note = getattr(e, "add_note", None)
     if add_note is not None:
         add_note(f"tracedpool: {PicklingFault(stage, target, typename, work_id)}")
-
-
-# tracedpool._errors.pickling_fault reads what annotate_fault writes. This second name is
-# kept only for tracedpool._doctor, which imports it; remove it once the doctor imports
-# pickling_fault instead.
-fault_of: Callable[[BaseException | None], tuple[str, str, str, int] | None] = pickling_fault
 
 
 # -- reading the status pipe in the parent ------------------------------------------------------
