@@ -349,6 +349,13 @@ def soak(params: Params, sdk: Sdk | None = None) -> SoakResult:
     import tracedpool
 
     result = SoakResult()
+    ctx = multiprocessing.get_context(params.start_method or None)
+    # multiprocessing's process-wide helpers (the resource tracker; the fork server, the
+    # default from 3.14) start on first use and live as long as the process: start them
+    # with one plain stdlib pool, so the baseline holds their descriptors and only what
+    # the traced pool keeps counts as left over.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as warm:
+        warm.submit(int).result(timeout=60)
     before_provider = Holdings.now()
     if sdk is None:
         sdk = counting_sdk()
@@ -372,7 +379,6 @@ def soak(params: Params, sdk: Sdk | None = None) -> SoakResult:
             return True
 
     sdk.provider.add_span_processor(Probe())
-    ctx = multiprocessing.get_context(params.start_method or None)
     gc.collect()
     baseline = Holdings.now()
     result.before_pool = holdings_dict(baseline)
