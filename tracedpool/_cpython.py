@@ -306,6 +306,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc]
             rec = obj.fn.rec
             observer = self._tp_observer
             if rec is not None and observer is not None:
+                rec.work_id = obj.work_id  # exact, whatever submit() could tell
                 rec.t_enqueue = time_ns()
                 try:
                     observer.on_enqueue(rec, obj.work_id)
@@ -555,16 +556,20 @@ def snapshot_items(shared: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return list(shared.copy().items())
 
 
-def confirm_work_id(executor: Any, predicted: int, fn: Any) -> int:
-    """The work id ``fn`` really got (another thread may have submitted meanwhile)."""
+def confirm_work_id(executor: Any, predicted: int, fn: Any) -> int | None:
+    """The work id ``fn`` really got (another thread may have submitted meanwhile), or
+    None once its item has left the pending dict: then the manager has already put it
+    on the call queue (``TracedCallQueue.put`` records the exact id), or dropped it
+    cancelled. Returning the prediction there gave two tasks one id when 16 threads
+    submitted at once (seen on 3.15)."""
     items = executor._pending_work_items
     item = items.get(predicted)
-    if item is None or item.fn is fn:
-        return predicted  # matches, or already completed (then nobody else took it)
+    if item is not None and item.fn is fn:
+        return predicted
     for work_id, work_item in snapshot_items(items):
         if work_item.fn is fn:
             return int(work_id)
-    return predicted
+    return None
 
 
 def future_outcome(future: Any) -> tuple[str, BaseException | None, Any]:

@@ -989,7 +989,11 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         except BrokenProcessPool as e:
             raise st.broken_on_submit(e) from None
         rec.t_submit1 = time_ns()
-        rec.work_id = _cpython.confirm_work_id(self, predicted, task)
+        confirmed = _cpython.confirm_work_id(self, predicted, task)
+        if confirmed is not None:
+            rec.work_id = confirmed
+        elif rec.work_id < 0:  # cancelled before it was enqueued: the best guess
+            rec.work_id = predicted
         if st.record_values:
             rec.future = future
         future.add_done_callback(rec)
