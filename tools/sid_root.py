@@ -362,7 +362,9 @@ def main() -> int:
         return 1
     with session(Path(__file__).resolve().parent.parent) as root:
         for minor in PYTHONS:
-            cmd = root.command([f"python{minor}", "-c", "import sys; print(sys.version)"], Path("/"))
+            cmd = root.command(
+                [f"python{minor}", "-c", "import sys; print(sys.version)"], Path("/")
+            )
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             print(f"python{minor}: {done.stdout.strip() or done.stderr.strip()}")
     print(f"sid-root: ready at {ROOT}")
