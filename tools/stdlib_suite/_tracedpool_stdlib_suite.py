@@ -79,3 +79,39 @@ def add_test_dir(test_dir: str, *modules: str) -> None:
     """Let ``import test.<module>`` find each of *modules* in *test_dir*."""
     names = frozenset(f"test.{module}" for module in modules)
     sys.meta_path.append(_ExternalTestsFinder(test_dir, names))
+
+
+class _NullExporter:
+    """Accepts every batch and drops it: spans are built and exported, nowhere."""
+
+    def export(self, spans: object) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def install_sdk() -> None:
+    """Make an always-on SDK provider the global one, as a traced service would have.
+
+    A ``TracerProvider`` (the default sampler records every span) with a
+    ``BatchSpanProcessor`` over a null exporter: tracedpool builds every span and the
+    processor's thread exports them, so the tests run the whole tracing path.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Debian's 3.14 and 3.15 process a venv's .pth files twice (their site.py adds the
+    # venv's site-packages in venv() and again in main()); a second provider would only
+    # be refused, with a warning on stderr that some tests count as a failure.
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_NullExporter()))  # type: ignore[arg-type]
+    trace.set_tracer_provider(provider)
