@@ -631,6 +631,7 @@ def absorb(
     """Fold one runner attempt into *run*; return the planned ids still to run (if any)."""
     plan: list[str] | None = None
     running: str | None = None
+    last_ended: str | None = None  # the last test this attempt finished
     for event in events:
         kind = event["event"]
         if kind == "fatal":
@@ -651,6 +652,7 @@ def absorb(
                 bool(event.get("env_changed", False)),
             )
             running = None if running == test_id else running
+            last_ended = test_id
         elif kind == "done":
             for test_id in plan or []:
                 # Never started: a fixture of its module or class failed or was skipped,
@@ -674,9 +676,24 @@ def absorb(
             last_lines = "\n".join(own.strip().splitlines()[-30:])
             outcome, detail = "crash", f"runner exit {code}\n{last_lines}{see_log}"
         run.records[running] = Record(running, outcome, detail)
+    elif code is not None and last_ended is not None:
+        # Died between tests, after progress: a module or class fixture hung or crashed
+        # (a tearDownModule waiting for a forkserver that never exits, say). It gets a
+        # record of its own, named like unittest's fixture placeholders so that a re-run
+        # on the plain stdlib covers its module; the later tests still run.
+        own = log_text(log, log_start).partition(STACKS_MARKER)[0]
+        module = last_ended.rsplit(".", 2)[0]
+        fixture = f"fixture ({module})"
+        outcome = "timeout" if "Timeout (" in own else "crash"
+        last_lines = "\n".join(own.strip().splitlines()[-30:])
+        detail = (
+            f"runner exit {code} between tests, after {last_ended}\n{last_lines}"
+            f"\n(stacks of the processes left behind: {log})"
+        )
+        run.records[fixture] = Record(fixture, outcome, detail)
     elif code is not None:
-        # Died between tests (a fixture or the interpreter): don't retry forever, and keep
-        # the runner's last words with every test it never reached.
+        # Died between tests before finishing any (the interpreter itself): don't retry
+        # for ever, and keep the runner's last words with every test it never reached.
         detail = f"runner exit {code} outside any test\n{log_tail(log, log_start)}"
         for test_id in plan:
             run.records.setdefault(test_id, Record(test_id, "crash", detail))
