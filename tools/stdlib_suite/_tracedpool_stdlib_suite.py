@@ -5,8 +5,9 @@ the venv starts: the test runner itself and the fresh interpreters that CPython'
 (``script_helper.assert_python_ok`` runs them with ``-I``, which ignores PYTHON* variables
 but still processes ``.pth`` files; spawn and forkserver workers are fresh interpreters too).
 
-Both hooks must stay cheap and silent: some tests assert that a child's stderr is empty.
-This file is never imported by the project; it is written for Python 3.10 and later.
+``install_sdk`` (the traced-sdk mode only) makes an always-on SDK provider the global one.
+The hooks must stay cheap and silent: some tests assert that a child's stderr is empty.
+This file is never imported by the project; it is written for Python 3.11 and later.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def substitute() -> None:
     """Make tracedpool's executor the one that ``concurrent.futures`` hands out.
 
     ``concurrent.futures`` exposes ProcessPoolExecutor through a module ``__getattr__``
-    (3.7 and later, unchanged up to 3.13) that imports ``.process`` on first access and
+    (3.7 and later, unchanged up to 3.15) that imports ``.process`` on first access and
     then caches the class in the module's globals. Setting the global ourselves therefore
     wins over the lazy hook for both ``futures.ProcessPoolExecutor`` and
     ``from concurrent.futures import ProcessPoolExecutor``.
