@@ -163,19 +163,52 @@ def run_suite(target: Target, pytest_args: list[str]) -> Outcome:
     cmd += pytest_args
     where = "" if target.root is None else f" (in {target.root.path})"
     print(f"[other-pythons] {target.minor}{where}: {' '.join(cmd[1:])}", flush=True)
-    try:
-        result = subprocess.run(
-            target.command(cmd), cwd=ROOT, timeout=SUITE_TIMEOUT, check=False, env=clean_env()
-        )
-        code = result.returncode
-    except subprocess.TimeoutExpired:
-        code = -1
+    log = OUT_DIR / f"{target.minor}.log"
+    code = run_logged(target.command(cmd), log)
     outcome = Outcome(target.minor, code, time.monotonic() - t0)
     read_junit(junit, outcome)
+    if outcome.note.startswith("no JUnit XML"):
+        # pytest-timeout's thread method ends the whole run on a hang (by design: the
+        # stacks are dumped and nothing later can be trusted); name the test it hung in.
+        outcome.note = f"pytest ended early, no results file: {hung_test(log)} (log: {log})"
     outcome.note = f"default start method {default_start_method(target, py)}" + (
         f"; {outcome.note}" if outcome.note else ""
     )
     return outcome
+
+
+def run_logged(cmd: list[str], log: Path) -> int:
+    """Run *cmd*, its output both shown and kept in *log*; its exit status (-1: timeout)."""
+    deadline = time.monotonic() + SUITE_TIMEOUT
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=clean_env(),
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            out.write(line)
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        proc.stdout.close()
+        code = proc.wait()
+    return -1 if time.monotonic() > deadline else code
+
+
+def hung_test(log: Path) -> str:
+    """The test a pytest-timeout dump hung in: the last test function in its stacks."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    dump = text[: text.rfind("+ Timeout +")] if "+ Timeout +" in text else text
+    frames = re.findall(r'File "[^"]*/(tests/[^"]+\.py)", line \d+, in (test_\w+)', dump)
+    return f"a timeout in {frames[-1][0]}::{frames[-1][1]}" if frames else "cause not found"
 
 
 def report(outcome: Outcome) -> None:
