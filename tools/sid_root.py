@@ -333,6 +333,11 @@ def session(checkout: Path, root_path: Path = ROOT) -> Iterator[Root]:
         user_file = counted_mount_lock(root, checkout)
         ours = user_file.with_suffix(".ours")
         users = user_file.open("w")
+        target = root.host_path(checkout)
+        if is_mountpoint(target) and not visible_inside(root, checkout) and ours.exists():
+            # Left by a killed run, of a checkout since deleted and cloned anew at the same
+            # path: nobody can be using it, since it no longer shows the checkout.
+            subprocess.run(["umount", str(target)], check=False)
         fcntl.flock(users, fcntl.LOCK_SH)  # held for the session: we use this mount
         if not visible_inside(root, checkout):
             bind(checkout, root.host_path(checkout))
