@@ -241,7 +241,12 @@ def sid_session(needed: bool) -> Iterator[sid_root.Root | str | None]:
     if reason:
         yield f"the Debian unstable root cannot be built here: {reason}"
         return
-    with sid_root.session(ROOT) as root:
+    with contextlib.ExitStack() as stack:
+        try:
+            root = stack.enter_context(sid_root.session(ROOT))
+        except sid_root.RootUnavailable as exc:
+            yield f"the Debian unstable root cannot be used here: {exc}"
+            return
         yield root
 
 

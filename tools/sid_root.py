@@ -51,6 +51,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(os.environ.get("TRACEDPOOL_SID_ROOT", "/var/cache/tracedpool/sid-root"))
 SUITE = "sid"
@@ -81,6 +82,10 @@ PIP_PATH_VARIABLES = (
 )
 BUILD_TIMEOUT = 1200  # debootstrap took 42 s here; a slow mirror gets 20 minutes
 APT_TIMEOUT = 600
+
+
+class RootUnavailable(Exception):
+    """The root exists but could not be prepared for a session (a mount failed)."""
 
 
 @dataclass(frozen=True)
@@ -317,6 +322,18 @@ def session(checkout: Path, root_path: Path = ROOT) -> Iterator[Root]:
     root = Root(root_path)
     checkout = checkout.resolve()
     guard = root.path.parent / f"{root.path.name}.lock"
+    try:
+        users, ours = _set_up(root, checkout, guard)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RootUnavailable(f"preparing {root.path} failed: {exc}") from exc
+    try:
+        yield root
+    finally:
+        _tear_down(root, checkout, guard, users, ours)
+
+
+def _set_up(root: Root, checkout: Path, guard: Path) -> tuple[IO[str], Path]:
+    """Mount and copy what a session needs; (the held user lock, the "we mounted" mark)."""
     with guard.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one session sets up or tears down at a time
         for mount in SYSTEM_MOUNTS:
@@ -340,24 +357,30 @@ def session(checkout: Path, root_path: Path = ROOT) -> Iterator[Root]:
             subprocess.run(["umount", str(target)], check=False)
         fcntl.flock(users, fcntl.LOCK_SH)  # held for the session: we use this mount
         if not visible_inside(root, checkout):
-            bind(checkout, root.host_path(checkout))
-            ours.write_text(str(checkout), encoding="utf-8")
-    try:
-        yield root
-    finally:
-        with guard.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                # Exclusive only when no other session holds it shared: we are the last.
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                last = True
-            except BlockingIOError:
-                last = False
-            target = root.host_path(checkout)
-            if last and ours.exists() and is_mountpoint(target):
-                subprocess.run(["umount", str(target)], check=False)
-                ours.unlink()
-            users.close()
+                bind(checkout, target)
+            except BaseException:
+                users.close()
+                raise
+            ours.write_text(str(checkout), encoding="utf-8")
+    return users, ours
+
+
+def _tear_down(root: Root, checkout: Path, guard: Path, users: IO[str], ours: Path) -> None:
+    """Leave the session; the last one out unmounts the checkout, if a session mounted it."""
+    with guard.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            # Exclusive only when no other session holds it shared: we are the last.
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            last = True
+        except BlockingIOError:
+            last = False
+        target = root.host_path(checkout)
+        if last and ours.exists() and is_mountpoint(target):
+            subprocess.run(["umount", str(target)], check=False)
+            ours.unlink()
+        users.close()
 
 
 def main() -> int:

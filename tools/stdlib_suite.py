@@ -41,6 +41,7 @@ Outputs (logs, JSON-lines results) go to build/stdlib-suite/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -992,7 +993,11 @@ def main(argv: list[str]) -> int:
         reason = sid_root.ensure_built()
         if reason:
             return run_all(opts, f"the Debian unstable root cannot be built here: {reason}")
-        with sid_root.session(REPO) as root:
+        with contextlib.ExitStack() as stack:
+            try:
+                root = stack.enter_context(sid_root.session(REPO))
+            except sid_root.RootUnavailable as exc:
+                return run_all(opts, f"the Debian unstable root cannot be used here: {exc}")
             return run_all(opts, root)
 
 
