@@ -11,6 +11,9 @@ tools/other_pythons.py and tools/stdlib_suite.py use it like this::
     with sid_root.session(checkout) as root:  # mounts, pip configuration, the checkout
         subprocess.run(root.command(["python3.14", "-V"], cwd=checkout))
 
+``session`` raises ``RootUnavailable`` when a mount fails; callers skip 3.14 and 3.15
+with one line then, as when the root cannot be built.
+
 Building: a stamp in the root records the suite, mirror and package list; a different
 list builds a new root beside the old one and swaps it in, so a run still using the old
 one is not disturbed. An fcntl lock serialises builders. Building needs root, network
