@@ -134,8 +134,7 @@ def read_junit(path: Path, outcome: Outcome) -> None:
         problem = next((c for c in case if c.tag in ("failure", "error")), None)
         if problem is not None:
             kind = "failed" if problem.tag == "failure" else "errors"
-            first = (problem.get("message") or problem.text or "").strip().splitlines()
-            outcome.failures.append((test_id, first[0][:200] if first else problem.tag))
+            outcome.failures.append((test_id, first_error_line(problem)))
         elif any(c.tag == "skipped" for c in case):
             kind = "skipped"
         outcome.counts[kind] += 1
@@ -143,6 +142,23 @@ def read_junit(path: Path, outcome: Outcome) -> None:
         for method in START_METHODS:
             if param and re.search(rf"(^|-){method}($|-)", param.group(1)):
                 outcome.by_method.setdefault(method, Counter())[kind] += 1
+
+
+def first_error_line(problem: ET.Element) -> str:
+    """The line that says what went wrong; for an assertion quoting a child's traceback,
+    the child's first exception (with its message, which may be on the next line)."""
+    first = (problem.get("message") or problem.text or "").strip().splitlines()
+    line = first[0] if first else problem.tag
+    if line.endswith("Traceback (most recent call last):"):
+        text = [re.sub(r"^E\s+", "", t).strip() for t in (problem.text or "").splitlines()]
+        for i, candidate in enumerate(text):
+            if re.match(r"[\w.]*(Error|Exception)\b.*:", candidate) and not candidate.startswith(
+                "AssertionError"
+            ):
+                rest = candidate if not candidate.endswith(":") else f"{candidate} {text[i + 1]}"
+                line = f"{line.split(':')[0]}: child {rest}"
+                break
+    return line[:200]
 
 
 def default_start_method(target: Target, py: Path) -> str:
