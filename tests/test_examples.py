@@ -175,8 +175,10 @@ def test_service_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     request's spans are flushed to the file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(PYTHONPATH=str(ROOT), **{N.ENV_TRACE_FILE: str(tmp_path / "traces.jsonl")})
+    # -u: the lines are read as they are printed, and a pipe would hold them in the
+    # child's buffer (the test hung where PYTHONUNBUFFERED was not set in the caller's env).
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "service.py"), "--port", "0"],
+        [sys.executable, "-u", str(EXAMPLES / "service.py"), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,8 +5,9 @@ the venv starts: the test runner itself and the fresh interpreters that CPython'
 (``script_helper.assert_python_ok`` runs them with ``-I``, which ignores PYTHON* variables
 but still processes ``.pth`` files; spawn and forkserver workers are fresh interpreters too).
 
-Both hooks must stay cheap and silent: some tests assert that a child's stderr is empty.
-This file is never imported by the project; it is written for Python 3.10 and later.
+``install_sdk`` (the traced-sdk mode only) makes an always-on SDK provider the global one.
+The hooks must stay cheap and silent: some tests assert that a child's stderr is empty.
+This file is never imported by the project; it is written for Python 3.11 and later.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def substitute() -> None:
     """Make tracedpool's executor the one that ``concurrent.futures`` hands out.
 
     ``concurrent.futures`` exposes ProcessPoolExecutor through a module ``__getattr__``
-    (3.7 and later, unchanged up to 3.13) that imports ``.process`` on first access and
+    (3.7 and later, unchanged up to 3.15) that imports ``.process`` on first access and
     then caches the class in the module's globals. Setting the global ourselves therefore
     wins over the lazy hook for both ``futures.ProcessPoolExecutor`` and
     ``from concurrent.futures import ProcessPoolExecutor``.
@@ -79,3 +80,39 @@ def add_test_dir(test_dir: str, *modules: str) -> None:
     """Let ``import test.<module>`` find each of *modules* in *test_dir*."""
     names = frozenset(f"test.{module}" for module in modules)
     sys.meta_path.append(_ExternalTestsFinder(test_dir, names))
+
+
+class _NullExporter:
+    """Accepts every batch and drops it: spans are built and exported, nowhere."""
+
+    def export(self, spans: object) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def install_sdk() -> None:
+    """Make an always-on SDK provider the global one, as a traced service would have.
+
+    A ``TracerProvider`` (the default sampler records every span) with a
+    ``BatchSpanProcessor`` over a null exporter: tracedpool builds every span and the
+    processor's thread exports them, so the tests run the whole tracing path.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Debian's 3.14 and 3.15 process a venv's .pth files twice (their site.py adds the
+    # venv's site-packages in venv() and again in main()); a second provider would only
+    # be refused, with a warning on stderr that some tests count as a failure.
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_NullExporter()))  # type: ignore[arg-type]
+    trace.set_tracer_provider(provider)

@@ -1,14 +1,14 @@
 """Run CPython's process-pool tests and stream one JSON record per test to a file.
 
 Started by tools/stdlib_suite.py with the python of a stdlib-suite venv; it is not a tool to
-run by hand. Why not regrtest: its ``--timeout`` is per test *file*, and Python 3.10 and 3.11
-ship all of these tests in one file, so a single hang would lose every result of that
+run by hand. Why not regrtest: its ``--timeout`` is per test *file*, and Python 3.11 ships
+all of these tests in one file, so a single hang would lose every result of that
 Python. Here each test gets its own faulthandler deadline (a hang dumps every thread's stack
 and exits), every finished test is already on disk, and the caller resumes after the test
-that hung. Runs on Python 3.10 and later.
+that hung. Runs on Python 3.11 and later.
 
 The runner's own output never goes through ``sys.stderr`` as the tests leave it: some tests
-replace it (3.10's and 3.11's test_deadlock can leave an ``io.StringIO`` there, gh-109832),
+replace it (3.11's test_deadlock can leave an ``io.StringIO`` there, gh-109832),
 and the stack dumps and the runner's own errors would then vanish. They go to the stderr the
 runner started with, and each test's replaced ``sys`` streams are put back after it, as
 regrtest does.
@@ -171,7 +171,7 @@ def iter_cases(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
 
 
 def module_names(package_or_module: str) -> list[str]:
-    """The test module itself (3.10, 3.11) or the test_* modules of its package (3.12+)."""
+    """The test module itself (3.11) or the test_* modules of its package (3.12+)."""
     module = importlib.import_module(package_or_module)
     if not hasattr(module, "__path__"):
         return [package_or_module]
@@ -275,7 +275,7 @@ def main(argv: list[str]) -> int:
     own_stderr = sys.stderr
     # Mirror what regrtest sets up: quiet tests (verbose=0), crash and hang stack dumps.
     # support.use_resources stays None, which enables every resource (3.13 puts the timeout
-    # tests behind the 'walltime' resource; 3.10 runs them unconditionally).
+    # tests behind the 'walltime' resource; 3.11 runs them unconditionally).
     cpython_test_support().verbose = 0
     faulthandler.enable(file=own_stderr, all_threads=True)
 
