@@ -22,10 +22,11 @@ and ``debootstrap`` (installed with apt-get when missing). Where that is impossi
 
 A session makes the root usable for the host's checkout:
 
-* ``/proc``, ``/sys``, ``/dev`` and ``/dev/shm`` are bound in when not already mounted,
-  and so are the host directories that the pip configuration points to (find-links,
-  ``file://`` indexes). These are the same for every run, so they are left in place:
-  unmounting them could pull them from under a concurrent run.
+* ``/proc``, ``/sys``, ``/dev``, ``/dev/shm`` and ``/dev/pts`` (pseudo-terminals, for
+  the tests of a tty) are bound in when not already mounted, and so are the host
+  directories that the pip configuration points to (find-links, ``file://`` indexes).
+  These are the same for every run, so they are left in place: unmounting them could
+  pull them from under a concurrent run.
 * ``/etc/resolv.conf``, the CA bundle and every pip configuration file that exists on
   the host (and the files they name, such as constraints) are copied in at the same
   paths; pip's ``PIP_*`` variables pass through the environment unchanged.
@@ -68,7 +69,7 @@ PACKAGES = tuple(
     )
 )
 STAMP_NAME = ".tracedpool-root.json"
-SYSTEM_MOUNTS = ("/proc", "/sys", "/dev", "/dev/shm")  # in this order: /dev before /dev/shm
+SYSTEM_MOUNTS = ("/proc", "/sys", "/dev", "/dev/shm", "/dev/pts")  # /dev before the mounts under it
 COPIED_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 PIP_CONFIG_FILES = ("/etc/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
 PIP_CONFIG_DIRS = ("/etc/xdg/pip",)  # copied whole: pip reads pip.conf there, and constraints
