@@ -143,7 +143,7 @@ def configure(
     processors = [BatchSpanProcessor(exporter) for _, exporter in exporters]
     for processor in processors:
         provider.add_span_processor(processor)
-    atexit.register(_shutdown_at_exit, provider, processors, rule)
+    _ExitShutdown(provider, processors, rule)
 
     file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
     setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)
@@ -180,40 +180,65 @@ def exit_export_timeout() -> float:
     return value
 
 
-def _shutdown_at_exit(provider: Any, processors: list[Any], rule: str) -> None:
-    """Shut the provider down at interpreter exit, waiting at most the bound.
+class _ExitShutdown:
+    """Shuts a ``configure()``d provider down at interpreter exit, waiting at most
+    ``TRACEDPOOL_EXIT_EXPORT_TIMEOUT``.
 
     The shutdown (a last flush of each batch processor) runs on a daemon thread; if it
-    has not finished in time the spans still queued are counted, said once, and left:
-    the process exits whatever the collector does (refused, black-holed, slow)."""
-    timeout = exit_export_timeout()
-    done = threading.Event()
+    has not finished in time, the spans still queued are counted, said once, and left:
+    the process exits whatever the collector does (refused, black-holed, slow). The
+    thread is started here, idle until exit, because 3.12 refuses to start threads once
+    the interpreter is shutting down, which is when atexit callbacks run."""
 
-    def shutdown() -> None:
+    def __init__(self, provider: Any, processors: list[Any], rule: str) -> None:
+        self.provider = provider
+        self.processors = processors
+        self.rule = rule
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.pid = os.getpid()
+        self.thread = threading.Thread(
+            target=self._wait_then_shut_down, name="tracedpool-exit-export", daemon=True
+        )
+        self.thread.start()
+        atexit.register(self.at_exit)
+
+    def _wait_then_shut_down(self) -> None:
+        self.go.wait()
+        self._shut_down()
+
+    def _shut_down(self) -> None:
         try:
-            provider.shutdown()
+            self.provider.shutdown()
         except Exception:
             log.warning("tracedpool: the tracer provider's shutdown failed", exc_info=True)
         finally:
-            done.set()
+            self.done.set()
 
-    t0 = time.monotonic()
-    thread = threading.Thread(target=shutdown, name="tracedpool-exit-export", daemon=True)
-    thread.start()
-    if done.wait(timeout):
-        return
-    unsent = [queued_spans(p) for p in processors]
-    known = sum(n for n in unsent if n is not None)
-    count = f"{known} span(s)" if None not in unsent else f"at least {known} span(s)"
-    log.warning(
-        "tracedpool: the trace exporter (chosen by %s) was still sending after %.1f s at "
-        "exit; %s still queued were not sent, and the batch in flight may be lost. "
-        "%s sets this bound.",
-        rule,
-        time.monotonic() - t0,
-        count,
-        N.ENV_EXIT_EXPORT_TIMEOUT,
-    )
+    def at_exit(self) -> None:
+        timeout = exit_export_timeout()
+        t0 = time.monotonic()
+        if os.getpid() == self.pid and self.thread.is_alive():
+            self.go.set()
+        else:  # a forked child: the idle thread did not come along
+            try:
+                threading.Thread(target=self._shut_down, daemon=True).start()
+            except RuntimeError:  # no thread can start now: shut down here, unbounded
+                self._shut_down()
+        if self.done.wait(timeout):
+            return
+        unsent = [queued_spans(p) for p in self.processors]
+        known = sum(n for n in unsent if n is not None)
+        count = f"{known} span(s)" if None not in unsent else f"at least {known} span(s)"
+        log.warning(
+            "tracedpool: the trace exporter (chosen by %s) was still sending after %.1f s "
+            "at exit; %s still queued were not sent, and the batch in flight may be lost. "
+            "%s sets this bound.",
+            self.rule,
+            time.monotonic() - t0,
+            count,
+            N.ENV_EXIT_EXPORT_TIMEOUT,
+        )
 
 
 def _existing_provider() -> Any:
