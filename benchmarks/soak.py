@@ -124,7 +124,9 @@ class Holdings:
         extra = {fd: t for fd, t in later.fds.items() if self.fds.get(fd) != t}
         if len(later.fds) != len(self.fds) or extra:
             out.append(f"fds {len(self.fds)} -> {len(later.fds)}, new: {extra}")
-        if threads and (later.threads != self.threads or later.os_threads != self.os_threads):
+        # An OS thread counted in the baseline may still have been exiting (a joined
+        # Python thread outlives its join() by a moment): only more threads is a leak.
+        if threads and (later.threads != self.threads or later.os_threads > self.os_threads):
             out.append(
                 f"threads {self.threads} ({self.os_threads} OS) -> "
                 f"{later.threads} ({later.os_threads} OS)"
