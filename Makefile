@@ -58,7 +58,7 @@ bench: venv
 	$(PY) benchmarks/throughput.py
 
 docs: venv
-	$(PY) -c 'import sys, tracedpool._names as n; sys.exit(n.main(["--write", "docs/names.md"]))'
+	$(PY) -c 'import sys, tracedpool._telemetry.names as n; sys.exit(n.main(["--write", "docs/names.md"]))'
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .mypy_cache .ruff_cache

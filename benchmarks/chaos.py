@@ -68,7 +68,7 @@ from tracedpool import (  # noqa: E402
     TracedBrokenProcessPool,
     TracedProcessPoolExecutor,
 )
-from tracedpool import _names as N  # noqa: E402
+from tracedpool._telemetry import names as N  # noqa: E402
 from tracedpool.testing import recording_provider  # noqa: E402
 
 MD_START = "<!-- chaos:start -->"

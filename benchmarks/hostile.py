@@ -30,7 +30,7 @@ import psutil  # noqa: E402
 from faults import bytes_of  # noqa: E402
 
 from tracedpool import TracedProcessPoolExecutor  # noqa: E402
-from tracedpool import _names as N  # noqa: E402
+from tracedpool._telemetry import names as N  # noqa: E402
 from tracedpool.testing import recording_provider  # noqa: E402
 
 MIB = 1024 * 1024

@@ -97,7 +97,7 @@ class Receiver:
     def _count(self, path: str, headers: dict[str, str], body: bytes) -> None:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 
-        from tracedpool import _names as N
+        from tracedpool._telemetry import names as N
 
         request = pb.ExportTraceServiceRequest()
         request.ParseFromString(body)
@@ -315,7 +315,7 @@ def run_scenario(scenario: str, params: Params, logs: LogCounter) -> ScenarioRes
 
 
 def _next_work_id(pool: Any) -> int:
-    from tracedpool import _cpython
+    from tracedpool._pool import cpython as _cpython
 
     return int(_cpython.next_work_id(pool))
 

@@ -48,7 +48,7 @@ from faults import busy as busy_task  # noqa: E402
 from faults import sleep_then  # noqa: E402
 
 from tracedpool import TracedProcessPoolExecutor  # noqa: E402
-from tracedpool import _names as N  # noqa: E402
+from tracedpool._telemetry import names as N  # noqa: E402
 from tracedpool.testing import square  # noqa: E402
 
 

@@ -320,7 +320,7 @@ def settle(flush: Callable[[], None], interval: float = 0.01, max_wait: float = 
 
 
 def wait_for_span_backlog(pool: Executor, max_wait: float = 60.0) -> None:
-    """A traced pool builds a burst's spans once the burst is over (tracedpool/_emit.py);
+    """A traced pool builds a burst's spans once the burst is over (tracedpool/_telemetry/emit.py);
     wait until it has, so that this work is not billed to the next (stdlib) round."""
     stats = getattr(pool, "stats", None)
     deadline = time.perf_counter() + max_wait

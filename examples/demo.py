@@ -25,9 +25,9 @@ from opentelemetry import trace
 
 import tracedpool
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool import _names as N
-from tracedpool._otlpjson import decode_request, trace_files
-from tracedpool._timeline import TimelineError, write_timeline
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry.otlpjson import decode_request, trace_files
+from tracedpool._timeline.page import TimelineError, write_timeline
 
 
 def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:

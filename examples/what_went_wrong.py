@@ -56,7 +56,7 @@ from opentelemetry import trace
 
 import tracedpool
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
-from tracedpool._timeline import TimelineError, write_timeline
+from tracedpool._timeline.page import TimelineError, write_timeline
 from tracedpool.testing import square
 
 # The fault injectors live with the tests, not in the package; the workers find them by

@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 
 # -- objects that fail at a chosen moment --------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 
 APP = Path(__file__).parent / "apps" / "plain_pool_app.py"
 TASKS = 6

@@ -20,7 +20,7 @@ import pytest
 from faults import sleep_then
 
 from tracedpool import TracedBrokenProcessPool
-from tracedpool._cpython import snapshot_items
+from tracedpool._pool.cpython import snapshot_items
 
 
 def _load_chaos() -> Any:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tracedpool._stall import SCHEMA, write_report
+from tracedpool._diagnosis.stall import SCHEMA, write_report
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

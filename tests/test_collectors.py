@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_export import ENV_TEST_OTLP_ENDPOINT
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 
 yaml = pytest.importorskip("yaml")
 

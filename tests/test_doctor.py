@@ -27,9 +27,9 @@ import pytest
 from faults import sleep_then
 from unprivileged import Unprivileged
 
-from tracedpool import TracedProcessPoolExecutor, _heartbeat
-from tracedpool import _names as N
-from tracedpool._doctor import (
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool._diagnosis import heartbeat as _heartbeat
+from tracedpool._doctor.checks import (
     GROUPS,
     Check,
     DoctorError,
@@ -44,7 +44,8 @@ from tracedpool._doctor import (
     run_checks,
     working_set,
 )
-from tracedpool._inspect import inspect_pid
+from tracedpool._doctor.inspect import inspect_pid
+from tracedpool._telemetry import names as N
 from tracedpool.testing import OtlpReceiver, square
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
 
 
 def _have_py_spy() -> bool:
-    from tracedpool._stall import py_spy_path
+    from tracedpool._diagnosis.stall import py_spy_path
 
     return py_spy_path() is not None
 
@@ -238,7 +239,7 @@ def test_snapshot_checks_attach_for_real() -> None:
 def test_attach_warns_not_fails_when_the_test_child_is_slow() -> None:
     """A test child that does not say "ready" in time is a warning (the check never
     fails, as documented), with a fix."""
-    from tracedpool._stall import py_spy_path
+    from tracedpool._diagnosis.stall import py_spy_path
 
     check = _attach_check(py_spy_path(), 1e-6)  # no real Python starts in a microsecond
     assert check.status == "warn" and "ready" in check.finding and check.fix
@@ -798,7 +799,7 @@ def test_colour_only_on_a_tty() -> None:
 
 def test_report_written_over_an_existing_file_is_made_private(tmp_path: Path) -> None:
     """--report PATH over an existing, world-readable file: both files end up 0600."""
-    from tracedpool._inspect import save_report
+    from tracedpool._doctor.inspect import save_report
 
     target = tmp_path / "stuck.json"
     target.write_text("old")
@@ -824,7 +825,7 @@ def test_non_finite_seconds_are_refused() -> None:
     """--timeout inf (or nan) is a usage error, exit 2, not a crash."""
     import argparse
 
-    from tracedpool._cli import _positive_float
+    from tracedpool._cli.main import _positive_float
 
     for text in ("inf", "-inf", "nan", "Infinity"):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -192,7 +192,8 @@ def test_unknown_internals_degrade_without_breaking_the_pool(
 ) -> None:
     """If the stdlib internals are not the ones tracedpool knows, the pool still works,
     submit and completion are still traced, and tracedpool says so once."""
-    from tracedpool import _cpython, _executor
+    from tracedpool._pool import cpython as _cpython
+    from tracedpool._pool import executor as _executor
 
     monkeypatch.setattr(_cpython, "install_queue_hooks", lambda executor, observer: False)
     monkeypatch.setattr(_executor, "_degraded_warned", False)

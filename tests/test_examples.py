@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tracedpool import _names as N
-from tracedpool._otlpjson import read_spans
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry.otlpjson import read_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

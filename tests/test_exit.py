@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tracedpool import _names as N
-from tracedpool._otlpjson import read_spans
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry.otlpjson import read_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(__file__).resolve().parent / "apps" / "exit_app.py"

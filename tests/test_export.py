@@ -30,15 +30,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import tracedpool
 from tracedpool import TracedProcessPoolExecutor
-from tracedpool import _configure as C
-from tracedpool import _names as N
-from tracedpool._jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
-from tracedpool._otlpjson import read_spans, trace_files
+from tracedpool._telemetry import configure as C
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry.jsonl import EXPORTER_NAME, JsonLinesSpanExporter, default_trace_file
+from tracedpool._telemetry.otlpjson import read_spans, trace_files
 from tracedpool.testing import OtlpReceiver
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 ROOT = Path(__file__).resolve().parent.parent
-#: Tests only (so not in tracedpool._names): an OTLP/HTTP endpoint, a collector or
+#: Tests only (so not in tracedpool._telemetry.names): an OTLP/HTTP endpoint, a collector or
 #: Jaeger such as http://localhost:4318, for the opt-in test against a real one.
 ENV_TEST_OTLP_ENDPOINT = "TRACEDPOOL_TEST_OTLP_ENDPOINT"
 
@@ -273,7 +273,7 @@ def test_a_failed_file_is_retried_even_while_exports_keep_coming(
 ) -> None:
     """Exports during the retry wait do not push the retry back: once the directory can
     be created again, the next export after the wait writes the file."""
-    from tracedpool import _jsonl
+    from tracedpool._telemetry import jsonl as _jsonl
 
     monkeypatch.setattr(_jsonl, "RETRY_SECONDS", 0.3)
     blocker = tmp_path / "d"

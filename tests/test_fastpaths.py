@@ -26,8 +26,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from tracedpool import TracedProcessPoolExecutor, _cpython, _otel
-from tracedpool import _names as N
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool._pool import cpython as _cpython
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry import otel as _otel
 from tracedpool.testing import spans_by_task, square
 
 SAMPLERS = [

@@ -14,7 +14,7 @@ from faults import FaultCase, fault_table
 
 import tracedpool
 from tracedpool import TracedBrokenProcessPool
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import assert_pool_healthy, spans_by_task
 
 TESTS = Path(__file__).resolve().parent  # where faults.py is

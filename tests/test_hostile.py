@@ -32,7 +32,7 @@ from faults import (
 )
 
 from tracedpool import TracedBrokenProcessPool, TracedProcessPoolExecutor
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import spans_by_task, square, wait_for
 
 CI_RESULT_BYTES = 64 * 1024 * 1024

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import tracedpool
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import spans_by_task, square
 
 STDLIB = concurrent.futures.process.ProcessPoolExecutor

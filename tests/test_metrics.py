@@ -15,8 +15,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from tracedpool import _emit, _metrics
-from tracedpool import _names as N
+from tracedpool._telemetry import emit as _emit
+from tracedpool._telemetry import metrics as _metrics
+from tracedpool._telemetry import names as N
 from tracedpool.testing import recording_provider, square, wait_for
 
 
@@ -303,7 +304,8 @@ import multiprocessing
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from tracedpool import TracedProcessPoolExecutor, _names as N
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool._telemetry import names as N
 from tracedpool.testing import recording_provider, square
 
 tracer_provider, _ = recording_provider()

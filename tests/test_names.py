@@ -6,13 +6,14 @@ import ast
 import re
 from pathlib import Path
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 
 ROOT = Path(__file__).resolve().parent.parent
+NAMES = ROOT / "tracedpool" / "_telemetry" / "names.py"
 
 
 def test_docs_names_table_is_current() -> None:
-    """docs/names.md matches what `make docs` generates from tracedpool/_names.py."""
+    """docs/names.md matches what `make docs` generates from tracedpool/_telemetry/names.py."""
     on_disk = (ROOT / "docs" / "names.md").read_text(encoding="utf-8")
     assert on_disk == N.render_markdown(), "docs/names.md is stale: run `make docs`"
 
@@ -36,18 +37,20 @@ def test_no_name_is_spelled_outside_the_names_module() -> None:
         r"[\"']tracedpool\.(task|submit|enqueue|feeder-serialize|worker-run|"
         r"sendback|manager-wake|pool|fault|broken|worker|wake|payload|result|map)\b"
     )
-    for path in (ROOT / "tracedpool").glob("*.py"):
-        if path.name == "_names.py":
+    for path in (ROOT / "tracedpool").rglob("*.py"):
+        if path == NAMES:
             continue
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("#"):
                 continue
-            assert not pattern.search(line), f"{path.name}:{line_no}: use tracedpool._names"
+            assert not pattern.search(line), (
+                f"{path.name}:{line_no}: use tracedpool._telemetry.names"
+            )
 
 
 def _registered_constants() -> list[str]:
     """The names of _names' constants that go into the docs table."""
-    tree = ast.parse((ROOT / "tracedpool" / "_names.py").read_text(encoding="utf-8"))
+    tree = ast.parse(NAMES.read_text(encoding="utf-8"))
     out = []
     for node in tree.body:
         if (
@@ -65,23 +68,25 @@ def test_every_documented_name_is_used_by_the_package() -> None:
     """Each name in the docs table is read or emitted by some module of the package: a
     documented name the code never uses (or a tests-only one) fails here."""
     sources = {
-        path.name: path.read_text(encoding="utf-8")
-        for path in (ROOT / "tracedpool").glob("*.py")
-        if path.name != "_names.py"
+        str(path): path.read_text(encoding="utf-8")
+        for path in (ROOT / "tracedpool").rglob("*.py")
+        if path != NAMES
     }
     unused = [
         name
         for name in _registered_constants()
         if not any(re.search(rf"\b{name}\b", text) for text in sources.values())
     ]
-    assert not unused, f"documented in tracedpool/_names.py but never used: {unused}"
+    assert not unused, f"documented in tracedpool/_telemetry/names.py but never used: {unused}"
 
 
 def test_exception_attribute_keys_are_not_spelled_outside_the_names_module() -> None:
-    """OpenTelemetry's exception.* keys come from tracedpool._names too."""
+    """OpenTelemetry's exception.* keys come from tracedpool._telemetry.names too."""
     pattern = re.compile(r"[\"']exception\.(type|message|stacktrace|escaped)[\"']")
-    for path in (ROOT / "tracedpool").glob("*.py"):
-        if path.name == "_names.py":
+    for path in (ROOT / "tracedpool").rglob("*.py"):
+        if path == NAMES:
             continue
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            assert not pattern.search(line), f"{path.name}:{line_no}: use tracedpool._names"
+            assert not pattern.search(line), (
+                f"{path.name}:{line_no}: use tracedpool._telemetry.names"
+            )

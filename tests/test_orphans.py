@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tracedpool import TracedProcessPoolExecutor, _lifeline
+from tracedpool import TracedProcessPoolExecutor
+from tracedpool._worker import lifeline as _lifeline
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the guarantee is made on Linux"
@@ -245,14 +246,14 @@ def test_scan_reports_workers_with_a_dead_owner(tmp_path: Path) -> None:
         "import threading, time, sys\n"
         "t = threading.Thread(target=time.sleep, args=(60,), name=sys.argv[1], daemon=True)\n"
         "t.start()\n"
-        "from tracedpool._lifeline import _prctl, _PR_SET_NAME\n"
+        "from tracedpool._worker.lifeline import _prctl, _PR_SET_NAME\n"
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
     # _prctl names only the calling thread; name the sleeper from inside it instead.
     code = code.replace(
         "target=time.sleep, args=(60,)",
-        "target=lambda: (__import__('tracedpool._lifeline')._lifeline._prctl(15, "
+        "target=lambda: (__import__('tracedpool._worker.lifeline')._worker.lifeline._prctl(15, "
         "sys.argv[1].encode()), time.sleep(60))",
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -318,7 +319,7 @@ def test_doctor_finds_a_traced_worker_its_owner_left_behind(owner: Any, tmp_path
     """The one case that can outlive its owner (a lone worker, started from a thread
     that has exited, holding the GIL in native code) is found by ``doctor --probe``
     from /proc alone, and by the command (exit 0: a warning)."""
-    from tracedpool._doctor import probe
+    from tracedpool._doctor.checks import probe
 
     run = owner("spawn", "lone-native")
     facts = run.started()
@@ -354,12 +355,12 @@ def test_doctor_finds_a_traced_worker_its_owner_left_behind(owner: Any, tmp_path
     assert worker.pid in [
         o["pid"] for c in doc["checks"] if c["id"] == "probe.orphans" for o in c["data"]["orphans"]
     ]
-    from tracedpool._stall import py_spy_path
+    from tracedpool._diagnosis.stall import py_spy_path
 
     if py_spy_path() is None:
         return
     # --pid lists it too, whatever process is inspected (the orphan's owner is gone).
-    from tracedpool._inspect import inspect_pid
+    from tracedpool._doctor.inspect import inspect_pid
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

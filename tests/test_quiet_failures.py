@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from tracedpool import _cpython, _otel, _wire
+from tracedpool._pool import cpython as _cpython
+from tracedpool._telemetry import otel as _otel
+from tracedpool._worker import wire as _wire
 
 
 def test_a_status_record_whose_payload_is_not_an_object_is_kept_without_raising() -> None:

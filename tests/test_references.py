@@ -24,7 +24,7 @@ from faults import Unpicklable
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import square, wait_for
 
 

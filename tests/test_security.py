@@ -27,10 +27,10 @@ import pytest
 from faults import Unpicklable, identity, raise_error, sleep_then
 
 import tracedpool
-from tracedpool import _names as N
-from tracedpool import _stall
-from tracedpool._jsonl import JsonLinesSpanExporter
-from tracedpool._otlpjson import read_spans
+from tracedpool._diagnosis import stall as _stall
+from tracedpool._telemetry import names as N
+from tracedpool._telemetry.jsonl import JsonLinesSpanExporter
+from tracedpool._telemetry.otlpjson import read_spans
 
 SECRET = "s3cr3t-7f1c9a"  # marks a value: it must appear nowhere tracedpool records it
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import recording_provider, spans_by_task, square, wait_for
 
 
@@ -380,7 +380,7 @@ def test_span_building_steps_aside_during_a_burst(
     """Span building shares the GIL with the pool's threads: while the manager thread is
     busy it waits, and it builds the burst's spans once the manager has slept through a
     whole DEFER_TICK."""
-    from tracedpool import _emit
+    from tracedpool._telemetry import emit as _emit
 
     monkeypatch.setattr(_emit, "DEFER_SECONDS", 60.0)  # only quiet ends the wait here
     monkeypatch.setattr(_emit, "DEFER_TICK", 1.0)  # a burst of 2,000 takes ~0.2 s
@@ -402,7 +402,7 @@ def test_a_pool_that_never_goes_quiet_still_gets_its_spans(
     make_pool: Any, recorder: Any, monkeypatch: Any
 ) -> None:
     """The wait is bounded by DEFER_SECONDS: a pool kept busy gets its spans anyway."""
-    from tracedpool import _emit
+    from tracedpool._telemetry import emit as _emit
 
     monkeypatch.setattr(_emit, "DEFER_SECONDS", 0.3)
     monkeypatch.setattr(_emit, "DEFER_TICK", 1.0)
@@ -433,7 +433,7 @@ def test_long_tasks_leave_room_for_span_building(
 ) -> None:
     """A task running long keeps the pool's threads asleep: spans of the tasks that
     finished meanwhile are built without waiting for it."""
-    from tracedpool import _emit
+    from tracedpool._telemetry import emit as _emit
 
     monkeypatch.setattr(_emit, "DEFER_SECONDS", 60.0)
     provider, exporter = recorder
@@ -484,7 +484,7 @@ def test_an_instrumentation_failure_for_a_task_is_an_event_on_its_span(
 ) -> None:
     """When tracedpool's own work for a task fails, the task still runs and its span
     carries a tracedpool.internal-error event saying where; the log says it once."""
-    import tracedpool._executor as E
+    import tracedpool._pool.executor as E
 
     def broken_qualname(obj: Any) -> str:
         raise RuntimeError("instrumentation bug")

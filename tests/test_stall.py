@@ -13,7 +13,7 @@ import pytest
 from faults import busy, sleep_then, stop_self_later
 
 from tracedpool import PoolStalledError, TracedProcessPoolExecutor
-from tracedpool import _names as N
+from tracedpool._telemetry import names as N
 from tracedpool.testing import square, wait_for
 
 TIMEOUT = 1.0
@@ -227,7 +227,7 @@ def test_snapshots_fall_back_without_py_spy(
 
 def test_report_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the newest KEEP_REPORTS reports (JSON and text) are kept."""
-    from tracedpool import _stall
+    from tracedpool._diagnosis import stall as _stall
 
     monkeypatch.setattr(_stall, "KEEP_REPORTS", 3)
     report = {"schema": _stall.SCHEMA, "diagnosis": "d", "pool": {"id": "p"}, "processes": []}

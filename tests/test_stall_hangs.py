@@ -37,7 +37,7 @@ from faults import (
 from unprivileged import Unprivileged
 
 from tracedpool import PoolStalledError
-from tracedpool._stall import wait_channel
+from tracedpool._diagnosis.stall import wait_channel
 from tracedpool.testing import square
 
 TIMEOUT = 1.0

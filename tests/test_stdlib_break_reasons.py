@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from tracedpool import TracedBrokenProcessPool, TracedProcessPoolExecutor, _cpython
-from tracedpool import _names as N
+from tracedpool import TracedBrokenProcessPool, TracedProcessPoolExecutor
+from tracedpool._pool import cpython as _cpython
+from tracedpool._telemetry import names as N
 from tracedpool.testing import recording_provider, spans_by_task, wait_for
 
 needs_message = pytest.mark.skipif(

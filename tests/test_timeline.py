@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from faults import ErrorAtPickle, identity, sleep_then, stop_self_later
 
-from tracedpool import _names as N
-from tracedpool._timeline import TimelineError, build_timeline, render_html, write_timeline
+from tracedpool._telemetry import names as N
+from tracedpool._timeline.page import TimelineError, build_timeline, render_html, write_timeline
 from tracedpool.testing import otlp_json_line, recording_provider
 
 ROOT = Path(__file__).resolve().parent.parent

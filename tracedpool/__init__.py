@@ -1,6 +1,5 @@
 """tracedpool: an observable, diagnosable drop-in ``ProcessPoolExecutor``."""
 
-from ._configure import TracingSetup, configure
 from ._errors import (
     PicklingFault,
     PoolStalledError,
@@ -8,8 +7,9 @@ from ._errors import (
     TracedBrokenProcessPool,
     pickling_fault,
 )
-from ._executor import TracedProcessPoolExecutor
-from ._instrument import instrument, is_instrumented, uninstrument
+from ._pool.executor import TracedProcessPoolExecutor
+from ._pool.instrument import instrument, is_instrumented, uninstrument
+from ._telemetry.configure import TracingSetup, configure
 from ._version import __version__
 
 __all__ = [

@@ -1,7 +1,7 @@
-"""``python -m tracedpool``: the command line (see tracedpool._cli)."""
+"""``python -m tracedpool``: the command line (see tracedpool._cli.main)."""
 
 import sys
 
-from ._cli import main
+from ._cli.main import main
 
 sys.exit(main())

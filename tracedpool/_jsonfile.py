@@ -1,7 +1,7 @@
 """Reading JSON the commands are handed, which may be any file at all.
 
 ``tracedpool report`` reads one JSON document (a stall report); ``tracedpool timeline``
-reads JSON lines (a trace file, through ``tracedpool._otlpjson.read_spans``). Both read
+reads JSON lines (a trace file, through ``tracedpool._telemetry.otlpjson.read_spans``). Both read
 through here, so every way a file can be wrong (unreadable, not UTF-8 text, not JSON,
 nested too deeply for the parser) becomes a ``ValueError`` saying so in one line, which
 the commands print before exiting with 2. None of it may end in a traceback.

@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[import-
     BaseInstrumentor,
 )
 
-from . import _instrument
+from ._pool import instrument as _instrument
 
 log = logging.getLogger("tracedpool")
 

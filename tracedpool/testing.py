@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from . import _names as N
+from ._telemetry import names as N
 
 __all__ = [
     "OtlpReceiver",
@@ -83,7 +83,7 @@ def otlp_json_line(spans: Any) -> str:
     """SDK spans as one OTLP/JSON ``ExportTraceServiceRequest`` line (without its
     newline): exactly what tracedpool's file exporter writes and ``tracedpool timeline``
     reads, from the same encoder."""
-    from ._otlpjson import encode_line
+    from ._telemetry.otlpjson import encode_line
 
     return encode_line(spans).decode("utf-8").rstrip("\n")
 

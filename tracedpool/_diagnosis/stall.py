@@ -34,9 +34,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._heartbeat import Heartbeat
-from ._threads import start_daemon
-from ._version import __version__
+from .._threads import start_daemon
+from .._version import __version__
+from .heartbeat import Heartbeat
 
 log = logging.getLogger("tracedpool")
 
@@ -76,7 +76,7 @@ class StallConfig:
     @classmethod
     def from_options(cls, timeout: Any, report_dir: Any, on_stall: Any, action: Any) -> StallConfig:
         """Validate the executor's stall options; bad values raise naming the rule."""
-        from . import _names as N
+        from .._telemetry import names as N
 
         if timeout is _DEFAULT:
             env = os.environ.get(N.ENV_STALL_TIMEOUT)
@@ -141,7 +141,7 @@ def py_spy_path() -> str | None:
     """``TRACEDPOOL_PY_SPY`` (a path, or ``off``), else py-spy on PATH or beside Python."""
     from shutil import which
 
-    from . import _names as N
+    from .._telemetry import names as N
 
     chosen = os.environ.get(N.ENV_PY_SPY, "").strip()
     if chosen.lower() in ("off", "0", "none", "no", "false"):
@@ -446,7 +446,7 @@ class Watcher:
 
         self._state: Any = weakref.proxy(state)
         self.config = config
-        # Given by the pool (tracedpool._cpython reads the stdlib's flag): the stall
+        # Given by the pool (tracedpool._pool.cpython reads the stdlib's flag): the stall
         # detector reads no CPython internals itself and imports nothing of the hooks.
         self._interpreter_exiting = interpreter_exiting
         assert config.timeout is not None

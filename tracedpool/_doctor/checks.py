@@ -1,6 +1,6 @@
 """``tracedpool doctor``: health checks for a machine, a configuration and a running pool.
 
-Plain functions returning result objects; ``tracedpool._cli`` is the thin layer that
+Plain functions returning result objects; ``tracedpool._cli.main`` is the thin layer that
 prints them. Three modes:
 
 * ``run_checks(Options)``: the machine and configuration checks, by group (``python``,
@@ -39,9 +39,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _heartbeat, _lifeline
-from . import _names as N
-from ._version import __version__
+from .._diagnosis import heartbeat as _heartbeat
+from .._telemetry import names as N
+from .._version import __version__
+from .._worker import lifeline as _lifeline
 
 SCHEMA = "tracedpool.doctor/1"
 STATUSES = ("ok", "warn", "fail", "skip")
@@ -204,7 +205,7 @@ def python_checks(opts: Options) -> list[Check]:
 
 
 def _version_check() -> Check:
-    from . import _cpython
+    from .._pool import cpython as _cpython
 
     version = platform.python_version()
     data: dict[str, Any] = {
@@ -710,7 +711,7 @@ def _is_same_user(uids: Any) -> bool:
 
 
 def _py_spy() -> str | None:
-    from ._stall import py_spy_path
+    from .._diagnosis.stall import py_spy_path
 
     return py_spy_path()
 
@@ -804,7 +805,7 @@ def _ptrace_check(exe: str | None) -> Check:
 def _attach_check(exe: str | None, timeout: float) -> Check:
     """py-spy attached for real to a child Python process, a sibling of py-spy as a
     pool's workers are."""
-    from ._stall import py_spy_dump
+    from .._diagnosis.stall import py_spy_dump
 
     if exe is None:
         return Check("snapshots.attach", "skip", "py-spy is not installed")
@@ -962,8 +963,8 @@ def _sdk_check() -> Check:
     )
     # What tracedpool.configure() would pick, by its documented precedence (its default,
     # the trace file, differs from opentelemetry-instrument's, OTLP).
-    from . import _configure
-    from ._otlpjson import file_settings
+    from .._telemetry import configure as _configure
+    from .._telemetry.otlpjson import file_settings
 
     try:
         names, rule = _configure.exporter_names()
@@ -1393,13 +1394,13 @@ def _round_trip(pool: Any, value: int, timeout: float) -> None:
 
 
 def smoke_checks(opts: Options) -> list[Check]:
-    from ._errors import pickling_fault
-    from ._executor import TracedProcessPoolExecutor
+    from .._errors import pickling_fault
+    from .._pool.executor import TracedProcessPoolExecutor
 
     have_sdk = _dist_version("opentelemetry-sdk") is not None
     provider = exporter = None
     if have_sdk:
-        from .testing import recording_provider
+        from ..testing import recording_provider
 
         provider, exporter = recording_provider()
     context = multiprocessing.get_context(opts.start_method) if opts.start_method else None

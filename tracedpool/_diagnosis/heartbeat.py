@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _names as N
+from .._telemetry import names as N
 
 log = logging.getLogger("tracedpool")
 

@@ -31,8 +31,8 @@ import time
 import traceback
 from typing import Any
 
-from . import _lifeline
-from ._errors import FAULT_ATTR, PicklingFault
+from .._errors import FAULT_ATTR, PicklingFault
+from . import lifeline as _lifeline
 
 time_ns = time.time_ns
 
@@ -110,7 +110,7 @@ class _Task:
         w.pending_meta = meta
         otel = w.otel
         if otel is None:
-            from . import _otel as otel
+            from .._telemetry import otel
 
             w.otel = otel
             w.pid = meta[M_PID] = os.getpid()
@@ -200,12 +200,12 @@ def worker_init(
         w.status_fd = -1
     if options and options.get("dump_handler"):
         try:
-            from ._stall import install_worker_dump_handler
+            from .._diagnosis.stall import install_worker_dump_handler
 
             install_worker_dump_handler()
         except (OSError, RuntimeError, ValueError):  # no signal or file: no fallback dump
             pass
-    from . import _otel
+    from .._telemetry import otel as _otel
 
     _otel.worker_init_tracing()  # says once itself what it cannot take over
     if user_init is None:

@@ -1,7 +1,7 @@
 """The embedded default exporter: spans as OTLP/JSON lines in a private local file.
 
 Each ``export()`` call writes one line: one ``ExportTraceServiceRequest`` in the OTLP
-JSON encoding (``tracedpool._otlpjson``). ``read_spans`` there reads the file back; a
+JSON encoding (``tracedpool._telemetry.otlpjson``). ``read_spans`` there reads the file back; a
 collector's ``otlpjsonfile`` receiver can too. Nothing needs to be running.
 
 The file is the host's, not ours, so writing it is careful:
@@ -31,9 +31,9 @@ from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import _names as N
-from ._names import EXPORTER_NAME
-from ._otlpjson import default_trace_file, encode_line, file_settings
+from . import names as N
+from .names import EXPORTER_NAME
+from .otlpjson import default_trace_file, encode_line, file_settings
 
 log = logging.getLogger("tracedpool")
 

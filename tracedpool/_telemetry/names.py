@@ -521,7 +521,7 @@ def render_markdown() -> str:
     out = [
         "# Names",
         "",
-        "Generated from `tracedpool/_names.py` by `make docs`; do not edit by hand.",
+        "Generated from `tracedpool/_telemetry/names.py` by `make docs`; do not edit by hand.",
         "",
     ]
     for kind, title in titles.items():

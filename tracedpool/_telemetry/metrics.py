@@ -27,10 +27,10 @@ from typing import Any
 
 from opentelemetry import metrics as _api
 
-from . import _names as N
-from ._errors import pickling_fault
-from ._version import __version__
-from ._wire import M_RECV, M_RUN0, M_RUN1, M_SEND0
+from .._errors import pickling_fault
+from .._version import __version__
+from .._worker.wire import M_RECV, M_RUN0, M_RUN1, M_SEND0
+from . import names as N
 
 log = logging.getLogger("tracedpool")
 

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _lifeline
-from ._doctor import Check, DoctorError, Result, may_inspect
-from ._stall import (
+from .._diagnosis.stall import (
     _user_frame,
     _where,
     classify,
@@ -36,6 +34,8 @@ from ._stall import (
     stall_report,
     write_report,
 )
+from .._worker import lifeline as _lifeline
+from .checks import Check, DoctorError, Result, may_inspect
 
 SNAPSHOT_BUDGET = 5.0  # seconds for every stack, in parallel
 MAX_ORPHAN_CANDIDATES = 32
@@ -202,7 +202,7 @@ def check_target(pid: int) -> Any:
     (checked before anything attaches), not Python, py-spy missing."""
     import psutil
 
-    from ._doctor import _py_spy
+    from .checks import _py_spy
 
     if pid <= 0:
         raise DoctorError(f"{pid} is not a process id")
@@ -251,7 +251,7 @@ def inspect_pid(pid: int, sample: float = 1.0) -> Result:
             method = "spawn" if "--multiprocessing-fork" in cmd else "fork"
             candidates.append((child, method))
     orphans = _orphan_candidates(proc, cmdline)
-    # Traced workers name their owner (tracedpool._lifeline): no stack needed to know.
+    # Traced workers name their owner (tracedpool._worker.lifeline): no stack needed to know.
     marked = {o.pid: o for o in _lifeline.scan_orphans()}
     for o_pid in marked.keys() - {p.pid for p in orphans}:
         with contextlib.suppress(psutil.Error):
@@ -341,7 +341,7 @@ def _orphan_candidates(target: Any, target_cmdline: str) -> list[Any]:
     workers by their command line, fork workers by the target's command line."""
     import psutil
 
-    from ._doctor import _is_same_user
+    from .checks import _is_same_user
 
     out = []
     for p in psutil.process_iter(["pid", "ppid", "cmdline", "uids"]):

@@ -53,11 +53,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from . import _cpython, _metrics
-from . import _names as N
-from ._emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
-from ._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
-from ._forensics import (
+from .._diagnosis.forensics import (
     BreakInfo,
     ForcedShutdown,
     RssSampler,
@@ -67,11 +63,16 @@ from ._forensics import (
     stdlib_reason,
     summary,
 )
-from ._lifeline import StartedBy
-from ._otel import Sink, SpanSpec, global_provider_unset, resolve_sink
-from ._stall import _DEFAULT as _STALL_DEFAULT
-from ._stall import StallConfig, Watcher, parent_threads, process_state
-from ._wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
+from .._diagnosis.stall import _DEFAULT as _STALL_DEFAULT
+from .._diagnosis.stall import StallConfig, Watcher, parent_threads, process_state
+from .._errors import PoolStalledError, ResultUnpicklingError, TracedBrokenProcessPool
+from .._telemetry import metrics as _metrics
+from .._telemetry import names as N
+from .._telemetry.emit import Emitter, TaskRecord, WakeRecord, _bounded_repr, task_specs, wake_spec
+from .._telemetry.otel import Sink, SpanSpec, global_provider_unset, resolve_sink
+from .._worker.lifeline import StartedBy
+from .._worker.wire import StatusReader, _Task, annotate_fault, probe_parts, qualname, worker_init
+from . import cpython as _cpython
 
 log = logging.getLogger("tracedpool")
 
@@ -206,7 +207,7 @@ class _PoolState:
 
     # -- hooks: feeder thread --------------------------------------------------------------------
     def wrap_send_bytes(self, send: Any) -> Any:
-        from ._wire import clear_feeder_task, feeder_task
+        from .._worker.wire import clear_feeder_task, feeder_task
 
         def send_bytes(buf: Any) -> None:
             task = feeder_task()
@@ -886,7 +887,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         reader, writer = multiprocessing.Pipe(duplex=False)
         try:
             # StartedBy judges, in the thread that starts each worker, whether the
-            # worker may die with that thread (tracedpool._lifeline).
+            # worker may die with that thread (tracedpool._worker.lifeline).
             options = {
                 "dump_handler": stall.timeout is not None,
                 "lifeline": StartedBy(),

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _names as N
-from ._jsonfile import JsonFileError
-from ._otlpjson import ReadStats
-from ._otlpjson import read_spans as _read_span_dicts
+from .._jsonfile import JsonFileError
+from .._telemetry import names as N
+from .._telemetry.otlpjson import ReadStats
+from .._telemetry.otlpjson import read_spans as _read_span_dicts
 
 #: At most this many task rows are drawn (the breakdown still counts every task).
 MAX_TASK_ROWS = 2000

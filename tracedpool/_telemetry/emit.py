@@ -26,13 +26,13 @@ from collections import deque
 from time import monotonic, sleep, time_ns
 from typing import Any
 
-from . import _names as N
-from ._cpython import future_outcome
-from ._errors import pickling_fault
-from ._forensics import role_of
-from ._otel import EventSpec, SpanSpec
-from ._threads import start_daemon
-from ._wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
+from .._diagnosis.forensics import role_of
+from .._errors import pickling_fault
+from .._pool.cpython import future_outcome
+from .._threads import start_daemon
+from .._worker.wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
+from . import names as N
+from .otel import EventSpec, SpanSpec
 
 log = logging.getLogger("tracedpool")
 

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from ._version import __version__
+from .._version import __version__
 
 SCOPE_NAME = "tracedpool"
 

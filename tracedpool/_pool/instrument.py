@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import process as _cfp
 from typing import Any
 
-from . import _names as N
+from .._telemetry import names as N
 
 log = logging.getLogger("tracedpool")
 
@@ -73,7 +73,7 @@ def options_from_env() -> dict[str, Any]:
         options["stall_report_dir"] = report_dir
     rescue = os.environ.get(N.ENV_RESCUE_UNPICKLABLE_RESULTS, "").strip()
     if rescue:
-        from ._executor import _env_flag
+        from .executor import _env_flag
 
         options["rescue_unpicklable_results"] = _env_flag(N.ENV_RESCUE_UNPICKLABLE_RESULTS, False)
     return options
@@ -87,8 +87,8 @@ def _validate(options: dict[str, Any]) -> None:
             f"executor's keyword-only options: {', '.join(OPTIONS)}"
         )
     # Bad configuration fails here, once, rather than at every pool the app creates.
-    from ._executor import _env_flag
-    from ._stall import _DEFAULT, StallConfig
+    from .._diagnosis.stall import _DEFAULT, StallConfig
+    from .executor import _env_flag
 
     StallConfig.from_options(
         options.get("stall_timeout", _DEFAULT),
@@ -120,7 +120,7 @@ def instrument(**options: Any) -> bool:
     with _lock:
         if _installed is not None:
             return False
-        from ._executor import TracedProcessPoolExecutor
+        from .executor import TracedProcessPoolExecutor
 
         stdlib = _cfp.ProcessPoolExecutor
         original = stdlib.__dict__["__init__"]

@@ -10,7 +10,7 @@ Which exporter, in order (the first rule that applies wins):
    ``opentelemetry_traces_exporter`` entry point, or ``none`` alone.
 2. ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if set: OTLP.
 3. Otherwise the embedded default: OTLP/JSON lines in a private local file
-   (``tracedpool._jsonl``), so nothing needs to be running.
+   (``tracedpool._telemetry.jsonl``), so nothing needs to be running.
 
 OTLP uses ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``:
 ``http/protobuf`` (the specification's default) or ``grpc``. The exporters themselves
@@ -34,8 +34,8 @@ from typing import Any
 
 from opentelemetry import trace
 
-from . import _names as N
-from ._otel import global_provider_unset, queued_spans
+from . import names as N
+from .otel import global_provider_unset, queued_spans
 
 log = logging.getLogger("tracedpool")
 
@@ -364,7 +364,7 @@ def _make_exporter(name: str, trace_file: Any) -> tuple[str, Any]:
 
         return name, ConsoleSpanExporter()
     if name == EXPORTER_NAME:
-        from ._jsonl import JsonLinesSpanExporter
+        from .jsonl import JsonLinesSpanExporter
 
         return name, JsonLinesSpanExporter(trace_file)
     cls = _entry_point("opentelemetry_traces_exporter", name)

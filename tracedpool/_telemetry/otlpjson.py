@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _jsonfile
-from . import _names as N
-from ._jsonfile import BAD_LINE, JsonFileError
+from .. import _jsonfile
+from .._jsonfile import BAD_LINE, JsonFileError
+from . import names as N
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_COUNT = 3

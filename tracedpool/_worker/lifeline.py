@@ -89,7 +89,7 @@ class StartedBy:
 def _lasting(main: Any) -> bool:
     thread = threading.current_thread()
     # A traced manager thread marks itself: it joins every worker it started before it
-    # ends (tracedpool._cpython.TracedManagerThread).
+    # ends (tracedpool._pool.cpython.TracedManagerThread).
     return thread is main or bool(getattr(thread, "_tp_outlives_workers", False))
 
 

@@ -40,8 +40,8 @@ from collections.abc import Callable
 from concurrent.futures import InvalidStateError
 from typing import Any, Protocol
 
-from . import _wire
-from ._wire import _Task
+from .._worker import wire as _wire
+from .._worker.wire import _Task
 
 time_ns = time.time_ns
 
@@ -220,7 +220,7 @@ WORKER = _wire.WORKER
 class PoolObserver(Protocol):
     """The pool's state, as the hooks here see it: what they report, what they read.
 
-    Implemented by ``tracedpool._executor._PoolState``. Every method is called from a
+    Implemented by ``tracedpool._pool.executor._PoolState``. Every method is called from a
     hook that must not fail its thread, and each such call is guarded: a method that
     raises is reported through ``internal_error`` by the hook.
     """
@@ -696,7 +696,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
     """The stdlib manager thread with observation points and two stdlib fixes."""
 
     #: It joins (or kills) every worker it started before it ends, so a worker it starts
-    #: may die with it (PR_SET_PDEATHSIG follows the forking thread; tracedpool._lifeline).
+    #: may die with it (PR_SET_PDEATHSIG follows the forking thread; tracedpool._worker.lifeline).
     _tp_outlives_workers = True
 
     def __init__(self, executor: Any, observer: PoolObserver) -> None:

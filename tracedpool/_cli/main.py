@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._jsonfile import JsonFileError, read_document
-from ._stall import SCHEMA, render_text
+from .._diagnosis.stall import SCHEMA, render_text
+from .._jsonfile import JsonFileError, read_document
 
 
 class ReportError(Exception):
@@ -91,7 +91,7 @@ def _positive_float(text: str) -> float:
 
 
 def _groups(text: str) -> list[str]:
-    from ._doctor import GROUPS
+    from .._doctor.checks import GROUPS
 
     found = [g.strip() for g in text.split(",") if g.strip()]
     unknown = [g for g in found if g not in GROUPS]
@@ -107,7 +107,7 @@ _COLOURS = {"ok": "32", "warn": "33", "fail": "31;1", "skip": "2"}
 
 def render_doctor(result: Any, colour: bool = False) -> str:
     """A doctor result for a human: one line per check, its fix indented below."""
-    from ._version import __version__
+    from .._version import __version__
 
     def paint(status: str) -> str:
         word = f"{status:<4}"
@@ -162,7 +162,7 @@ def _stacks(report: dict[str, Any]) -> list[str]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ._doctor import DoctorError, Options, probe, run_checks
+    from .._doctor.checks import DoctorError, Options, probe, run_checks
 
     mode_flags = []
     if args.report is not None and args.pid is None:
@@ -193,7 +193,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 require=args.require_pool,
             )
         elif args.pid is not None:
-            from ._inspect import inspect_pid, save_report
+            from .._doctor.inspect import inspect_pid, save_report
 
             result = inspect_pid(args.pid, args.sample or 1.0)
             if args.report is not None and result.report is not None:
@@ -206,7 +206,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 result.report["report_path"] = str(written)
                 print(f"tracedpool doctor: report written to {written}", file=sys.stderr)
         else:
-            from ._doctor import GROUPS
+            from .._doctor.checks import GROUPS
 
             groups = tuple(g for g in (args.only or GROUPS) if g not in (args.skip or ()))
             result = run_checks(
@@ -280,12 +280,12 @@ def _doctor_parser(sub: Any) -> None:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from ._timeline import TimelineError, write_timeline
+    from .._timeline.page import TimelineError, write_timeline
 
     try:
         tracefile = args.tracefile
         if tracefile is None:
-            from ._otlpjson import file_settings
+            from .._telemetry.otlpjson import file_settings
 
             tracefile = file_settings()[0]
         result = write_timeline(tracefile, args.output, last_seconds=args.last)

@@ -1,0 +1,9 @@
+"""The telemetry room: names, span building, the OpenTelemetry boundary, export, metrics.
+
+- ``names``: every span name, attribute key, event name and environment variable.
+- ``otel``: choosing a span sink per provider; the SDK's private names live here only.
+- ``emit``: the emitter thread, the only place that calls span processors.
+- ``configure``: ``tracedpool.configure()``, the pipeline tracedpool can own.
+- ``jsonl`` and ``otlpjson``: the embedded default exporter and its OTLP/JSON encoding.
+- ``metrics``: histograms, counters and gauges through the metrics API.
+"""
