@@ -29,22 +29,15 @@ from unprivileged import Unprivileged
 
 from tracedpool import TracedProcessPoolExecutor
 from tracedpool._diagnosis import heartbeat as _heartbeat
-from tracedpool._doctor.checks import (
-    GROUPS,
-    Check,
-    DoctorError,
-    Options,
-    _attach_check,
-    _fields,
-    _guarded,
-    cgroup_memory,
-    endpoint_check,
-    memory_stat_value,
-    probe,
-    run_checks,
-    working_set,
-)
+from tracedpool._diagnosis.cgroup import memory as cgroup_memory
+from tracedpool._diagnosis.cgroup import memory_stat_value, working_set
+from tracedpool._doctor.endpoint import endpoint_check
 from tracedpool._doctor.inspect import inspect_pid
+from tracedpool._doctor.otlp_proto import fields
+from tracedpool._doctor.probe import probe
+from tracedpool._doctor.result import GROUPS, Check, DoctorError, Options, guarded
+from tracedpool._doctor.run import run_checks
+from tracedpool._doctor.snapshots import _attach_check, _py_spy_check
 from tracedpool._telemetry import names as N
 from tracedpool.testing import OtlpReceiver, square
 
@@ -235,6 +228,14 @@ def test_snapshot_checks_attach_for_real() -> None:
     assert checks["snapshots.attach"].data["seconds"] < 30
 
 
+def test_a_py_spy_lookup_that_fails_is_said_not_taken_for_missing() -> None:
+    """When looking py-spy up raises (an unreadable PATH entry), the py-spy check says
+    so and names the variable to set, instead of reporting py-spy as not installed."""
+    check = _py_spy_check(None, 1.0, "PermissionError: [Errno 13] Permission denied")
+    assert check.status == "warn" and "could not be looked up" in check.finding
+    assert "PermissionError" in check.data["error"] and N.ENV_PY_SPY in (check.fix or "")
+
+
 @needs_py_spy
 def test_attach_warns_not_fails_when_the_test_child_is_slow() -> None:
     """A test child that does not say "ready" in time is a warning (the check never
@@ -303,12 +304,12 @@ def receiver() -> Iterator[Receiver]:
 
 def _span_of(body: bytes) -> tuple[dict[int, list[Any]], str]:
     """(the span's fields, the resource's service.name) from a request body."""
-    resource_spans = _fields(_fields(body)[1][0])
-    resource_kv = _fields(_fields(resource_spans[1][0])[1][0])
-    service = _fields(resource_kv[2][0])[1][0].decode()
+    resource_spans = fields(fields(body)[1][0])
+    resource_kv = fields(fields(resource_spans[1][0])[1][0])
+    service = fields(resource_kv[2][0])[1][0].decode()
     assert resource_kv[1][0] == b"service.name"
-    scope_spans = _fields(resource_spans[2][0])
-    return _fields(scope_spans[2][0]), service
+    scope_spans = fields(resource_spans[2][0])
+    return fields(scope_spans[2][0]), service
 
 
 def test_endpoint_accepts_a_real_test_span(
@@ -433,7 +434,7 @@ def test_a_crashing_check_is_its_own_fail_with_header_values_masked(
     def crash() -> Check:
         raise ValueError("Invalid header value b's3cr3tT0ken'")
 
-    check = _guarded("telemetry.endpoint", crash)
+    check = guarded("telemetry.endpoint", crash)
     assert check.id == "telemetry.endpoint" and check.status == "fail"
     assert "ValueError" in check.finding and "s3cr3t" not in check.finding
     assert "bug" in (check.fix or "")
