@@ -319,7 +319,7 @@ def test_doctor_finds_a_traced_worker_its_owner_left_behind(owner: Any, tmp_path
     """The one case that can outlive its owner (a lone worker, started from a thread
     that has exited, holding the GIL in native code) is found by ``doctor --probe``
     from /proc alone, and by the command (exit 0: a warning)."""
-    from tracedpool._doctor.checks import probe
+    from tracedpool._doctor.probe import probe
 
     run = owner("spawn", "lone-native")
     facts = run.started()

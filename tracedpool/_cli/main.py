@@ -91,7 +91,7 @@ def _positive_float(text: str) -> float:
 
 
 def _groups(text: str) -> list[str]:
-    from .._doctor.checks import GROUPS
+    from .._doctor.result import GROUPS
 
     found = [g.strip() for g in text.split(",") if g.strip()]
     unknown = [g for g in found if g not in GROUPS]
@@ -162,7 +162,9 @@ def _stacks(report: dict[str, Any]) -> list[str]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .._doctor.checks import DoctorError, Options, probe, run_checks
+    from .._doctor.probe import probe
+    from .._doctor.result import DoctorError, Options
+    from .._doctor.run import run_checks
 
     mode_flags = []
     if args.report is not None and args.pid is None:
@@ -206,7 +208,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 result.report["report_path"] = str(written)
                 print(f"tracedpool doctor: report written to {written}", file=sys.stderr)
         else:
-            from .._doctor.checks import GROUPS
+            from .._doctor.result import GROUPS
 
             groups = tuple(g for g in (args.only or GROUPS) if g not in (args.skip or ()))
             result = run_checks(

@@ -5,4 +5,6 @@
 - ``stall``: the stall watcher, stack snapshots (py-spy, with a fallback), process
   status, and the stall report's one shape.
 - ``heartbeat``: the liveness file a pool keeps fresh, readable without ptrace.
+- ``cgroup``: the CPU quota, memory limit and usage and OOM-kill count of this
+  process's own cgroup chain, for forensics' OOM verdict and the doctor's limits.
 """

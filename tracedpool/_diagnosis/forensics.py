@@ -15,21 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-_OOM_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+from . import cgroup as _cgroup
 
-
-def cgroup_oom_kills() -> int | None:
-    """The cgroup's ``oom_kill`` count where readable (cgroup v2, else v1)."""
-    for path in _OOM_EVENTS:
-        try:
-            with open(path, encoding="ascii") as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return None
+#: The OOM verdict's two facts, read from this process's own cgroup chain by the module
+#: the doctor's limits checks also read (``_diagnosis.cgroup``), so that the two agree in
+#: a nested cgroup. Plain assignments (not imports) keep them this module's names.
+cgroup_oom_kills = _cgroup.oom_kills
+cgroup_memory_limit = _cgroup.memory_limit
 
 
 def signal_name(exitcode: int | None) -> str | None:
@@ -39,19 +31,6 @@ def signal_name(exitcode: int | None) -> str | None:
         return signal.Signals(-exitcode).name
     except ValueError:
         return f"signal {-exitcode}"
-
-
-def cgroup_memory_limit() -> int | None:
-    """The cgroup's memory limit in bytes where one is set and readable."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path, encoding="ascii") as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return None
 
 
 class RssSampler:

@@ -1,7 +1,7 @@
 """``tracedpool doctor --pid PID``: a running process's pool, seen from outside.
 
 Works on any ``ProcessPoolExecutor`` (traced or plain stdlib), with py-spy, after
-checking that this user may read the process (``_doctor.may_inspect``): never attaches
+checking that this user may read the process (``ptrace.may_inspect``): never attaches
 otherwise. What it finds:
 
 * the workers (children whose main thread runs ``_process_worker``; under forkserver,
@@ -9,9 +9,9 @@ otherwise. What it finds:
 * the parent's manager threads (frames of ``_ExecutorManagerThread.run`` /
   ``wait_result_broken_or_wakeup``) and feeder threads (``multiprocessing.queues
   .Queue._feed``), and what each is blocked on;
-* a diagnosis in the stall report's terms (``_stall.classify``), judged with each
-  worker's CPU and I/O over a short sampling window, and a report in the stall report's
-  schema so that ``tracedpool report`` renders it.
+* a diagnosis in the stall report's terms (``_diagnosis.stall.classify``), judged with
+  each worker's CPU and I/O over a short sampling window, and a report in the stall
+  report's schema so that ``tracedpool report`` renders it.
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ from .._diagnosis.stall import (
     _where,
     classify,
     process_state,
+    py_spy_path,
     render_text,
     snapshot_all,
     stall_report,
     write_report,
 )
 from .._worker import lifeline as _lifeline
-from .checks import Check, DoctorError, Result, may_inspect
+from .ptrace import is_same_user, may_inspect
+from .result import Check, DoctorError, Result
 
 SNAPSHOT_BUDGET = 5.0  # seconds for every stack, in parallel
 MAX_ORPHAN_CANDIDATES = 32
@@ -202,8 +204,6 @@ def check_target(pid: int) -> Any:
     (checked before anything attaches), not Python, py-spy missing."""
     import psutil
 
-    from .checks import _py_spy
-
     if pid <= 0:
         raise DoctorError(f"{pid} is not a process id")
     if pid == os.getpid():
@@ -221,7 +221,7 @@ def check_target(pid: int) -> Any:
     python, exe = _is_python(proc)
     if not python:
         raise DoctorError(f"pid {pid} is not a Python process ({exe or proc.name()})")
-    if _py_spy() is None:
+    if py_spy_path() is None:
         raise DoctorError(
             "py-spy is not installed: it is what reads the process's stacks",
             "pip install py-spy; or use `tracedpool doctor --probe`, which reads the "
@@ -341,8 +341,6 @@ def _orphan_candidates(target: Any, target_cmdline: str) -> list[Any]:
     workers by their command line, fork workers by the target's command line."""
     import psutil
 
-    from .checks import _is_same_user
-
     out = []
     for p in psutil.process_iter(["pid", "ppid", "cmdline", "uids"]):
         info = p.info
@@ -354,7 +352,7 @@ def _orphan_candidates(target: Any, target_cmdline: str) -> list[Any]:
             or "multiprocessing.forkserver" in cmd
             or cmd == target_cmdline
         )
-        if not looks or not _is_same_user(info.get("uids")):
+        if not looks or not is_same_user(info.get("uids")):
             continue
         try:
             parent = psutil.Process(info["ppid"]) if info["ppid"] else None
