@@ -44,7 +44,7 @@ def _version_check() -> Check:
         "warn",
         f"Python {version}: concurrent.futures internals unknown to tracedpool; only "
         "submit, completion and worker-side stages are traced (degraded)",
-        "use a Python tracedpool supports fully (3.10 to 3.14), or upgrade tracedpool",
+        "use a Python tracedpool supports fully (CPython 3.11 to 3.15), or upgrade tracedpool",
         data,
     )
 
