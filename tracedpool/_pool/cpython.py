@@ -15,7 +15,7 @@ rest of tracedpool:
   ``_start_executor_manager_thread``. Gives manager wakes, result delivery, broken-pool
   forensics, and the fixes for gh-116685 and gh-136655.
 
-Each hook hands plain facts to an ``observer`` (the executor's ``_PoolState``) and
+Each hook hands plain facts to an ``observer`` (the pool's ``observer.PoolState``) and
 never raises: an exception escaping a manager or feeder hook would kill that thread and
 hang every pending future. ``PoolObserver`` lists everything the hooks call or touch on
 it, and nothing else.
@@ -221,7 +221,7 @@ WORKER = _wire.WORKER
 class PoolObserver(Protocol):
     """The pool's state, as the hooks here see it: what they report, what they read.
 
-    Implemented by ``tracedpool._pool.executor._PoolState``. Every method is called from a
+    Implemented by ``tracedpool._pool.observer.PoolState``. Every method is called from a
     hook that must not fail its thread, and each such call is guarded: a method that
     raises is reported through ``internal_error`` by the hook.
     """
@@ -437,6 +437,11 @@ def _feeder_excepthook(args: Any) -> None:
     try:
         _recover_feeder(queue, target, targs, args.exc_value, args.exc_traceback)
     except BaseException:
+        # The recovery itself failed: say so (once per pool, with its traceback), then
+        # let the previous hook report the feeder's death as it would without us.
+        observer = queue._tp_observer
+        if observer is not None:
+            observer.internal_error("feeder-recover")
         _previous_excepthook(args)
 
 

@@ -1,40 +1,55 @@
 """``TracedProcessPoolExecutor``: the stdlib process pool, observed at every stage.
 
-The data flow, with the six stages (S1-S6) and where tracedpool watches them::
+The data flow, with the six stages (S1-S6), where tracedpool watches them, and the module
+that does it (``[observer]`` is ``tracedpool._pool.observer.PoolState``, the hooks'
+observer; ``[cpython]`` the hooks themselves)::
 
     caller thread                 manager thread                feeder thread
     ---------------               ----------------              ---------------
     submit(fn, *a) --S1 submit--> work id queue
       samples once (caller ctx);    |
       a sampled call -> _Task       v
-                                  add_call_item_to_queue
-                                  TracedCallQueue.put ---S2 enqueue---> buffer
-                                                                        |
+      + TaskRecord [emit]         add_call_item_to_queue
+                                  TracedCallQueue.put [cpython] ---S2 enqueue---> buffer
+                                    -> on_enqueue [observer]                    |
                                                           _Task.__reduce__ (pickling
                                                           starts) .. send_bytes wrapper
-                                                          ---S3 feeder-serialize---+
+                                                          [observer] --S3 feeder-serialize-+
                                                                                    |
     worker process  <------------------------- call pipe -------------------------+
-      TracedCallQueue.get (unpickle; a failure is located and reported)
+      TracedCallQueue.get (unpickle; a failure is located and reported) [cpython, wire]
       _Task.__call__ ---S4 worker-run--- fn(*a); task code's own spans are collected
-      TracedResultQueue.put ---S5 sendback--- result item + stage timings
+      TracedResultQueue.put ---S5 sendback--- result item + stage timings [cpython]
                                    |
-    result pipe  <-----------------+
+    result pipe  <-----------------+  (recv_bytes wrapper [observer])
                                   wait_result_broken_or_wakeup ---S6 manager-wake--->
-                                  process_result_item -> future done -> TaskRecord
+                                    -> on_wait_start, on_wake [observer]: WakeRecord
+                                  process_result_item -> on_result [observer]
+                                    -> future done -> TaskRecord (its done-callback)
+                                  terminate_broken -> on_broken [observer]
+                                    -> take_inventory [breakage]: BreakInfo, and the
+                                       exception each pending future fails with
                                                                          |
-    emitter thread  <----------------------------------------------------+
-      builds the task span and its stage spans, hands them to the span processors
+    emitter thread [emit]  <---------------------------------------------+
+      PoolState.emit [observer]: the task span and its stage spans (emit.task_specs),
+      manager wakes (emit.wake_spec), the pool and stall spans ([poolspans]), handed
+      to the span sink [otel]
 
-    status pipe (workers -> parent): "work item N started on pid P", "work item N failed
-    to unpickle", "the initializer failed"; drained every 64 manager wakes and at
+    status pipe (workers -> parent) [wire]: "work item N started on pid P", "work item N
+    failed to unpickle", "the initializer failed"; drained every 64 manager wakes and at
     breakage, for forensics.
 
-    stall watcher thread: while work is pending, compares futures completed and each
-    worker's CPU and I/O counters; on a stall it snapshots every stack and writes a report.
+    stall watcher thread [tracedpool._diagnosis.stall]: reads the pool through PoolViews
+    [views]; while work is pending, compares futures completed and each worker's CPU and
+    I/O counters; on a stall it snapshots every stack, writes a report, and marks the
+    stuck tasks (a StallMark for the emitter [poolspans]). The metric reader's gauges
+    read the same views.
 
 A task that is not sampled (or any task with no SDK) travels unwrapped, exactly as the
 stdlib sends it; only a sampled task is wrapped in _Task.
+
+This module holds the executor class users construct: it validates the options, builds
+the pool's ``PoolState`` and composes the rest (the hooks, the stall watcher, metrics).
 """
 
 from __future__ import annotations
