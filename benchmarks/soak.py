@@ -53,7 +53,8 @@ MD_END = "<!-- soak:end -->"
 #: Classes whose instances must all be gone once the pool is (module, qualname).
 TRACKED = (
     ("tracedpool._pool.executor", "TracedProcessPoolExecutor"),
-    ("tracedpool._pool.executor", "_PoolState"),
+    ("tracedpool._pool.observer", "PoolState"),
+    ("tracedpool._pool.views", "PoolViews"),
     ("tracedpool._telemetry.emit", "TaskRecord"),
     ("tracedpool._telemetry.emit", "WakeRecord"),
     ("tracedpool._telemetry.emit", "Emitter"),
@@ -389,7 +390,7 @@ def soak(params: Params, sdk: Sdk | None = None) -> SoakResult:
     )
     samples = [("TracedProcessPoolExecutor", weakref.ref(pool))]
     state = pool._tp_state  # type: ignore[attr-defined]
-    samples.append(("_PoolState", weakref.ref(state)))
+    samples.append(("PoolState", weakref.ref(state)))
     samples += run_windows(pool, params, result)
     result.emitter_dropped = state.emitter.dropped
     t0 = time.monotonic()

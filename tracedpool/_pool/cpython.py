@@ -15,7 +15,7 @@ rest of tracedpool:
   ``_start_executor_manager_thread``. Gives manager wakes, result delivery, broken-pool
   forensics, and the fixes for gh-116685 and gh-136655.
 
-Each hook hands plain facts to an ``observer`` (the executor's ``_PoolState``) and
+Each hook hands plain facts to an ``observer`` (the pool's ``observer.PoolState``) and
 never raises: an exception escaping a manager or feeder hook would kill that thread and
 hang every pending future. ``PoolObserver`` lists everything the hooks call or touch on
 it, and nothing else.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures.process as _cfp
 import inspect
+import io
 import logging
 import multiprocessing.queues as _mpq
 import os
@@ -220,7 +221,7 @@ WORKER = _wire.WORKER
 class PoolObserver(Protocol):
     """The pool's state, as the hooks here see it: what they report, what they read.
 
-    Implemented by ``tracedpool._pool.executor._PoolState``. Every method is called from a
+    Implemented by ``tracedpool._pool.observer.PoolState``. Every method is called from a
     hook that must not fail its thread, and each such call is guarded: a method that
     raises is reported through ``internal_error`` by the hook.
     """
@@ -378,7 +379,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc]
             buf = self._tp_buf
             self._tp_buf = None
             if buf is not None:
-                _wire.report_worker_unpickle_failure(WORKER.status_fd, buf, e)
+                _wire.report_worker_unpickle_failure(WORKER.status_fd, buf, e, failing_opcode)
             raise
         self._tp_buf = None
         if obj is not None:
@@ -436,6 +437,11 @@ def _feeder_excepthook(args: Any) -> None:
     try:
         _recover_feeder(queue, target, targs, args.exc_value, args.exc_traceback)
     except BaseException:
+        # The recovery itself failed: say so (once per pool, with its traceback), then
+        # let the previous hook report the feeder's death as it would without us.
+        observer = queue._tp_observer
+        if observer is not None:
+            observer.internal_error("feeder-recover")
         _previous_excepthook(args)
 
 
@@ -616,6 +622,25 @@ def pending_count(executor: Any) -> int:
     return len(executor._pending_work_items)
 
 
+def result_queue(executor: Any) -> Any:
+    """The pool's result queue (None once ``shutdown()`` has dropped it)."""
+    return executor._result_queue
+
+
+def max_workers(executor: Any) -> int | None:
+    value = getattr(executor, "_max_workers", None)
+    return value if isinstance(value, int) else None
+
+
+def task_name(fn: Any) -> str:
+    """The name of a pending work item's callable: the user's function for a sampled task
+    (``_Task``) and for ``map()``'s chunks, as a span or a report names it."""
+    if type(fn) is _Task:
+        fn = fn.fn
+    user = map_user_function(fn)
+    return _wire.qualname(user if user is not None else fn)
+
+
 # -- the fork server's alive pipe, in a worker ------------------------------------------------
 def release_forkserver_alive_fd() -> None:
     """In a worker the fork server started: close its copy of the fork server's "alive"
@@ -647,6 +672,33 @@ def release_forkserver_alive_fd() -> None:
     except OSError:
         return
     server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
+# -- locating a call that failed to unpickle, in a worker -----------------------------------
+def failing_opcode(data: bytes) -> int | None:
+    """Replay ``data`` through the pure-Python unpickler (``pickle._Unpickler``, whose
+    ``dispatch`` table maps each opcode to its method); the index of the opcode that
+    raised, or None if it loads. The worker's fault locator
+    (``tracedpool._worker.wire.locate_call_failure``) maps that index to a part of the
+    call; it gets this function from ``TracedCallQueue.get``, so that ``wire`` needs no
+    private name of its own."""
+    unpickler = pickle._Unpickler(io.BytesIO(data))
+    count = [0]
+
+    def counting(fn: Any) -> Any:
+        def run(self: Any) -> Any:
+            count[0] += 1
+            return fn(self)
+
+        return run
+
+    table = pickle._Unpickler.dispatch
+    unpickler.dispatch = {k: counting(f) for k, f in table.items()}  # type: ignore[misc]
+    try:
+        unpickler.load()
+    except BaseException:  # whatever the original load raised: this is the opcode
+        return count[0] - 1
+    return None
 
 
 # -- locating a result that failed to unpickle ---------------------------------------------

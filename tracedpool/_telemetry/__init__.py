@@ -2,7 +2,10 @@
 
 - ``names``: every span name, attribute key, event name and environment variable.
 - ``otel``: choosing a span sink per provider; the SDK's private names live here only.
-- ``emit``: the emitter thread, the only place that calls span processors.
+- ``emit``: the emitter thread, the only place that calls span processors, and the
+  task spans.
+- ``poolspans``: the pool's own spans (``tracedpool.pool``, ``tracedpool.stall``) and
+  the typed items that queue them.
 - ``configure``: ``tracedpool.configure()``, the pipeline tracedpool can own.
 - ``jsonl`` and ``otlpjson``: the embedded default exporter and its OTLP/JSON encoding.
 - ``metrics``: histograms, counters and gauges through the metrics API.

@@ -4,9 +4,10 @@ Where each number comes from, so that no metric adds work to the pool's own thre
 
 * Stage durations, task durations and payload/result sizes are recorded on the emitter
   thread, from the stage timestamps a traced task's ``TaskRecord`` already carries (one
-  call per finished record, see ``_PoolState.emit``). Only traced (sampled) tasks have
-  a record, so these histograms describe the traced tasks: all of them under the
-  default sampler, a sample under a ratio sampler, none with no tracer provider.
+  call per finished record, see ``tracedpool._pool.observer.PoolState.emit``). Only
+  traced (sampled) tasks have a record, so these histograms describe the traced tasks:
+  all of them under the default sampler, a sample under a ratio sampler, none with no
+  tracer provider.
 * Faults, broken pools and stalls are counted where they are found (feeder, manager or
   stall-watcher thread). They are rare, and one counter ``add`` is cheap.
 * Pending and running tasks and live workers are observed by callbacks that run on the

@@ -9,8 +9,10 @@ Faults are located only after they happen, so locating costs the hot path nothin
 
 * in the parent's feeder thread, by pickling each part again (``probe_parts``);
 * in the worker, by replaying the failed message through the pure-Python unpickler to
-  find the opcode that raised, and walking the opcodes statically (``pickletools``)
-  to learn which part of the call that opcode was rebuilding (``locate_call_failure``).
+  find the opcode that raised (a CPython-private table, so the replay is
+  ``tracedpool._pool.cpython.failing_opcode``, passed in by the call queue's hook), and
+  walking the opcodes statically (``pickletools``) to learn which part of the call that
+  opcode was rebuilding (``locate_call_failure``).
 
 A per-pool *status pipe* carries small records from workers to the parent, each written
 with a single non-blocking ``os.write`` below ``PIPE_BUF`` (atomic, never blocks, and no
@@ -20,15 +22,14 @@ N started here", "work item N failed to unpickle here", "the initializer failed 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import pickletools
 import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import FAULT_ATTR, PicklingFault
@@ -285,7 +286,9 @@ class _Trace:
         return count
 
 
-def locate_call_failure(buf: Any) -> tuple[int, str] | None:
+def locate_call_failure(
+    buf: Any, failing_opcode: Callable[[bytes], int | None]
+) -> tuple[int, str] | None:
     """Which work item and which part of its call made a message fail to unpickle.
 
     Two passes, both after the failure: the pure-Python unpickler replays the message to
@@ -293,7 +296,7 @@ def locate_call_failure(buf: Any) -> tuple[int, str] | None:
     of the opcodes maps that opcode to ``fn``, ``args[i]`` or ``kwargs[name]``.
     """
     data = bytes(buf)
-    failed_at = _failing_opcode(data)
+    failed_at = failing_opcode(data)
     if failed_at is None:
         return None  # it did not fail a second time: the part cannot be named
     try:
@@ -386,32 +389,12 @@ def target_name(part: int, nargs: int, kwnames: tuple[str, ...]) -> str:
     return f"kwargs[{kwnames[index]}]" if index < len(kwnames) else "call"
 
 
-def _failing_opcode(data: bytes) -> int | None:
-    """Replay ``data`` through the pure-Python unpickler; the index of the opcode that
-    raised, or None if it loads."""
-    unpickler = pickle._Unpickler(io.BytesIO(data))
-    count = [0]
-
-    def counting(fn: Any) -> Any:
-        def run(self: Any) -> Any:
-            count[0] += 1
-            return fn(self)
-
-        return run
-
-    table = pickle._Unpickler.dispatch
-    unpickler.dispatch = {k: counting(f) for k, f in table.items()}  # type: ignore[misc]
-    try:
-        unpickler.load()
-    except BaseException:
-        return count[0] - 1
-    return None
-
-
-def report_worker_unpickle_failure(fd: int, buf: Any, e: BaseException) -> None:
+def report_worker_unpickle_failure(
+    fd: int, buf: Any, e: BaseException, failing_opcode: Callable[[bytes], int | None]
+) -> None:
     """Tell the parent which work item and part failed to unpickle, before the worker dies."""
     try:
-        located = locate_call_failure(buf)
+        located = locate_call_failure(buf, failing_opcode)
     except Exception:
         located = None  # a bug in locating must not cost the report: the part is unnamed
     try:
