@@ -114,7 +114,7 @@ def smoke_checks(opts: Options) -> list[Check]:
         )
     finally:
         if not clean:  # a hung worker must not hang the doctor's exit
-            for wpid in pool._tp_state.worker_pids():
+            for wpid in pool._tp_state.views.worker_pids():
                 with contextlib.suppress(OSError):
                     os.kill(wpid, signal.SIGKILL)
         pool.shutdown(wait=clean, cancel_futures=True)

@@ -326,10 +326,6 @@ class PoolState:
     def forced_attrs(self) -> dict[str, Any]:
         return _breakage.forced_attrs(self.forced, self.pool_id)
 
-    def worker_pids(self) -> list[int]:
-        """For the doctor's smoke test (``tracedpool._doctor``); readers use ``views``."""
-        return self.views.worker_pids()
-
     # -- emitter thread ------------------------------------------------------------------------
     def emit(self, item: Any) -> None:
         """Build one queued item's spans and hand them to the sink (the emitter's callback)."""
