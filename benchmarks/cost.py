@@ -185,6 +185,7 @@ class Params:
     spin_loops: int
     start_method: str
     timeout: float
+    warm_every: bool = True  # an unmeasured round before each workload (not only the first)
 
     def argv(self) -> list[str]:
         args = ["--workers", str(self.workers), "--pairs", str(self.pairs)]
@@ -192,6 +193,8 @@ class Params:
         args += ["--stream-seconds", str(self.stream_seconds)]
         args += ["--stream-window", str(self.stream_window), "--spin-loops", str(self.spin_loops)]
         args += ["--start-method", self.start_method, "--timeout", str(self.timeout)]
+        if not self.warm_every:
+            args.append("--warm-once")
         for key, n in self.n.items():
             if BY_KEY[key].kind == "burst":
                 args += [f"--n-{key.replace('_', '-')}", str(n)]
@@ -305,6 +308,19 @@ class Telemetry:
     describe: str = ""
 
 
+def since_last(totals: Callable[[], Sequence[int]]) -> Callable[[], SpanCounts]:
+    """A sink's running totals (task, wake, other) as counts since the previous call."""
+    seen = [0, 0, 0]
+
+    def verify() -> SpanCounts:
+        now = list(totals())
+        counts = SpanCounts(*(a - b for a, b in zip(now, seen, strict=True)))
+        seen[:] = now
+        return counts
+
+    return verify
+
+
 def install_sdk(ratio: float | None) -> Telemetry:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -317,6 +333,7 @@ def install_sdk(ratio: float | None) -> Telemetry:
     provider.add_span_processor(BatchSpanProcessor(counting_exporter(counts)))
     trace.set_tracer_provider(provider)
     tel = Telemetry(reached=lambda: counts.task, flush=provider.force_flush)
+    tel.verify = since_last(lambda: (counts.task, counts.wake, counts.other))
     tel.expect_all = ratio is None
     tel.queued = batch_queue_length(provider)
     for p in batch_processors(provider):
@@ -431,18 +448,10 @@ def install_otlp() -> Telemetry:
     url = parent_end.recv()
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
     setup = tracedpool.configure()
-    seen = [0, 0, 0]
-
-    def verify() -> SpanCounts:
-        now = list(shared[:3])
-        c = SpanCounts(*(a - b for a, b in zip(now, seen, strict=True)))
-        seen[:] = now
-        return c
-
     tel = Telemetry(
         reached=lambda: int(shared[0]),
         flush=setup.provider.force_flush,
-        verify=verify,
+        verify=since_last(lambda: shared[:3]),
         describe=setup.describe(),
     )
     tel.close = proc.terminate
@@ -604,8 +613,6 @@ def one_round(
             found = tel.verify()  # read back at the destination, after settling
             spans["found_task_spans"] = found.task
             spans["found_wake_spans"] = found.wake
-        elif reached is not None:
-            spans["found_task_spans"] = reached
     return RoundResult(n, wall, cpu, wrong), spans
 
 
@@ -631,8 +638,9 @@ def run_mode(mode: str, params: Params) -> dict[str, Any]:
             start_workers(stdlib, params.workers)
             start_workers(traced, params.workers)
             out: dict[str, Any] = {"mode": mode, "describe": tel.describe, "workloads": {}}
-            for key in params.n:
-                out["workloads"][key] = measure(BY_KEY[key], params, stdlib, traced, tel)
+            for i, key in enumerate(params.n):
+                warm = params.warm_every or i == 0
+                out["workloads"][key] = measure(BY_KEY[key], params, stdlib, traced, tel, warm)
             out["bsp_drop_hooks"] = tel.drops.hooked
             out["queue_full_logged"] = queue_full.count
             return out
@@ -645,15 +653,20 @@ def run_mode(mode: str, params: Params) -> dict[str, Any]:
 
 
 def measure(
-    w: Workload, params: Params, stdlib: Executor, traced: Executor, tel: Telemetry
+    w: Workload,
+    params: Params,
+    stdlib: Executor,
+    traced: Executor,
+    tel: Telemetry,
+    warm_up: bool = True,
 ) -> dict[str, Any]:
     log(f"  {w.key}")
-    # Warm-up: one small unmeasured round each (not counted).
-    warm = Params(**{**asdict(params), "n": {w.key: max(1, params.n[w.key] // 10)}})
-    warm = Params(**{**asdict(warm), "stream_seconds": min(0.2, params.stream_seconds)})
-    for pool, t in ((stdlib, None), (traced, tel)):
-        one_round(pool, w, warm, t)
-        settle(traced, tel)
+    if warm_up:  # one small unmeasured round each
+        warm = Params(**{**asdict(params), "n": {w.key: max(1, params.n[w.key] // 10)}})
+        warm = Params(**{**asdict(warm), "stream_seconds": min(0.2, params.stream_seconds)})
+        for pool, t in ((stdlib, None), (traced, tel)):
+            one_round(pool, w, warm, t)
+            settle(traced, tel)
     pairs = params.pairs_100k if w.key == "trivial_100k" else params.pairs
     raw: dict[str, Any] = {"stdlib": [], "traced": [], "spans": []}
     for _ in range(pairs):
@@ -851,6 +864,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=multiprocessing.get_start_method(),
     )
     p.add_argument("--timeout", type=float, default=900, help="seconds per mode (900)")
+    p.add_argument(
+        "--warm-once", action="store_true", help="warm up before the first workload only (quick)"
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="write every figure")
     args = p.parse_args(argv)
     for name, values, known in (
@@ -873,11 +889,12 @@ def resolve_params(args: argparse.Namespace) -> Params:
         pairs=args.pairs or (2 if args.quick else 3),
         pairs_100k=args.pairs_100k or (2 if args.quick else 3),
         n=n,
-        stream_seconds=args.stream_seconds or (0.3 if args.quick else 4.0),
+        stream_seconds=args.stream_seconds or (0.2 if args.quick else 4.0),
         stream_window=args.stream_window,
         spin_loops=args.spin_loops or calibrate_spin(),
         start_method=args.start_method,
         timeout=args.timeout,
+        warm_every=not (args.quick or args.warm_once),
     )
 
 
