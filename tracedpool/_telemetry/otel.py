@@ -499,30 +499,31 @@ def _attach_base_context() -> None:
 
 
 def worker_init_tracing() -> None:
-    """At worker start: if an SDK provider was inherited (fork), take it over now."""
+    """At worker start: if an SDK provider was inherited (fork), take it over now.
+
+    No SDK is no failure (nothing was inherited); a take-over that fails raises, and
+    the worker reports it to the parent (``tracedpool._worker.wire``)."""
     try:
         from opentelemetry.sdk.trace import TracerProvider as SdkProvider
     except ImportError:
         return  # no SDK here, so none was inherited; a traced task still propagates context
 
     if isinstance(trace.get_tracer_provider(), SdkProvider):
-        try:
-            _setup_worker_tracing()
-        except Exception:
-            # Said here, once per worker: the worker's start-up would swallow it, and
-            # the spans of task code would vanish without a word.
-            logging.getLogger("tracedpool").warning(
-                "tracedpool: worker %d could not take over the inherited tracer provider; "
-                "spans that task code creates in it may be lost",
-                os.getpid(),
-                exc_info=True,
-            )
+        _setup_worker_tracing()  # what it raises, the worker reports to the parent (wire)
+
+
+def worker_setup_tracing() -> None:
+    """Before a worker's first traced task: set up its collector, unless that is done.
+
+    Raises what the set-up raises (the worker reports it to the parent, once); a
+    failed set-up is not retried, and tasks run on, attached to their context."""
+    if _worker_tracing is None:
+        _setup_worker_tracing()
 
 
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
-    """Make a sampled task's worker-run span current in the worker."""
-    if _worker_tracing is None:
-        _setup_worker_tracing()
+    """Make a sampled task's worker-run span current in the worker (after
+    ``worker_setup_tracing``)."""
     trace_id, span_id, flags = trace_info
     span = trace.NonRecordingSpan(
         trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags))
