@@ -30,6 +30,7 @@ from tracedpool import TracedProcessPoolExecutor
 from tracedpool._pool import cpython as _cpython
 from tracedpool._telemetry import names as N
 from tracedpool._telemetry import otel as _otel
+from tracedpool._telemetry import sdk as _sdk
 from tracedpool.testing import spans_by_task, square
 
 SAMPLERS = [
@@ -71,7 +72,7 @@ def _parents(rng: random.Random) -> list[SpanContext | None]:
 def test_sampling_rule_decides_as_the_sdk_sampler(sampler: Any) -> None:
     """For every parent kind and many trace ids, the fast rule's verdict and trace state
     are the SDK sampler's own."""
-    assert _otel._sampling_rule(sampler) is not None
+    assert _sdk.sampling_rule(sampler) is not None
     sink = _otel.SdkSink(TracerProvider(sampler=sampler))
     reference = _otel.SdkSink(TracerProvider(sampler=sampler))
     reference._rule = None  # the generic path: the sampler's should_sample
@@ -104,18 +105,18 @@ def test_unknown_samplers_take_the_generic_path() -> None:
     class Mine(S.StaticSampler):
         pass
 
-    assert _otel._sampling_rule(Mine(S.Decision.RECORD_AND_SAMPLE)) is None
-    assert _otel._sampling_rule(S.StaticSampler(S.Decision.RECORD_ONLY)) is None
-    assert _otel._sampling_rule(S.ParentBased(Mine(S.Decision.DROP))) is None
+    assert _sdk.sampling_rule(Mine(S.Decision.RECORD_AND_SAMPLE)) is None
+    assert _sdk.sampling_rule(S.StaticSampler(S.Decision.RECORD_ONLY)) is None
+    assert _sdk.sampling_rule(S.ParentBased(Mine(S.Decision.DROP))) is None
 
     class MyRatio(S.ParentBasedTraceIdRatio):
         pass
 
-    assert _otel._sampling_rule(MyRatio(0.5)) is None
+    assert _sdk.sampling_rule(MyRatio(0.5)) is None
 
 
 def test_span_context_fast_constructor_equals_the_public_one() -> None:
-    mk = _otel._span_context_maker(SpanContext, TraceFlags)
+    mk = _sdk.span_context_maker(SpanContext, TraceFlags)
     fields = (12345 << 70, 987654321, False, TraceFlags(1), trace.DEFAULT_TRACE_STATE, True)
     fast = mk(SpanContext, fields)
     public = SpanContext(12345 << 70, 987654321, False, TraceFlags(1))
@@ -134,7 +135,7 @@ def _batch_provider(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter
 def test_batch_processor_receives_every_span_in_order_through_the_bulk_path() -> None:
     """A real pool under a real BatchSpanProcessor: every task's six spans arrive, task
     span first, and a second processor beside it sees the same spans."""
-    assert _otel._BULK_OK, "the probe should accept this SDK's BatchProcessor.emit"
+    assert _sdk._BULK_OK, "the probe should accept this SDK's BatchProcessor.emit"
     provider, exporter, _ = _batch_provider()
     side = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(side))

@@ -28,6 +28,7 @@ from faults import Unpicklable, identity, raise_error, sleep_then
 
 import tracedpool
 from tracedpool._diagnosis import stall as _stall
+from tracedpool._telemetry import emit as _emit
 from tracedpool._telemetry import names as N
 from tracedpool._telemetry.jsonl import JsonLinesSpanExporter
 from tracedpool._telemetry.otlpjson import read_spans
@@ -123,18 +124,24 @@ def test_record_values_opt_in_bounds_and_redacts_args_and_results(
 
 
 def test_a_failing_redaction_hook_records_a_placeholder_not_the_value(
-    make_pool: Any, recorder: Any
+    make_pool: Any, recorder: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
     """A redaction hook that raises: the value is replaced, never recorded unredacted,
-    and the task is unaffected."""
+    and the task is unaffected; the failure is logged once, without the value the
+    hook's exception quotes."""
     provider, exporter = recorder
 
     def broken_hook(text: str) -> str:
-        raise ValueError("hook bug")
+        raise ValueError(f"hook bug on {text}")
 
+    monkeypatch.setattr(_emit, "_redaction_warned", False)
     pool = make_pool(1, tracer_provider=provider, record_values=broken_hook)
-    assert pool.submit(identity, SECRET).result(timeout=60) == SECRET
-    pool.shutdown(wait=True)
+    with caplog.at_level(logging.WARNING, logger="tracedpool"):
+        assert pool.submit(identity, SECRET).result(timeout=60) == SECRET
+        pool.shutdown(wait=True)
+    (record,) = [r for r in caplog.records if "redact callable raised" in r.getMessage()]
+    assert "ValueError" in record.getMessage() and record.exc_info is None
+    assert SECRET not in caplog.text
     (task,) = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
     assert task.attributes[N.ATTR_ARGS_REPR] == "<redaction failed>"
     assert task.attributes[N.ATTR_RESULT_REPR] == "<redaction failed>"

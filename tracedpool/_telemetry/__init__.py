@@ -1,7 +1,9 @@
 """The telemetry room: names, span building, the OpenTelemetry boundary, export, metrics.
 
 - ``names``: every span name, attribute key, event name and environment variable.
-- ``otel``: choosing a span sink per provider; the SDK's private names live here only.
+- ``otel``: choosing a span sink per provider, and the worker-side collector.
+- ``sdk``: the OpenTelemetry boundary: every private name of the SDK and the API, each
+  probed once with its fallback; no other module reads one (tests/test_boundaries.py).
 - ``emit``: the emitter thread, the only place that calls span processors, and the
   task spans.
 - ``poolspans``: the pool's own spans (``tracedpool.pool``, ``tracedpool.stall``) and

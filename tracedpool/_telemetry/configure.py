@@ -35,7 +35,7 @@ from typing import Any
 from opentelemetry import trace
 
 from . import names as N
-from .otel import global_provider_unset, queued_spans
+from .sdk import global_provider_unset, queued_spans
 
 log = logging.getLogger("tracedpool")
 

@@ -351,9 +351,26 @@ def _bounded_repr(value: Any, redact: Any) -> str:
     if redact is not None:
         try:
             text = str(redact(text))
-        except BaseException:
+        except BaseException as e:  # broad: the user's redact callable may raise anything
             text = "<redaction failed>"
+            _redaction_failed(e)
     return text
+
+
+_redaction_warned = False
+
+
+def _redaction_failed(e: BaseException) -> None:
+    """The user's ``redact`` raised: say so once, by the exception's type only (its
+    message or traceback may quote the very value that was to be redacted)."""
+    global _redaction_warned
+    if not _redaction_warned:
+        _redaction_warned = True
+        log.warning(
+            "tracedpool: the redact callable raised %s; the value is recorded as "
+            "'<redaction failed>' (further failures are not logged)",
+            type(e).__qualname__,
+        )
 
 
 def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:

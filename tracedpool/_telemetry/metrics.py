@@ -32,6 +32,7 @@ from .._errors import pickling_fault
 from .._version import __version__
 from .._worker.wire import M_RECV, M_RUN0, M_RUN1, M_SEND0
 from . import names as N
+from . import sdk as _sdk
 
 log = logging.getLogger("tracedpool")
 
@@ -63,41 +64,22 @@ DURATION_BUCKETS = (
 SIZE_BUCKETS = tuple(float(64 * 4**i) for i in range(11))
 
 
-try:  # where the API keeps the global provider (None until one is set), read directly
-    from opentelemetry.metrics import _internal as _api_internal
-
-    _HAS_GLOBAL = hasattr(_api_internal, "_METER_PROVIDER")
-except ImportError:  # pragma: no cover - a differently laid out API
-    _api_internal = None  # type: ignore[assignment]
-    _HAS_GLOBAL = False
+# Read from the API's private global (tracedpool._telemetry.sdk, the boundary).
+global_meter_provider = _sdk.global_meter_provider
 
 
-def global_meter_provider() -> Any:
-    """The global MeterProvider, or None while it is unset or the no-op one."""
-    if _HAS_GLOBAL:
-        provider = _api_internal._METER_PROVIDER
-        if provider is None:
-            return None
-    else:
-        provider = _api.get_meter_provider()
-        if type(provider).__name__ == "_ProxyMeterProvider":
-            return None
-    if isinstance(provider, _api.NoOpMeterProvider):
-        return None
-    return provider
-
-
-def late_metrics(st: Any) -> PoolMetrics | None:
+def _late_metrics(st: Any) -> PoolMetrics | None:
     """For a pool that follows the global provider and had none when it was built:
     the instruments once one is set. Called per finished traced task, so the unset case
-    is one attribute read."""
-    if _HAS_GLOBAL and _api_internal._METER_PROVIDER is None:
-        return None
+    is one attribute read (in the guard ``sdk.when_meter_provider_set`` puts first)."""
     found = metrics_for(None)
     if found is not None:
         found.register(st)
         st.metrics = found
     return found
+
+
+late_metrics = _sdk.when_meter_provider_set(_late_metrics)
 
 
 _by_provider: dict[int, tuple[Any, PoolMetrics]] = {}

@@ -35,6 +35,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .._version import __version__
+from . import sdk as _sdk
+
+#: Re-exported for the pool room, which imports it from here (tracedpool._pool.executor).
+global_provider_unset = _sdk.global_provider_unset
 
 SCOPE_NAME = "tracedpool"
 
@@ -112,7 +116,7 @@ class SdkSink(Sink):
         self._ids = provider.id_generator
         self._resource = provider.resource
         # The provider's composite processor: what Span.end() itself calls.
-        self._processor = provider._active_span_processor
+        self._processor = _sdk.span_processor(provider)
         self._scope = InstrumentationScope(SCOPE_NAME, __version__)
         self._ReadableSpan = ReadableSpan
         self._Event = Event
@@ -148,15 +152,16 @@ class SdkSink(Sink):
         # Fast paths, each chosen once here by a probe, each with the generic call as
         # its fallback. They take the submitting and emitting threads' Python calls per
         # sampled task from ~230 to ~150 (benchmarks/calls.py, docs/performance.md).
-        self._rule = _sampling_rule(self._sampler)
-        self._rand = _random_bits(self._ids)
+        self._rule = _sdk.sampling_rule(self._sampler)
+        self._rand = _sdk.random_bits(self._ids)
         #: Ids for spans that parent nothing; a 0 (the invalid id, 2**-64 odds) is
         #: replaced in emit().
         self.leaf_span_id: Any = (
             functools.partial(self._rand, 64) if self._rand is not None else self.new_span_id
         )
-        self._make_context = _span_context_maker(SpanContext, TraceFlags)
-        self._routes: tuple[Any, Any] = (None, ())  # (processors tuple, its routes)
+        self._make_context = _sdk.span_context_maker(SpanContext, TraceFlags)
+        #: ``routes(flags)``: where a task's spans go (``sdk.SpanRoutes``).
+        self._routes_for = _sdk.SpanRoutes(self._processor).routes
 
     def new_span_id(self) -> int:
         rand = self._rand
@@ -205,35 +210,6 @@ class SdkSink(Sink):
             return None
         flags = 1 if result.decision.is_sampled() else 0
         return trace_id, self._ids.generate_span_id(), flags, result.trace_state
-
-    def _routes_for(self, flags: int) -> tuple[Any, ...]:
-        """Where a task's finished spans go: callables taking a list of spans.
-
-        ``SynchronousMultiSpanProcessor.on_end`` calls every processor's ``on_end`` in
-        turn. A ``BatchSpanProcessor``'s ``on_end`` only checks the sampled flag (known
-        here: ``flags``) and queues the span with its batch processor, which can take a
-        task's spans in one go (``_bulk_queue``). Every other processor gets its own
-        ``on_end``, span by span, as before; an unknown composite gets its ``on_end``.
-        """
-        composite = self._processor
-        processors = getattr(composite, "_span_processors", None)
-        if type(composite) is not _SYNC_MULTI or not isinstance(processors, tuple):
-            return (_each(composite.on_end),)
-        cached, routes = self._routes
-        if processors is not cached:
-            sampled: list[Any] = []
-            unsampled: list[Any] = []
-            for processor in processors:
-                batch = getattr(processor, "_batch_processor", None)
-                if type(processor) is _BATCH and batch is not None and callable(batch.emit):
-                    # An unsampled span never reaches a BatchSpanProcessor's queue.
-                    sampled.append(_bulk_queue(batch) if _BULK_OK else _each(batch.emit))
-                else:
-                    sampled.append(_each(processor.on_end))
-                    unsampled.append(_each(processor.on_end))
-            routes = (tuple(unsampled), tuple(sampled))
-            self._routes = (processors, routes)
-        return routes[flags]  # type: ignore[no-any-return]
 
     def emit(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
@@ -319,195 +295,8 @@ class SdkSink(Sink):
             )
 
 
-_LOW_64 = (1 << 64) - 1
+_LOW_64 = _sdk.LOW_64
 _DEFAULT_TRACE_STATE = trace.DEFAULT_TRACE_STATE
-
-
-def _sdk_class(module: str, name: str) -> Any:
-    try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except (ImportError, AttributeError):  # pragma: no cover - SDK missing or reshaped
-        return None
-
-
-def _does_only(cls: Any, method: str, names: set[str]) -> Any:
-    """``cls`` if its ``method`` touches no names but ``names`` (read from its code), else
-    None: the routing below relies on what these ``on_end``s do, so a version whose
-    ``on_end`` does more keeps the generic call."""
-    code = getattr(getattr(cls, method, None), "__code__", None)
-    return cls if code is not None and set(code.co_names) <= names else None
-
-
-_SYNC_MULTI = _does_only(
-    _sdk_class("opentelemetry.sdk.trace", "SynchronousMultiSpanProcessor"),
-    "on_end",
-    {"_span_processors", "on_end"},
-)
-_BATCH = _does_only(
-    _sdk_class("opentelemetry.sdk.trace.export", "BatchSpanProcessor"),
-    "on_end",
-    {"context", "trace_flags", "sampled", "_batch_processor", "emit"},
-)
-
-
-def _sampling_rule(sampler: Any) -> tuple[Any, ...] | None:
-    """The SDK's built-in samplers as data, or None for any other sampler.
-
-    ``(root, remote sampled, remote unsampled, local sampled, local unsampled)``: which
-    rule decides a task with no parent, or with a parent of each kind. A rule is True
-    (sample), False (drop) or an int: the ``TraceIdRatioBased`` bound on the trace id's
-    low 64 bits. These samplers return the parent's trace state and no attributes, and
-    their decisions are pure functions of the parent and the trace id, so deciding here
-    is exactly what ``should_sample`` would decide, without its five Python calls and a
-    ``SamplingResult``. Exact types only, since a subclass may decide differently; the
-    exception is the SDK's own subclasses that only pick constructor arguments
-    (``_is_sdk_sampler``).
-    """
-    try:
-        from opentelemetry.sdk.trace import sampling as S
-    except ImportError:  # pragma: no cover
-        return None
-
-    def leaf(s: Any) -> Any:
-        if _is_sdk_sampler(s, S.StaticSampler):
-            decision = getattr(s, "_decision", None)
-            if decision is S.Decision.RECORD_AND_SAMPLE:
-                return True
-            if decision is S.Decision.DROP:
-                return False
-        if (
-            _is_sdk_sampler(s, S.TraceIdRatioBased)
-            and isinstance(getattr(s, "bound", None), int)
-            and getattr(s, "TRACE_ID_LIMIT", None) == _LOW_64
-        ):
-            return s.bound
-        return None
-
-    if _is_sdk_sampler(sampler, S.ParentBased):
-        names = (
-            "_root",
-            "_remote_parent_sampled",
-            "_remote_parent_not_sampled",
-            "_local_parent_sampled",
-            "_local_parent_not_sampled",
-        )
-        rules = tuple(leaf(getattr(sampler, n, None)) for n in names)
-        return None if None in rules else rules
-    rule = leaf(sampler)
-    return None if rule is None else (rule,) * 5
-
-
-#: What a class body holds besides its methods (ABCs add two names, 3.13 two more).
-_CLASS_BOILERPLATE = frozenset(
-    {"__module__", "__qualname__", "__doc__", "__abstractmethods__", "_abc_impl"}
-    | {"__firstlineno__", "__static_attributes__"}
-)
-
-
-def _is_sdk_sampler(sampler: Any, base: type) -> bool:
-    """``sampler`` is a ``base``, or one of the SDK's own subclasses of it that only
-    choose its constructor arguments. ``ParentBasedTraceIdRatio`` is one: it is what
-    ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` builds. Such a class is defined in
-    ``base``'s own module and overrides nothing but ``__init__``, so the sampler decides
-    from the same attributes with the same ``should_sample``."""
-    cls = type(sampler)
-    if cls is base:
-        return True
-    overrides = getattr(cls, "should_sample", None) is not getattr(base, "should_sample", 0)
-    if not issubclass(cls, base) or overrides:
-        return False
-    for klass in cls.__mro__[: cls.__mro__.index(base)]:
-        if klass.__module__ != base.__module__:
-            return False
-        if set(vars(klass)) - _CLASS_BOILERPLATE - {"__init__"}:
-            return False
-    return True
-
-
-def _random_bits(ids: Any) -> Any:
-    """``random.getrandbits`` when the provider uses the SDK's ``RandomIdGenerator``
-    (which is exactly that, retried on the invalid id 0), else None."""
-    generator = _sdk_class("opentelemetry.sdk.trace.id_generator", "RandomIdGenerator")
-    if generator is not None and type(ids) is generator:
-        import random
-
-        return random.getrandbits
-    return None
-
-
-def _span_context_maker(SpanContext: Any, TraceFlags: Any) -> Any:
-    """``mk(SpanContext, (trace_id, span_id, False, flags, trace_state, True))``: a
-    local, valid span context.
-
-    ``SpanContext`` is a tuple whose ``__new__`` fills defaults and computes
-    ``is_valid``; for the ids tracedpool makes (never 0, in range) the tuple itself can
-    be built in one C call, ``tuple.__new__``. Used only when a probe shows both ways
-    give equal objects; else the public constructor.
-    """
-
-    def public(cls: Any, fields: tuple[Any, ...]) -> Any:
-        return cls(fields[0], fields[1], fields[2], fields[3], fields[4])
-
-    fast = tuple.__new__
-    try:
-        fields = (3 << 100, 5 << 40, False, TraceFlags(1), _DEFAULT_TRACE_STATE, True)
-        a, b = public(SpanContext, fields), fast(SpanContext, fields)
-        same = type(a) is type(b) and tuple(a) == tuple(b) and a.is_valid and b.is_valid
-        same = same and b.trace_state is a.trace_state and bool(b.trace_flags.sampled)
-        same = same and not b.is_remote and a.span_id == b.span_id
-    except Exception:  # pragma: no cover
-        same = False
-    return fast if same else public
-
-
-def _each(call: Any) -> Any:
-    def each(spans: list[Any]) -> None:
-        for span in spans:
-            call(span)
-
-    return each
-
-
-def _probe_bulk() -> bool:
-    """Whether the SDK's batch processor's ``emit`` is the one ``_bulk_queue`` mirrors
-    (read from the names its code uses; any change there keeps the per-span ``emit``)."""
-    cls = _sdk_class("opentelemetry.sdk._shared_internal", "BatchProcessor")
-    code = getattr(getattr(cls, "emit", None), "__code__", None)
-    if code is None:
-        return False
-    expected = {
-        "_shutdown", "_logger", "info", "_exporting", "_metrics", "drop_items", "_pid",
-        "os", "getpid", "_bsp_reset_once", "do_once", "_at_fork_reinit", "len", "_queue",
-        "_max_queue_size", "warning", "appendleft", "_max_export_batch_size",
-        "_worker_awaken", "is_set", "set",
-    }  # fmt: skip
-    return set(code.co_names) <= expected and "appendleft" in code.co_names
-
-
-_BULK_OK = _probe_bulk()
-
-
-def _bulk_queue(batch: Any) -> Any:
-    """A task's spans into a batch processor's queue at once: what ``emit`` does for
-    each, when none is to be dropped. Shutdown, a fork, or a full queue take the
-    processor's own ``emit`` (its warnings, drop counts and fork reset)."""
-    getpid = os.getpid
-
-    def bulk(spans: list[Any]) -> None:
-        queue = batch._queue
-        if (
-            batch._shutdown
-            or batch._pid != getpid()
-            or len(queue) + len(spans) > batch._max_queue_size
-        ):
-            for span in spans:
-                batch.emit(span)
-            return
-        queue.extendleft(spans)  # as appendleft, one span after another
-        if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
-            batch._worker_awaken.set()
-
-    return bulk
 
 
 class ApiSink(Sink):
@@ -568,21 +357,6 @@ class ApiSink(Sink):
             made[span_id] = span
 
 
-def global_provider_unset() -> bool:
-    """True while no global TracerProvider has been set (the API's proxy is in place).
-
-    Checked at every submit of a pool that follows the global provider, so it reads the
-    API's module attribute (set once, by ``set_tracer_provider``) instead of calling
-    ``get_tracer_provider()``; an API without that attribute falls back to the call.
-    """
-    if _HAS_PROVIDER_GLOBAL:
-        return trace._TRACER_PROVIDER is None
-    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-
-
-_HAS_PROVIDER_GLOBAL = hasattr(trace, "_TRACER_PROVIDER")
-
-
 def resolve_sink(provider: Any) -> Sink | None:
     """The sink for a provider, or None when it is the API's proxy or no-op provider."""
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
@@ -595,9 +369,9 @@ def resolve_sink(provider: Any) -> Sink | None:
     except ImportError:  # pragma: no cover - SDK not installed
         pass
     if sdk_provider is not None and isinstance(provider, sdk_provider):
-        if getattr(provider, "_disabled", False):  # OTEL_SDK_DISABLED
+        if _sdk.provider_disabled(provider):  # OTEL_SDK_DISABLED
             return None
-        if hasattr(provider, "_active_span_processor") and hasattr(provider, "id_generator"):
+        if hasattr(provider, "id_generator") and _sdk.span_processor(provider) is not None:
             return SdkSink(provider)
     return ApiSink(provider)
 
@@ -677,9 +451,7 @@ def _setup_worker_tracing() -> _WorkerTracing:
         # Inherited through fork, or configured by the worker's own code: its span
         # processors would export from here and lose the spans at os._exit. Route its
         # spans to the parent instead, for tracers already handed out too.
-        multi = provider._active_span_processor
-        with multi._lock:
-            multi._span_processors = (collector,)
+        _sdk.replace_span_processors(provider, (collector,))
     elif isinstance(provider, trace.ProxyTracerProvider):
         own = SdkProvider(sampler=ParentBased(ALWAYS_ON))
         own.add_span_processor(collector)
@@ -727,30 +499,31 @@ def _attach_base_context() -> None:
 
 
 def worker_init_tracing() -> None:
-    """At worker start: if an SDK provider was inherited (fork), take it over now."""
+    """At worker start: if an SDK provider was inherited (fork), take it over now.
+
+    No SDK is no failure (nothing was inherited); a take-over that fails raises, and
+    the worker reports it to the parent (``tracedpool._worker.wire``)."""
     try:
         from opentelemetry.sdk.trace import TracerProvider as SdkProvider
     except ImportError:
         return  # no SDK here, so none was inherited; a traced task still propagates context
 
     if isinstance(trace.get_tracer_provider(), SdkProvider):
-        try:
-            _setup_worker_tracing()
-        except Exception:
-            # Said here, once per worker: the worker's start-up would swallow it, and
-            # the spans of task code would vanish without a word.
-            logging.getLogger("tracedpool").warning(
-                "tracedpool: worker %d could not take over the inherited tracer provider; "
-                "spans that task code creates in it may be lost",
-                os.getpid(),
-                exc_info=True,
-            )
+        _setup_worker_tracing()  # what it raises, the worker reports to the parent (wire)
+
+
+def worker_setup_tracing() -> None:
+    """Before a worker's first traced task: set up its collector, unless that is done.
+
+    Raises what the set-up raises (the worker reports it to the parent, once); a
+    failed set-up is not retried, and tasks run on, attached to their context."""
+    if _worker_tracing is None:
+        _setup_worker_tracing()
 
 
 def worker_attach(trace_info: tuple[int, int, int]) -> Any:
-    """Make a sampled task's worker-run span current in the worker."""
-    if _worker_tracing is None:
-        _setup_worker_tracing()
+    """Make a sampled task's worker-run span current in the worker (after
+    ``worker_setup_tracing``)."""
     trace_id, span_id, flags = trace_info
     span = trace.NonRecordingSpan(
         trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(flags))
@@ -768,14 +541,3 @@ def worker_detach(token: Any) -> list[tuple[Any, ...]] | None:
         spans: list[tuple[Any, ...]] = state.spans
         state.spans = []
     return spans
-
-
-def queued_spans(processor: Any) -> int | None:
-    """Spans waiting in an SDK ``BatchSpanProcessor``'s queue, or None where the SDK's
-    layout is not the one read here (a private attribute, probed)."""
-    batch = getattr(processor, "_batch_processor", None)
-    queue = getattr(batch, "_queue", None)
-    try:
-        return len(queue) if queue is not None else None
-    except TypeError:
-        return None

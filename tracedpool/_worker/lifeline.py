@@ -214,14 +214,15 @@ def _die(
     owner for ever)."""
     try:
         work_id = current_work() if _main_thread_busy() else -1
-    except Exception:
-        work_id = -1
+        running = f"; work item {work_id} was running" if work_id >= 0 else ""
+    except Exception as e:  # broad: nothing may keep a worker whose owner is gone alive
+        running = f"; the running work item is unknown ({type(e).__name__})"
     _log(
         "tracedpool: worker %d: its pool's owner (pid %d) is gone%s%s; exiting",
         os.getpid(),
         owner,
         f" {when}" if when else "",
-        f"; work item {work_id} was running" if work_id >= 0 else "",
+        running,
     )
     if end_siblings:
         with contextlib.suppress(Exception):
@@ -262,13 +263,13 @@ def _prctl(option: int, arg: int | bytes) -> bool:
     global _libc
     if not _LINUX:
         return False
+    import ctypes
+
     try:
         if _libc is None:
-            import ctypes
-
             _libc = ctypes.CDLL(None, use_errno=True)
         return bool(_libc.prctl(option, arg, 0, 0, 0) == 0)
-    except Exception:
+    except (OSError, AttributeError, ctypes.ArgumentError):  # no libc, no prctl, bad arg
         return False
 
 

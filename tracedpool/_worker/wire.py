@@ -17,12 +17,16 @@ Faults are located only after they happen, so locating costs the hot path nothin
 A per-pool *status pipe* carries small records from workers to the parent, each written
 with a single non-blocking ``os.write`` below ``PIPE_BUF`` (atomic, never blocks, and no
 lock is shared between workers, so a killed worker cannot wedge the others): "work item
-N started here", "work item N failed to unpickle here", "the initializer failed here".
+N started here", "work item N failed to unpickle here", "the initializer failed here",
+and "tracedpool itself failed here" (``REC_WARN``: the worker's tracing set-up, locating
+a fault), which the parent logs once per kind: a worker's own stderr is not the parent's
+log, and such a failure must neither stop the worker nor pass without a word.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickletools
 import struct
@@ -49,6 +53,7 @@ _LEN = struct.Struct("<I")
 REC_START = 1
 REC_FAULT = 2
 REC_INIT_FAIL = 3
+REC_WARN = 4
 _MAX_RECORD = 4000
 
 _feeder = threading.local()
@@ -115,6 +120,7 @@ class _Task:
 
             w.otel = otel
             w.pid = meta[M_PID] = os.getpid()
+            _start_tracing(w.otel.worker_setup_tracing)  # once per worker
         token = otel.worker_attach(self.trace)
         try:
             return self.fn(*self.args, **self.kwargs)
@@ -160,11 +166,42 @@ def _write_payload(fd: int, kind: int, work_id: int, payload: dict[str, Any]) ->
 
 
 def _exc_facts(e: BaseException) -> dict[str, Any]:
-    return {
-        "exc_type": qualname(type(e)),
-        "message": str(e),
-        "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-    }
+    """What the parent is told of an exception. Its ``__str__`` is any code at all (a
+    task's own class); one that raises is named in the message instead."""
+    facts: dict[str, Any] = {"exc_type": qualname(type(e))}
+    try:
+        facts["message"] = str(e)
+    except Exception as err:
+        facts["message"] = f"<str() raised {qualname(type(err))}>"
+    try:
+        facts["traceback"] = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    except Exception as err:
+        facts["traceback"] = f"<the traceback could not be formatted: {qualname(type(err))}>"
+    return facts
+
+
+def report_to_parent(what: str, e: BaseException) -> None:
+    """Worker side: tracedpool itself failed at ``what`` (a short phrase); the parent logs
+    it once per ``what``. Without a status pipe the worker's own log says it."""
+    fd = WORKER.status_fd
+    if fd >= 0:
+        facts = _exc_facts(e)
+        facts["what"] = what
+        _write_payload(fd, REC_WARN, WORKER.current_work_id, facts)
+    else:
+        logging.getLogger("tracedpool").warning(
+            "tracedpool: worker %d: %s failed", os.getpid(), what, exc_info=e
+        )
+
+
+def _start_tracing(setup: Any) -> None:
+    """Run a worker-side tracing set-up step. A missing SDK is no failure (the step
+    returns quietly); anything else is reported to the parent, and the worker runs on:
+    its tasks still run, only the spans their code creates may be lost."""
+    try:
+        setup()
+    except Exception as e:
+        report_to_parent("setting up tracing (spans that task code creates may be lost)", e)
 
 
 def qualname(obj: Any) -> str:
@@ -206,9 +243,12 @@ def worker_init(
             install_worker_dump_handler()
         except (OSError, RuntimeError, ValueError):  # no signal or file: no fallback dump
             pass
-    from .._telemetry import otel as _otel
-
-    _otel.worker_init_tracing()  # says once itself what it cannot take over
+    try:
+        from .._telemetry import otel as _otel
+    except ImportError as e:  # a broken install: the tasks still run, untraced
+        report_to_parent("importing tracedpool's tracing", e)
+    else:
+        _start_tracing(_otel.worker_init_tracing)
     if user_init is None:
         return
     try:
@@ -395,17 +435,13 @@ def report_worker_unpickle_failure(
     """Tell the parent which work item and part failed to unpickle, before the worker dies."""
     try:
         located = locate_call_failure(buf, failing_opcode)
-    except Exception:
-        located = None  # a bug in locating must not cost the report: the part is unnamed
-    try:
-        work_id, target = located if located is not None else (-1, "call")
-        facts = _exc_facts(e)
-        facts.update(stage="worker-unpickle", target=target)
-        _write_payload(fd, REC_FAULT, work_id, facts)
-    except BaseException:
-        # The exception's own str() or traceback failed. The worker dies right after
-        # this (as the stdlib makes it) and has no other channel to the parent.
-        pass
+    except Exception as bug:  # must not cost the report: the part is unnamed, the bug said
+        located = None
+        report_to_parent("locating which part of a call failed to unpickle", bug)
+    work_id, target = located if located is not None else (-1, "call")
+    facts = _exc_facts(e)  # never raises: a failing str() is named instead
+    facts.update(stage="worker-unpickle", target=target)
+    _write_payload(fd, REC_FAULT, work_id, facts)
 
 
 # -- locating a call that failed to pickle ------------------------------------------------------
@@ -454,6 +490,7 @@ class StatusReader:
         self.started: dict[int, tuple[int, int]] = {}  # pid -> (work id, t_ns) last started
         self.faults: list[dict[str, Any]] = []
         self.init_failures: list[dict[str, Any]] = []
+        self._warnings: list[dict[str, Any]] = []  # REC_WARN, logged outside the lock
 
     def drain(self) -> None:
         with self._lock:
@@ -469,6 +506,9 @@ class StatusReader:
                     break
                 chunks.append(data)
             self._pending = self._parse(b"".join(chunks))
+            warnings, self._warnings = self._warnings, []
+        for payload in warnings:
+            _log_worker_warning(payload)
 
     def _parse(self, buf: bytes) -> bytes:
         pos, size = 0, len(buf)
@@ -493,7 +533,12 @@ class StatusReader:
             if not isinstance(payload, dict):
                 payload = {}  # a worker writes a dict: anything else is not its record
             payload.update(pid=pid, work_id=work_id, t_ns=t)
-            (self.faults if kind == REC_FAULT else self.init_failures).append(payload)
+            if kind == REC_FAULT:
+                self.faults.append(payload)
+            elif kind == REC_WARN:
+                self._warnings.append(payload)
+            else:
+                self.init_failures.append(payload)
             pos = end
         return buf[pos:]
 
@@ -518,3 +563,24 @@ class StatusReader:
                     conn.close()
                 except OSError:
                     pass
+
+
+#: What workers reported failing in tracedpool itself (REC_WARN), already logged here.
+_worker_warnings_said: set[str] = set()
+
+
+def _log_worker_warning(payload: dict[str, Any]) -> None:
+    """In the parent: a worker's REC_WARN, logged once per kind with the worker's
+    traceback (the parent's own traceback would say nothing)."""
+    what = str(payload.get("what") or "an unnamed step")
+    if what in _worker_warnings_said:
+        return
+    _worker_warnings_said.add(what)
+    logging.getLogger("tracedpool").warning(
+        "tracedpool: worker %s: %s failed: %s: %s; further reports of this kind are not logged\n%s",
+        payload.get("pid"),
+        what,
+        payload.get("exc_type"),
+        payload.get("message"),
+        payload.get("traceback", ""),
+    )
