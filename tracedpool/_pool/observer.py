@@ -29,8 +29,9 @@ from .._diagnosis.stall import StallConfig, Watcher
 from .._telemetry import metrics as _metrics
 from .._telemetry import names as N
 from .._telemetry.emit import Emitter, TaskRecord, WakeRecord, task_specs, wake_spec
-from .._telemetry.otel import Sink, global_provider_unset, resolve_sink
+from .._telemetry.otel import Sink, resolve_sink
 from .._telemetry.poolspans import POOL_END, StallMark, pool_spec, stall_spec
+from .._telemetry.sdk import global_provider_unset
 from .._worker.wire import StatusReader, annotate_fault, probe_parts
 from . import breakage as _breakage
 from . import cpython as _cpython

@@ -37,9 +37,6 @@ from opentelemetry import trace
 from .._version import __version__
 from . import sdk as _sdk
 
-#: Re-exported for the pool room, which imports it from here (tracedpool._pool.executor).
-global_provider_unset = _sdk.global_provider_unset
-
 SCOPE_NAME = "tracedpool"
 
 
