@@ -80,13 +80,14 @@ class LogListener:
     def start(self) -> None:
         """Start the reader thread (once, after the first workers exist: under fork no
         tracedpool thread may exist while workers are forked)."""
-        if self.thread is not None or self._stopping:
-            return
-        self.thread = start_daemon(
-            self._run,
-            f"tracedpool-logs-{self.pool_id}",
-            "worker log records are handled only at breakage and shutdown",
-        )
+        with self._lock:
+            if self.thread is not None or self._stopping:
+                return
+            self.thread = start_daemon(
+                self._run,
+                f"tracedpool-logs-{self.pool_id}",
+                "worker log records are handled only at breakage and shutdown",
+            )
 
     def _run(self) -> None:
         poll = select.poll()
@@ -208,12 +209,19 @@ class LogListener:
             logger.handle(record)
 
     def stop(self, timeout: float) -> None:
-        """Handle what is left, stop the thread and close both ends of the pipe."""
-        self._stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # closed already
+        """Handle what is left, stop the thread and close both ends of the pipe.
+
+        The manager's exit, ``shutdown()`` and the executor's finalizer may all get
+        here; only the first call does anything. A later one must not touch the
+        descriptors: their numbers may belong to other files by then."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass  # the thread never started and the pipe is full: nothing waits
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
