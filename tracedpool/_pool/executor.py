@@ -39,6 +39,10 @@ observer; ``[cpython]`` the hooks themselves)::
     failed to unpickle", "the initializer failed"; drained every 64 manager wakes and at
     breakage, for forensics.
 
+    log pipe (workers -> parent) [_worker.logs -> _pool.logs]: each log record as it is
+    logged, one atomic frame; a reader thread of its own re-emits it in the parent's
+    logging (a sampled task's records also ride in its result, as worker-run events).
+
     stall watcher thread [tracedpool._diagnosis.stall]: reads the pool through PoolViews
     [views]; while work is pending, compares futures completed and each worker's CPU and
     I/O counters; on a stall it snapshots every stack, writes a report, and marks the
