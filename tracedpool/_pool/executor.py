@@ -218,7 +218,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
                 "dump_handler": stall.timeout is not None,
                 "lifeline": StartedBy(),
                 "forkserver_child": _cpython.release_forkserver_alive_fd,
-                "logs": (logs_pipe[1], level) if logs_pipe is not None else None,
+                "logs": (logs_pipe[1], level, os.getpid()) if logs_pipe is not None else None,
             }
             super().__init__(
                 max_workers,

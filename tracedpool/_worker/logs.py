@@ -12,7 +12,9 @@ never interleave), and never blocking the task. A full pipe, or a record past a 
 (per task, per worker per second), is dropped and counted, never waited for. The
 message is formatted here, with its arguments (which may not pickle), and exception
 info becomes text (its traceback). A record is written as it is logged, so a worker
-killed right after still delivered it.
+killed right after still delivered it. Once the pool's owner is gone nobody reads the
+pipe: records then go to the worker's stderr, as with no handler (``logging.lastResort``),
+so a worker's last words (``tracedpool._worker.lifeline``) are still seen.
 
 A record logged by the task's own thread while a sampled task runs is also kept,
 bounded, in the task's result metadata (``M_LOGS`` of ``tracedpool._worker.wire``): it
@@ -74,9 +76,11 @@ _formatter = logging.Formatter()
 class CaptureHandler(logging.Handler):
     """Streams records to the parent; see the module docstring."""
 
-    def __init__(self, fd: int, level: int, state: Any, meta_slot: int) -> None:
+    def __init__(self, fd: int, level: int, state: Any, meta_slot: int, owner: int) -> None:
         super().__init__(level)
         self.fd = fd
+        self.owner = owner  # the pool's process, which reads the pipe
+        self.ppid = os.getppid()  # the owner, but under forkserver (the fork server)
         self.state = state  # the worker's WorkerState: current work id, pending meta
         self.meta_slot = meta_slot
         self.task_thread = threading.get_ident()  # tasks run on the worker's main thread
@@ -97,6 +101,12 @@ class CaptureHandler(logging.Handler):
             self.handleError(record)
 
     def _send(self, record: logging.LogRecord) -> None:
+        if self._owner_gone():
+            # Nobody reads the pipe any more (the lifeline's last line, for one): say it
+            # where a worker with no handler would, on its own stderr.
+            if logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+                logging.lastResort.handle(record)
+            return
         state = self.state
         on_task = threading.get_ident() == self.task_thread
         work_id = state.current_work_id if on_task else -1
@@ -183,6 +193,19 @@ class CaptureHandler(logging.Handler):
             return
         self.reported = self.dropped
 
+    def _owner_gone(self) -> bool:
+        if os.getppid() != self.ppid:
+            return True  # reparented: the parent is gone
+        if self.owner == self.ppid:
+            return False
+        try:
+            os.kill(self.owner, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists (EPERM)
+        return False
+
     def _drop(self, meta: Any) -> None:
         self.dropped += 1
         self.state.logs_unsent = True
@@ -230,14 +253,14 @@ def encode(fields: list[Any]) -> bytes:
     return json.dumps(fields, default=str).encode("utf-8", "replace")[:room]
 
 
-def install(conn: Any, level: int, state: Any, meta_slot: int) -> CaptureHandler | None:
+def install(conn: Any, level: int, state: Any, meta_slot: int, owner: int) -> CaptureHandler | None:
     """In a worker: replace the handlers it found with one ``CaptureHandler`` on root."""
     try:
         fd = conn.fileno()
         os.set_blocking(fd, False)
     except (OSError, ValueError):  # a closed pipe: this worker's records stay here
         return None
-    handler = CaptureHandler(fd, level, state, meta_slot)
+    handler = CaptureHandler(fd, level, state, meta_slot, owner)
     manager = logging.Logger.manager
     loggers = [logging.getLogger()]
     loggers += [lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger)]

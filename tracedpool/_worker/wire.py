@@ -238,8 +238,8 @@ def worker_init(
     if options and "lifeline" in options:
         _lifeline.start(options["lifeline"], _current_work_id, options.get("forkserver_child"))
     if options and options.get("logs") is not None:
-        logs_conn, logs_level = options["logs"]
-        _logs.install(logs_conn, logs_level, w, M_LOGS)
+        logs_conn, logs_level, owner = options["logs"]
+        _logs.install(logs_conn, logs_level, w, M_LOGS, owner)
     w.status_conn = status_conn  # keeps the descriptor open for the worker's lifetime
     try:
         fd = status_conn.fileno()
