@@ -11,6 +11,8 @@
 - ``cpython``: the only module that touches ``concurrent.futures.process`` internals (and
   CPython's other private names); it probes them once per interpreter and reports to the
   pool through ``PoolObserver``.
+- ``logs``: ``LogListener``, the reader thread that re-emits the workers' log records
+  in the parent's ``logging``, inside the span each was logged in.
 - ``instrument``: zero-code instrumentation (the stdlib class becomes a traced pool).
 
 May use every other room; no other room imports ``executor``, ``observer``, ``breakage``

@@ -39,6 +39,10 @@ observer; ``[cpython]`` the hooks themselves)::
     failed to unpickle", "the initializer failed"; drained every 64 manager wakes and at
     breakage, for forensics.
 
+    log pipe (workers -> parent) [_worker.logs -> _pool.logs]: each log record as it is
+    logged, one atomic frame; a reader thread of its own re-emits it in the parent's
+    logging (a sampled task's records also ride in its result, as worker-run events).
+
     stall watcher thread [tracedpool._diagnosis.stall]: reads the pool through PoolViews
     [views]; while work is pending, compares futures completed and each worker's CPU and
     I/O counters; on a stall it snapshots every stack, writes a report, and marks the
@@ -76,11 +80,37 @@ from .._worker.lifeline import StartedBy
 from .._worker.wire import StatusReader, _Task, qualname, worker_init
 from . import breakage as _breakage
 from . import cpython as _cpython
+from .logs import LogListener
 from .observer import PoolState, close_status
 
 log = logging.getLogger("tracedpool")
 
 _degraded_warned = False
+_UNSET: Any = object()  # log_level not given: TRACEDPOOL_LOG_LEVEL, else WARNING
+
+
+def _log_level(value: Any) -> int | None:
+    """``log_level=`` (or ``TRACEDPOOL_LOG_LEVEL``) as a level number, or None for off."""
+    if value is _UNSET:
+        value = os.environ.get(N.ENV_LOG_LEVEL) or "WARNING"
+        if value.strip().lower() in ("off", "none", "false", "no"):
+            return None
+        value = int(value) if value.strip().isdigit() else value.strip().upper()
+        where = N.ENV_LOG_LEVEL
+    else:
+        where = "log_level"
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("log_level must be a logging level (int or name), None or False")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        level = logging.getLevelNamesMapping().get(value.upper())
+        if level is not None:
+            return level
+        raise ValueError(f"{where} must be a logging level name or number, not {value!r}")
+    raise TypeError("log_level must be a logging level (int or name), None or False")
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -122,6 +152,14 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         The OpenTelemetry ``MeterProvider`` for the pool's metrics (docs/names.md); None
         (default) means the global one. With none set, or ``NoOpMeterProvider()``,
         metrics cost nothing.
+    log_level
+        The lowest level of the records that workers send to the parent's ``logging``
+        (default ``logging.WARNING``; env ``TRACEDPOOL_LOG_LEVEL``): each arrives under
+        its logger's name with ``tracedpool_task_id``, ``tracedpool_worker_pid``,
+        ``tracedpool_trace_id`` and ``tracedpool_span_id``, and a traced task's records
+        are events on its ``worker-run`` span. The handlers a worker starts with are
+        removed (the parent writes instead); those the ``initializer`` adds are kept.
+        None or False: no capture, worker logging stays as the stdlib leaves it.
     """
 
     # Set in __init__ before anything reads it; the hooks see it as a PoolObserver.
@@ -144,6 +182,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         on_stall: Any = None,
         stall_action: str = "report",
         meter_provider: Any = None,
+        log_level: Any = _UNSET,
         **kwargs: Any,
     ) -> None:
         if initializer is not None and not callable(initializer):
@@ -168,8 +207,10 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         elif not isinstance(record_exception_messages, bool):
             raise TypeError("record_exception_messages must be a bool")
         stall = StallConfig.from_options(stall_timeout, stall_report_dir, on_stall, stall_action)
+        level = _log_level(log_level)
 
         reader, writer = multiprocessing.Pipe(duplex=False)
+        logs_pipe = multiprocessing.Pipe(duplex=False) if level is not None else None
         try:
             # StartedBy judges, in the thread that starts each worker, whether the
             # worker may die with that thread (tracedpool._worker.lifeline).
@@ -177,6 +218,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
                 "dump_handler": stall.timeout is not None,
                 "lifeline": StartedBy(),
                 "forkserver_child": _cpython.release_forkserver_alive_fd,
+                "logs": (logs_pipe[1], level, os.getpid()) if logs_pipe is not None else None,
             }
             super().__init__(
                 max_workers,
@@ -188,6 +230,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         except BaseException:
             reader.close()
             writer.close()
+            for conn in logs_pipe or ():
+                conn.close()
             raise
         state = PoolState(
             self,
@@ -201,6 +245,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             writer,
         )
         self._tp_state = state
+        if logs_pipe is not None:
+            state.logs = LogListener(logs_pipe[0], logs_pipe[1], state.pool_id)
         state.stall_config = stall
         state.meter_provider_arg = meter_provider
         state.metrics = _metrics.metrics_for(meter_provider)
@@ -216,6 +262,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         else:
             _warn_degraded()
         weakref.finalize(self, close_status, state.status, writer)
+        if state.logs is not None:
+            weakref.finalize(self, _stop_idle_logs, state)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         st = self._tp_state
@@ -300,6 +348,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             _cpython.remove_reader_hook(result_queue)
             st.result_queue = None
             close_status(st.status, st.status_writer)  # no worker is left to write
+            if st.logs is not None:
+                st.logs.stop(timeout=2.0)
         if wait:
             # The manager has exited, so every task record is queued: hand them to the
             # processors now, but never let a stuck processor hold shutdown for long.
@@ -313,7 +363,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         """The live view: pending and running tasks (per worker pid, with ids and ages),
         live workers, seconds since the last progress, span records waiting to be built
         (``span_backlog``: a busy pool's spans are built once it is quiet, within 1 s)
-        and dropped, stalls reported."""
+        and dropped, workers' log records re-emitted here and dropped on the way
+        (``log_records``, ``log_records_dropped``), stalls reported."""
         st = self._tp_state
         facts = st.views.stall_facts() if st.manager is not None else {"tasks": [], "workers": []}
         running: dict[int, list[dict[str, Any]]] = {}
@@ -340,6 +391,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             ),
             "span_backlog": st.emitter.waiting,
             "span_records_dropped": st.emitter.dropped,
+            "log_records": st.logs.received if st.logs is not None else 0,
+            "log_records_dropped": st.logs.dropped if st.logs is not None else 0,
             "stalls_reported": watcher.stalls if watcher is not None else 0,
             "stall_reports": list(watcher.reports) if watcher is not None else [],
         }
@@ -363,6 +416,13 @@ def _wake_watcher(watcher: Watcher) -> None:
     else:
         watcher.idle = False
         watcher.start()
+
+
+def _stop_idle_logs(state: PoolState) -> None:
+    """The executor is gone: close its log pipe unless a manager still runs its work
+    (the manager then stops the reader at its exit)."""
+    if state.manager is None and state.logs is not None:
+        state.logs.stop(timeout=0)
 
 
 def _warn_degraded() -> None:

@@ -35,6 +35,7 @@ from .._telemetry.sdk import global_provider_unset
 from .._worker.wire import StatusReader, annotate_fault, probe_parts
 from . import breakage as _breakage
 from . import cpython as _cpython
+from .logs import LogListener
 from .views import PoolViews
 
 log = logging.getLogger("tracedpool")
@@ -108,6 +109,7 @@ class PoolState:
         self.meter_provider_arg: Any = None
         self.metrics_dropped_seen = 0
         self.start_method = _cpython.start_method(executor)  # once: fork, spawn, forkserver
+        self.logs: LogListener | None = None  # workers' log records (tracedpool._pool.logs)
         self.views = PoolViews(self)  # what the stall watcher and the metrics read
 
     # -- sink ----------------------------------------------------------------------------------
@@ -251,6 +253,8 @@ class PoolState:
             self._wake = WakeRecord(t1, t1 - t0, "result-unpickle-rescued" if replaced else reason)
         if not self.manager_name:
             self.manager_name = manager.name
+            if self.logs is not None:  # first wake: every worker a fork pool starts exists
+                self.logs.start()
         return replaced
 
     def _wakeup_reason(self) -> str:
@@ -287,6 +291,8 @@ class PoolState:
     def on_broken(
         self, manager: Any, cause: Any, stdlib_message: str | None = None
     ) -> dict[int, BaseException]:
+        if self.logs is not None:
+            self.logs.drain()  # what the workers logged before the break is handled first
         return _breakage.take_inventory(self, manager, cause, stdlib_message)
 
     def on_manager_exit(self) -> None:
@@ -308,6 +314,8 @@ class PoolState:
         # after it: close the status pipe now, so a shut-down pool holds no descriptor
         # (as the stdlib's holds none), rather than when the executor is collected.
         close_status(self.status, self.status_writer)
+        if self.logs is not None:
+            self.logs.stop(timeout=2.0)  # the workers are joined: all they wrote is read
         if (
             self.sink is not None
             and self.pool_trace is not None

@@ -30,7 +30,7 @@ from .._diagnosis.forensics import role_of
 from .._errors import pickling_fault
 from .._pool.cpython import future_outcome
 from .._threads import start_daemon
-from .._worker.wire import M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
+from .._worker.wire import M_LOGS, M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, qualname
 from . import names as N
 from .otel import EventSpec, SpanSpec
 
@@ -341,6 +341,53 @@ def _exception_event(
     return EventSpec(N.EVENT_EXCEPTION, t, attrs)
 
 
+def severity_number(levelno: int) -> int:
+    """A ``logging`` level as the OpenTelemetry log data model's SeverityNumber."""
+    for std, otel in ((50, 21), (40, 17), (30, 13), (20, 9), (10, 5), (1, 1)):
+        if levelno >= std:
+            return otel + min(3, levelno - std)
+    return 0
+
+
+def _log_events(logs: list[Any], messages: bool) -> list[EventSpec]:
+    """The ``tracedpool.log`` events of the records a task logged (logs[0] is the count
+    of its dropped records; see tracedpool._worker.logs)."""
+    events = []
+    for (
+        t,
+        levelno,
+        levelname,
+        logger,
+        message,
+        exc_type,
+        exc_message,
+        exc_text,
+        path,
+        line,
+        func,
+        thread,
+    ) in logs[1:]:
+        attrs: dict[str, Any] = {
+            N.ATTR_LOG_SEVERITY_TEXT: levelname,
+            N.ATTR_LOG_SEVERITY_NUMBER: severity_number(levelno),
+            N.ATTR_LOG_LOGGER: logger,
+            N.ATTR_LOG_MESSAGE: message,
+            N.ATTR_CODE_FUNCTION: func,
+            N.ATTR_CODE_FILE_PATH: path,
+            N.ATTR_CODE_LINE_NUMBER: line,
+            N.ATTR_THREAD_NAME: thread,
+        }
+        if exc_text:
+            if exc_type:
+                attrs[N.ATTR_EXCEPTION_TYPE] = exc_type
+            if messages:
+                if exc_type:
+                    attrs[N.ATTR_EXCEPTION_MESSAGE] = exc_message
+                attrs[N.ATTR_EXCEPTION_STACKTRACE] = exc_text
+        events.append(EventSpec(N.EVENT_LOG, t, attrs))
+    return events
+
+
 def _bounded_repr(value: Any, redact: Any) -> str:
     try:
         text = repr(value)
@@ -553,6 +600,10 @@ def task_specs(rec: TaskRecord, st: Any) -> list[SpanSpec]:
         if failed and stage_fault is None and broken is None:
             stage_events = (_exception_event(exc, meta[M_RUN1], messages, {}),)  # type: ignore[arg-type]
             status = (True, type(exc).__name__)
+        if meta[M_LOGS]:
+            stage_events = (*_log_events(meta[M_LOGS], messages), *stage_events)
+            if meta[M_LOGS][0]:
+                attrs[N.ATTR_LOG_RECORDS_DROPPED] = meta[M_LOGS][0]
         specs.append(
             _new(
                 SpanSpec,

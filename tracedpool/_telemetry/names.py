@@ -344,6 +344,73 @@ ATTR_INTERNAL_ERROR_WHERE: Final = _reg(
     "or `metrics`.",
 )
 
+ATTR_LOG_SEVERITY_TEXT: Final = _reg(
+    "attribute",
+    "tracedpool.log.severity_text",
+    "On a `tracedpool.log` event: the record's level name (`WARNING`), the OpenTelemetry "
+    "log data model's SeverityText.",
+)
+ATTR_LOG_SEVERITY_NUMBER: Final = _reg(
+    "attribute",
+    "tracedpool.log.severity_number",
+    "On a `tracedpool.log` event: the level as the log data model's SeverityNumber "
+    "(DEBUG 5, INFO 9, WARNING 13, ERROR 17, CRITICAL 21).",
+)
+ATTR_LOG_LOGGER: Final = _reg(
+    "attribute", "tracedpool.log.logger", "On a `tracedpool.log` event: the logger's name."
+)
+ATTR_LOG_MESSAGE: Final = _reg(
+    "attribute",
+    "tracedpool.log.message",
+    "On a `tracedpool.log` event: the message, formatted with its arguments in the worker.",
+)
+ATTR_LOG_RECORDS_DROPPED: Final = _reg(
+    "attribute",
+    "tracedpool.log.records_dropped",
+    "On a `worker-run` span: records the task logged that never reached the parent "
+    "(past the per-task or per-worker bounds, or the log pipe was full).",
+)
+ATTR_CODE_FILE_PATH: Final = _reg(
+    "attribute",
+    "code.file.path",
+    "On a `tracedpool.log` event: the source file that logged the record.",
+)
+ATTR_CODE_LINE_NUMBER: Final = _reg(
+    "attribute",
+    "code.line.number",
+    "On a `tracedpool.log` event: the line that logged the record.",
+)
+EVENT_LOG: Final = _reg(
+    "event",
+    "tracedpool.log",
+    "On a task's `worker-run` span: one record the task's own thread logged at or above "
+    "the pool's `log_level` (at most 128 per task), at the moment it was logged, with "
+    "`tracedpool.log.*`, `code.function.name`, `code.file.path`, `code.line.number`, "
+    "`thread.name` and, for exception info, `exception.type`, `exception.message` and "
+    "`exception.stacktrace` (those two omitted with "
+    "`TRACEDPOOL_RECORD_EXCEPTION_MESSAGES=0`).",
+)
+# -- attributes of the log records re-emitted in the parent -----------------------------
+RECORD_TASK_ID: Final = _reg(
+    "record",
+    "tracedpool_task_id",
+    "The task that logged the record (`<pool id>:<sequence>`), or None for a record "
+    "logged by another thread of the worker, or by its initializer.",
+)
+RECORD_WORKER_PID: Final = _reg(
+    "record", "tracedpool_worker_pid", "The pid of the worker that logged the record."
+)
+RECORD_TRACE_ID: Final = _reg(
+    "record",
+    "tracedpool_trace_id",
+    "The trace id (32 hex digits) of the span the record was logged in, or None.",
+)
+RECORD_SPAN_ID: Final = _reg(
+    "record",
+    "tracedpool_span_id",
+    "The span id (16 hex digits) of the span the record was logged in (the task's "
+    "`worker-run` span, or a span its code started), or None.",
+)
 # -- metrics ----------------------------------------------------------------------------------
 # OpenTelemetry conventions: dot-separated, UCUM units (`s`, `By`, `{task}`), no unit or
 # `_total` in the name, attributes from the tables above. Stage durations partition a
@@ -509,6 +576,15 @@ ENV_HEARTBEAT_DIR: Final = _reg(
 )
 
 
+ENV_LOG_LEVEL: Final = _reg(
+    "env",
+    "TRACEDPOOL_LOG_LEVEL",
+    "Default `log_level` of every pool: the lowest level of the records that workers "
+    "send to the parent's `logging` (`WARNING` if unset; a level name or number); "
+    "`off` leaves workers' logging as the stdlib does.",
+)
+
+
 def render_markdown() -> str:
     """The docs table of every name above."""
     titles = {
@@ -517,6 +593,7 @@ def render_markdown() -> str:
         "event": "Events",
         "metric": "Metrics",
         "env": "Environment variables",
+        "record": "Log record attributes (worker records re-emitted in the parent)",
     }
     out = [
         "# Names",

@@ -38,13 +38,15 @@ from typing import Any
 
 from .._errors import FAULT_ATTR, PicklingFault
 from . import lifeline as _lifeline
+from . import logs as _logs
 
 time_ns = time.time_ns
 
 TAG = "tracedpool/2"
 
 # Indices into the per-task metadata list a worker attaches to a traced result item.
-M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS = range(6)
+# M_LOGS: None, or [records dropped, record tuple, ...] (tracedpool._worker.logs).
+M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS, M_LOGS = range(7)
 
 # Status records: kind, pid, work id, timestamp; FAULT and INIT_FAIL carry a JSON payload
 # after a length. Kept under PIPE_BUF (4096 on Linux) so each write is atomic.
@@ -69,6 +71,9 @@ class WorkerState:
     last_recv_ns: int = 0
     otel: Any = None  # the _otel module, imported by the first traced task
     pid: int = 0
+    logs_conn: Any = None  # the log pipe's write end, when records are captured
+    logs_unsent: bool = False  # records were dropped and the parent has no count yet
+    logs_flush: Any = None  # sends that count (CaptureHandler.flush_drops)
 
 
 WORKER = WorkerState()
@@ -112,7 +117,7 @@ class _Task:
     def __call__(self) -> Any:
         # Runs in the worker, called by the stdlib's _process_worker.
         w = WORKER
-        meta: list[Any] = [w.pid, w.last_recv_ns, time_ns(), 0, 0, None]
+        meta: list[Any] = [w.pid, w.last_recv_ns, time_ns(), 0, 0, None, None]
         w.pending_meta = meta
         otel = w.otel
         if otel is None:
@@ -142,6 +147,8 @@ def record_start(work_id: int) -> None:
     w.current_work_id = work_id
     if w.status_fd >= 0:
         _write(w.status_fd, _REC.pack(REC_START, os.getpid(), work_id, time_ns()))
+    if w.logs_unsent:
+        w.logs_flush()
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -224,11 +231,15 @@ def worker_init(
     options: dict[str, Any] | None = None,
 ) -> None:
     """The initializer every worker runs: the tie to the pool's owner (first, so that
-    a user initializer that hangs is covered too), the status pipe, the stack-dump
-    handler the stall detector falls back on, then the user's initializer."""
+    a user initializer that hangs is covered too), log capture (so that the rest of
+    start-up, the user's initializer included, is captured), the status pipe, the
+    stack-dump handler the stall detector falls back on, then the user's initializer."""
     w = WORKER
     if options and "lifeline" in options:
         _lifeline.start(options["lifeline"], _current_work_id, options.get("forkserver_child"))
+    if options and options.get("logs") is not None:
+        logs_conn, logs_level, owner = options["logs"]
+        _logs.install(logs_conn, logs_level, w, M_LOGS, owner)
     w.status_conn = status_conn  # keeps the descriptor open for the worker's lifetime
     try:
         fd = status_conn.fileno()

@@ -1,0 +1,59 @@
+"""Tasks and initializers that log, for tests/test_worker_logs.py (importable by workers
+under every start method)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+LOGGER = "logtasks"
+log = logging.getLogger(LOGGER)
+
+
+def info_and_warning(x: int) -> int:
+    log.info("info from task %d", x)
+    log.warning("warning from task %d", x)
+    return x
+
+
+def log_exception() -> None:
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.exception("division failed in %s", "task")
+
+
+def log_then_die() -> None:
+    log.warning("about to be killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def flood(n: int) -> int:
+    for i in range(n):
+        log.warning("flood record %d", i)
+    return n
+
+
+def from_a_thread() -> None:
+    log.warning("from the task's thread")
+    thread = threading.Thread(target=log.warning, args=("from another thread",))
+    thread.start()
+    thread.join()
+
+
+def init_logs(text: str) -> None:
+    log.warning("initializer says %s", text)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("not picklable")
+
+    def __str__(self) -> str:
+        return "an-unpicklable-arg"
+
+
+def unpicklable_arg() -> None:
+    log.warning("formatted in the worker: %s", _Unpicklable())
