@@ -57,3 +57,20 @@ class _Unpicklable:
 
 def unpicklable_arg() -> None:
     log.warning("formatted in the worker: %s", _Unpicklable())
+
+
+class LogsWhenUnpickled:
+    """An argument that logs while the worker unpickles it: after the previous task
+    ended and before its own task starts."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_log_unpickled, ())
+
+
+def _log_unpickled() -> LogsWhenUnpickled:
+    log.warning("unpickled between tasks")
+    return LogsWhenUnpickled.__new__(LogsWhenUnpickled)
+
+
+def identity(x: object) -> object:
+    return type(x).__name__

@@ -184,6 +184,19 @@ def test_another_threads_records_have_no_task_id(
     assert got == {"from the task's thread": f"{pool.pool_id}:0", "from another thread": None}
 
 
+def test_a_record_between_tasks_has_no_task_id(
+    make_pool: Any, collected: _Collect, start_method: str
+) -> None:
+    """A record the worker's main thread logs after one task ended and before the next
+    started (here: while it unpickles the next task's argument) names no task."""
+    pool = make_pool(1, start=start_method)
+    pool.submit(logtasks.info_and_warning, 1).result(timeout=60)
+    pool.submit(logtasks.identity, logtasks.LogsWhenUnpickled()).result(timeout=60)
+    pool.shutdown(wait=True)
+    got = {r.getMessage(): getattr(r, N.RECORD_TASK_ID) for r in collected.records}
+    assert got == {"warning from task 1": f"{pool.pool_id}:0", "unpickled between tasks": None}
+
+
 def test_arguments_are_formatted_in_the_worker(
     make_pool: Any, collected: _Collect, start_method: str
 ) -> None:

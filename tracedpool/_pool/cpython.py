@@ -521,6 +521,9 @@ class TracedResultQueue(_mpq.SimpleQueue):  # type: ignore[type-arg]
             raise
         if is_item:
             WORKER.pending_meta = None
+            # Between tasks nothing runs for a work item: a record logged now (a
+            # finalizer, another thread's timer) must not carry the last task's id.
+            WORKER.current_work_id = -1
 
 
 # -- installing the hooks on an executor ---------------------------------------------------
