@@ -143,8 +143,18 @@ class Emitter:
         self._lock = threading.Lock()
         self._warned = False
         self._warned_drop = False
+        self._warned_wake_drop = False
         self.emitted = 0
-        self.dropped = 0
+        #: Records dropped at the backlog limit: finished tasks (and the pool's other
+        #: pushed records, such as stall marks), and manager wakes, counted apart.
+        self.dropped_tasks = 0
+        self.dropped_wakes = 0
+
+    @property
+    def dropped(self) -> int:
+        """Every record dropped at the backlog limit (the ``tracedpool.spans.dropped``
+        counter): ``dropped_tasks + dropped_wakes``."""
+        return self.dropped_tasks + self.dropped_wakes
 
     def push(self, item: Any, urgent: bool = False) -> None:
         """Queue a record; ``urgent`` ones (a stall) are built without stepping aside."""
@@ -152,12 +162,13 @@ class Emitter:
         if len(queue) >= MAX_BACKLOG:
             # The processors cannot keep up: drop rather than grow without bound, and say
             # so once. (Telemetry never holds the pool back or eats its memory.)
-            self.dropped += 1
+            self.dropped_tasks += 1
             if not self._warned_drop:
                 self._warned_drop = True
                 log.warning(
-                    "tracedpool: span building is %d tasks behind; dropping task spans "
-                    "until it catches up (pool %s; the count is Emitter.dropped)",
+                    "tracedpool: span building is %d finished tasks behind; dropping "
+                    "their spans (a task span and its stage spans each) until it catches "
+                    'up (pool %s; the count is pool.stats()["task_records_dropped"])',
                     MAX_BACKLOG,
                     self._state.pool_id,
                 )
@@ -175,7 +186,16 @@ class Emitter:
         that its wake served do, and the wakes are built alongside them."""
         wakes = self._wakes
         if len(wakes) >= MAX_BACKLOG:
-            self.dropped += 1
+            self.dropped_wakes += 1
+            if not self._warned_wake_drop:
+                self._warned_wake_drop = True
+                log.warning(
+                    "tracedpool: span building is %d manager wakes behind; dropping "
+                    "manager-wake spans until it catches up (pool %s; the count is "
+                    'pool.stats()["wake_records_dropped"])',
+                    MAX_BACKLOG,
+                    self._state.pool_id,
+                )
             return
         wakes.append(wake)
         if self._idle and len(wakes) >= WAKE_BATCH:
