@@ -56,6 +56,18 @@ DEFER_SECONDS = 1.0
 DEFER_TICK = 0.02
 #: Manager wakes ride along with task records; this many waiting wake an idle emitter.
 WAKE_BATCH = 64
+#: Spans a task record may add to a batch processor's queue (its task span and five
+#: stage spans, the wake spans built alongside, a margin): the emitter builds records
+#: only while the fullest queue has room for them (Emitter._room).
+SPANS_PER_RECORD = 8
+#: The emitter waits for a full batch queue to drain rather than overflow it, as long
+#: as the exporter makes progress; a queue that frees nothing for this long is left to
+#: drop spans (the SDK counts them), so that a stuck exporter costs memory no longer
+#: than the emitter's own bounded backlog.
+STALLED_QUEUE_SECONDS = 1.0
+#: While waiting, how often the queue is looked at.
+ROOM_POLL = 0.002
+_PLENTY = 1 << 30
 
 
 class TaskRecord:
@@ -144,6 +156,9 @@ class Emitter:
         self._warned = False
         self._warned_drop = False
         self._warned_wake_drop = False
+        self._queue_stalled = False  # the exporter stopped draining: no more waiting
+        #: Times the emitter waited for a batch processor's queue to drain.
+        self.queue_waits = 0
         self.emitted = 0
         #: Records dropped at the backlog limit: finished tasks (and the pool's other
         #: pushed records, such as stall marks), and manager wakes, counted apart.
@@ -297,8 +312,12 @@ class Emitter:
         them); after those, stop as soon as the pool is busy again."""
         queue, wakes, emit = self._queue, self._wakes, self._emit_one
         built = 0
+        fits = 0  # records the span processors' queues surely have room for
         seen = self._pool_activity()
         while queue or wakes:
+            if fits <= 0:
+                fits = self._room()
+            fits -= 1
             if wakes and not emit(wakes.popleft()):  # one span: no turn of its own
                 return
             try:
@@ -338,6 +357,52 @@ class Emitter:
             if not catching_up and 0 <= forced <= built:
                 return
             sleep(0)
+
+    def _room(self) -> int:
+        """How many records the sink's batch queue has room for, waiting first (on this
+        thread, never the pool's) while it is near full and its exporter drains it.
+
+        The SDK's ``BatchSpanProcessor`` drops what does not fit in its queue (2,048
+        spans by default), even with an exporter fast enough to keep up: the emitter
+        builds in bursts, after stepping aside. So it waits here until the queue has
+        room for a batch again. Only an exporter that frees nothing for
+        STALLED_QUEUE_SECONDS is given up on: then the queue drops (the SDK counts
+        those), and the emitter's own backlog drops at MAX_BACKLOG (counted in
+        ``task_records_dropped``), so memory stays bounded.
+        """
+        try:
+            sink = self._state.sink
+            room = sink.room() if sink is not None else None
+        except ReferenceError:
+            return _PLENTY
+        except Exception:  # a sink that cannot say: never wait on it
+            return _PLENTY
+        if room is None:
+            return _PLENTY
+        free, size = room
+        resume = min(512, size // 4) or 1  # a default export batch, or a quarter
+        if free >= resume:
+            self._queue_stalled = False
+            return free // SPANS_PER_RECORD
+        if self._queue_stalled:  # given up on until it has room again: build, let it drop
+            return max(free // SPANS_PER_RECORD, 1)
+        self.queue_waits += 1
+        deadline = monotonic() + STALLED_QUEUE_SECONDS
+        while free < resume:
+            sleep(ROOM_POLL)
+            try:
+                room = sink.room()
+            except Exception:
+                return _PLENTY
+            if room is None:
+                return _PLENTY
+            if room[0] > free:
+                deadline = monotonic() + STALLED_QUEUE_SECONDS  # it drains: keep waiting
+            elif monotonic() >= deadline:
+                self._queue_stalled = True
+                return max(room[0] // SPANS_PER_RECORD, 1)
+            free = room[0]
+        return free // SPANS_PER_RECORD
 
     def _emit_one(self, item: Any) -> bool:
         """Build one record's spans; False when the pool is gone (nothing more to do)."""
