@@ -144,8 +144,11 @@ def configure(
     provider = TracerProvider(
         resource=Resource.create(attributes), sampler=sampler, shutdown_on_exit=False
     )
-    sizing = batch_sizing()
-    processors = [BatchSpanProcessor(exporter, **sizing) for _, exporter in exporters]
+    queue_size, batch_size = batch_sizing()
+    processors = [
+        BatchSpanProcessor(exporter, max_queue_size=queue_size, max_export_batch_size=batch_size)
+        for _, exporter in exporters
+    ]
     for processor in processors:
         provider.add_span_processor(processor)
     _ExitShutdown(provider, processors, rule)
@@ -172,16 +175,14 @@ POOL_MAX_QUEUE_SIZE = 8192
 POOL_MAX_EXPORT_BATCH_SIZE = 1024
 
 
-def batch_sizing(environ: Mapping[str, str] | None = None) -> dict[str, int]:
-    """``BatchSpanProcessor`` keyword arguments sized for a pool, or none at all (the
-    SDK reads the variables) when the user sized the batch processor themselves."""
+def batch_sizing(environ: Mapping[str, str] | None = None) -> tuple[int | None, int | None]:
+    """``BatchSpanProcessor``'s (max_queue_size, max_export_batch_size) sized for a pool,
+    or (None, None), so that the SDK reads the variables, when the user sized the batch
+    processor themselves."""
     env = os.environ if environ is None else environ
     if env.get("OTEL_BSP_MAX_QUEUE_SIZE") or env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
-        return {}
-    return {
-        "max_queue_size": POOL_MAX_QUEUE_SIZE,
-        "max_export_batch_size": POOL_MAX_EXPORT_BATCH_SIZE,
-    }
+        return None, None
+    return POOL_MAX_QUEUE_SIZE, POOL_MAX_EXPORT_BATCH_SIZE
 
 
 DEFAULT_EXIT_EXPORT_TIMEOUT = 3.0

@@ -370,6 +370,9 @@ class Emitter:
         those), and the emitter's own backlog drops at MAX_BACKLOG (counted in
         ``task_records_dropped``), so memory stays bounded.
         """
+        room: tuple[int, int] | None
+        free: int
+        size: int
         try:
             sink = self._state.sink
             room = sink.room() if sink is not None else None

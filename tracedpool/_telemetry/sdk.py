@@ -213,9 +213,9 @@ def span_room(composite: Any) -> tuple[int, int] | None:
         return None
     room: tuple[int, int] | None = None
     for processor in processors:
-        queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
+        queue: Any = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
         size = getattr(queue, "maxlen", None)
-        if size is None:
+        if not isinstance(size, int):
             continue
         try:
             free = size - len(queue)
