@@ -490,6 +490,24 @@ def _run_script(tmp_path: Path, mode: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.parametrize(
+    ("variables", "queue"),
+    [({}, C.POOL_MAX_QUEUE_SIZE), ({"OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, 1000)],
+)
+def test_configure_sizes_the_batch_queue_for_a_pool_unless_the_user_did(
+    env: pytest.MonkeyPatch, variables: dict[str, str], queue: int
+) -> None:
+    """configure()'s batch processor holds a pool's burst (8,192 spans) unless an
+    OTEL_BSP_* size is set: then the SDK reads the variables, as it would alone."""
+    from tracedpool._telemetry.sdk import span_room
+
+    for name, value in variables.items():
+        env.setenv(name, value)
+    setup = tracedpool.configure(install=False)
+    assert span_room(setup.provider._active_span_processor) == (queue, queue)
+    setup.provider.shutdown()
+
+
 def test_configure_installs_once_and_the_file_gets_the_pool_spans(tmp_path: Path) -> None:
     """In a fresh process: configure() installs the global provider (a second call
     returns it, untouched), and at exit the pool's spans are in the default file."""

@@ -185,6 +185,10 @@ def test_dropped_span_records_are_counted(make_pool: Any, monkeypatch: Any) -> N
     pool.shutdown(wait=True)  # the manager has exited: nothing more is pushed or dropped
     dropped = pool._tp_state.emitter.dropped
     assert _counter(_points(reader), N.METRIC_SPANS_DROPPED) == dropped
+    stats = pool.stats()  # the counter is both kinds; stats() tells them apart
+    assert stats["span_records_dropped"] == dropped
+    assert stats["task_records_dropped"] + stats["wake_records_dropped"] == dropped
+    assert stats["task_records_dropped"] > 0
 
 
 def _finished_pool(meter_provider: Any, name: str, overflow: bool = True) -> Any:

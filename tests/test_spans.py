@@ -502,3 +502,72 @@ def test_an_instrumentation_failure_for_a_task_is_an_event_on_its_span(
         assert task.start_time <= event.timestamp <= task.end_time
     logged = [r for r in caplog.records if "instrumentation failed in submit" in r.getMessage()]
     assert len(logged) == 1
+
+
+class _CountingExporter(SpanExporter):
+    """Counts task spans; each export takes ``delay`` seconds, or waits for ``gate``."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.delay, self.gate, self.spans, self.tasks = delay, gate, 0, 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        if self.gate is not None:
+            self.gate.wait(30)
+        time.sleep(self.delay)
+        self.spans += len(spans)
+        self.tasks += sum(1 for s in spans if s.name == N.SPAN_TASK)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_small_batch_queue_drops_nothing_while_its_exporter_keeps_up(
+    make_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The emitter waits for a near-full BatchSpanProcessor queue to drain instead of
+    overflowing it: a 64-span queue takes 600 tasks' spans without dropping one."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = _CountingExporter(delay=0.001)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter, max_queue_size=64, max_export_batch_size=16, schedule_delay_millis=5
+        )
+    )
+    pool = make_pool(2, tracer_provider=provider)
+    assert list(pool.map(identity, range(600))) == list(range(600))
+    pool.shutdown(wait=True)
+    provider.force_flush()
+    assert "Queue full" not in caplog.text
+    assert exporter.tasks == 600
+    assert pool._tp_state.emitter.queue_waits > 0
+    provider.shutdown()
+
+
+def test_a_stuck_exporter_is_given_up_on_and_the_pool_shuts_down(
+    make_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exporter that frees nothing is waited on for STALLED_QUEUE_SECONDS, not for
+    ever: the queue then drops (the SDK's count), and shutdown is not held."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from tracedpool._telemetry import emit as _emit
+
+    monkeypatch.setattr(_emit, "STALLED_QUEUE_SECONDS", 0.2)
+    gate = threading.Event()
+    exporter = _CountingExporter(gate=gate)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=32, max_export_batch_size=8)
+    )
+    pool = make_pool(1, tracer_provider=provider)
+    assert list(pool.map(identity, range(100))) == list(range(100))
+    t0 = time.monotonic()
+    pool.shutdown(wait=True)
+    assert time.monotonic() - t0 < 3.0
+    assert pool._tp_state.emitter.waiting == 0
+    gate.set()
+    provider.shutdown()
+    assert 0 < exporter.tasks < 100

@@ -178,6 +178,23 @@ def test_stats_shows_running_tasks_per_worker(make_pool: Any) -> None:
     assert pid in pool._processes  # type: ignore[attr-defined]
 
 
+def test_stats_asks_the_os_nothing(make_pool: Any, monkeypatch: Any) -> None:
+    """stats() is cheap enough to poll: it never builds the stall report's process facts
+    (psutil, for every worker); a stall report still does."""
+    from tracedpool._pool import views
+
+    def refuse(pid: int, role: str) -> Any:
+        raise AssertionError("stats() asked psutil")
+
+    pool = make_pool(2, stall_timeout=None)
+    assert pool.submit(sleep_then, 1, 0.0).result(timeout=60) == 1
+    monkeypatch.setattr(views, "_process_facts", refuse)
+    stats = pool.stats()
+    assert stats["live_workers"] == 2 and stats["pending"] == 0
+    assert stats["span_records_dropped"] == 0
+    assert stats["task_records_dropped"] == stats["wake_records_dropped"] == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [

@@ -363,34 +363,35 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
         """The live view: pending and running tasks (per worker pid, with ids and ages),
         live workers, seconds since the last progress, span records waiting to be built
         (``span_backlog``: a busy pool's spans are built once it is quiet, within 1 s)
-        and dropped, workers' log records re-emitted here and dropped on the way
-        (``log_records``, ``log_records_dropped``), stalls reported."""
+        and dropped (``span_records_dropped``: finished tasks' records,
+        ``task_records_dropped``, plus manager wakes', ``wake_records_dropped``), workers'
+        log records re-emitted here and dropped on the way (``log_records``,
+        ``log_records_dropped``), stalls reported. Cheap: it reads the pool's own state
+        and asks the OS nothing."""
         st = self._tp_state
-        facts = st.views.stall_facts() if st.manager is not None else {"tasks": [], "workers": []}
+        tasks, live = st.views.stats_facts()
         running: dict[int, list[dict[str, Any]]] = {}
-        for task in facts["tasks"]:
-            if task["worker_pid"] is not None:
-                running.setdefault(task["worker_pid"], []).append(
-                    {
-                        "id": task["id"],
-                        "function": task["function"],
-                        "age_seconds": task["age_seconds"],
-                    }
+        for task_id, function, pid, age in tasks:
+            if pid is not None:
+                running.setdefault(pid, []).append(
+                    {"id": task_id, "function": function, "age_seconds": age}
                 )
         watcher = st.watcher
-        live = [w for w in facts["workers"] if w.get("status") not in ("dead", "zombie")]
+        emitter = st.emitter
         return {
             "pool_id": st.pool_id,
-            "pending": len(facts["tasks"]),
+            "pending": len(tasks),
             "running": running,
-            "live_workers": len(live),
+            "live_workers": live,
             "seconds_since_progress": (
                 round(time.monotonic() - watcher.last_progress, 3)
                 if watcher is not None and not watcher.idle
                 else 0.0
             ),
-            "span_backlog": st.emitter.waiting,
-            "span_records_dropped": st.emitter.dropped,
+            "span_backlog": emitter.waiting,
+            "span_records_dropped": emitter.dropped,
+            "task_records_dropped": emitter.dropped_tasks,
+            "wake_records_dropped": emitter.dropped_wakes,
             "log_records": st.logs.received if st.logs is not None else 0,
             "log_records_dropped": st.logs.dropped if st.logs is not None else 0,
             "stalls_reported": watcher.stalls if watcher is not None else 0,

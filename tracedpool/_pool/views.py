@@ -7,7 +7,8 @@ stall on the stuck tasks' spans, break the pool). It holds the state weakly: the
 owns it, and a watcher or a metric reader never keeps a dropped pool alive.
 
 Readers: ``tracedpool._diagnosis.stall.Watcher`` and its heartbeat, and
-``tracedpool._telemetry.metrics`` (``live_counts``), on their own threads.
+``tracedpool._telemetry.metrics`` (``live_counts``), on their own threads; ``stats()``
+(``stats_facts``) on the caller's.
 """
 
 from __future__ import annotations
@@ -167,6 +168,37 @@ class PoolViews:
             if thread is not None and thread.ident is not None:
                 roles[thread.ident] = role
         return roles
+
+    def stats_facts(self) -> tuple[list[tuple[str, str, int | None, float | None]], int]:
+        """What ``stats()`` reports, without psutil: the pending tasks as (id, function,
+        worker pid or None, seconds running or None), and the live workers (a worker
+        process that has not exited). Cheap enough to poll: ``stall_facts`` also asks the
+        OS about every process, which ``stats()`` does not need (issue 13)."""
+        st = self._st
+        manager = st.manager
+        if manager is None:
+            return [], 0
+        st.status.drain()
+        started = {w: (pid, t) for pid, (w, t) in st.status.started.items()}
+        now = time_ns()
+        tasks: list[tuple[str, str, int | None, float | None]] = []
+        for work_id, item in manager.pending_items():
+            begun = started.get(work_id)
+            tasks.append(
+                (
+                    f"{st.pool_id}:{work_id}",
+                    _cpython.task_name(item.fn),
+                    begun[0] if begun else None,
+                    round((now - begun[1]) / 1e9, 3) if begun else None,
+                )
+            )
+        live = 0
+        for process in manager.worker_processes().values():
+            try:
+                live += process.exitcode is None
+            except ValueError:
+                pass  # its handle is closed: not live
+        return tasks, live
 
     def stall_facts(self) -> dict[str, Any]:
         """The pool as the stall report describes it (no stacks of workers yet)."""

@@ -12,7 +12,9 @@ Span building is background work that shares the parent's GIL with the pool's ow
 threads, so it steps aside while the manager thread is busy (``Emitter._step_aside``): a
 burst of tasks runs at the pool's speed and its spans are built when it is over, within
 ``DEFER_SECONDS`` and ``CATCH_UP_BACKLOG`` records. Under sustained load those bounds make
-it build spans alongside the pool.
+it build spans alongside the pool, handing the GIL back after each record while the
+manager thread keeps waking (``Emitter._drain``); once the pool is quiet it builds
+without those hand-overs, which cost wall time even when nobody takes the GIL.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ DEFER_SECONDS = 1.0
 DEFER_TICK = 0.02
 #: Manager wakes ride along with task records; this many waiting wake an idle emitter.
 WAKE_BATCH = 64
+#: Spans a task record may add to a batch processor's queue (its task span and five
+#: stage spans, the wake spans built alongside, a margin): the emitter builds records
+#: only while the fullest queue has room for them (Emitter._room).
+SPANS_PER_RECORD = 8
+#: The emitter waits for a full batch queue to drain rather than overflow it, as long
+#: as the exporter makes progress; a queue that frees nothing for this long is left to
+#: drop spans (the SDK counts them), so that a stuck exporter costs memory no longer
+#: than the emitter's own bounded backlog.
+STALLED_QUEUE_SECONDS = 1.0
+#: While waiting, how often the queue is looked at.
+ROOM_POLL = 0.002
+_PLENTY = 1 << 30
 
 
 class TaskRecord:
@@ -141,8 +155,21 @@ class Emitter:
         self._lock = threading.Lock()
         self._warned = False
         self._warned_drop = False
+        self._warned_wake_drop = False
+        self._queue_stalled = False  # the exporter stopped draining: no more waiting
+        #: Times the emitter waited for a batch processor's queue to drain.
+        self.queue_waits = 0
         self.emitted = 0
-        self.dropped = 0
+        #: Records dropped at the backlog limit: finished tasks (and the pool's other
+        #: pushed records, such as stall marks), and manager wakes, counted apart.
+        self.dropped_tasks = 0
+        self.dropped_wakes = 0
+
+    @property
+    def dropped(self) -> int:
+        """Every record dropped at the backlog limit (the ``tracedpool.spans.dropped``
+        counter): ``dropped_tasks + dropped_wakes``."""
+        return self.dropped_tasks + self.dropped_wakes
 
     def push(self, item: Any, urgent: bool = False) -> None:
         """Queue a record; ``urgent`` ones (a stall) are built without stepping aside."""
@@ -150,12 +177,13 @@ class Emitter:
         if len(queue) >= MAX_BACKLOG:
             # The processors cannot keep up: drop rather than grow without bound, and say
             # so once. (Telemetry never holds the pool back or eats its memory.)
-            self.dropped += 1
+            self.dropped_tasks += 1
             if not self._warned_drop:
                 self._warned_drop = True
                 log.warning(
-                    "tracedpool: span building is %d tasks behind; dropping task spans "
-                    "until it catches up (pool %s; the count is Emitter.dropped)",
+                    "tracedpool: span building is %d finished tasks behind; dropping "
+                    "their spans (a task span and its stage spans each) until it catches "
+                    'up (pool %s; the count is pool.stats()["task_records_dropped"])',
                     MAX_BACKLOG,
                     self._state.pool_id,
                 )
@@ -173,7 +201,16 @@ class Emitter:
         that its wake served do, and the wakes are built alongside them."""
         wakes = self._wakes
         if len(wakes) >= MAX_BACKLOG:
-            self.dropped += 1
+            self.dropped_wakes += 1
+            if not self._warned_wake_drop:
+                self._warned_wake_drop = True
+                log.warning(
+                    "tracedpool: span building is %d manager wakes behind; dropping "
+                    "manager-wake spans until it catches up (pool %s; the count is "
+                    'pool.stats()["wake_records_dropped"])',
+                    MAX_BACKLOG,
+                    self._state.pool_id,
+                )
             return
         wakes.append(wake)
         if self._idle and len(wakes) >= WAKE_BATCH:
@@ -275,8 +312,12 @@ class Emitter:
         them); after those, stop as soon as the pool is busy again."""
         queue, wakes, emit = self._queue, self._wakes, self._emit_one
         built = 0
+        fits = 0  # records the span processors' queues surely have room for
         seen = self._pool_activity()
         while queue or wakes:
+            if fits <= 0:
+                fits = self._room()
+            fits -= 1
             if wakes and not emit(wakes.popleft()):  # one span: no turn of its own
                 return
             try:
@@ -286,21 +327,85 @@ class Emitter:
             if not emit(item):
                 return
             built += 1
-            backlog = len(queue)
-            # Span building is background work: hand the GIL to the pool's own
-            # threads (feeder, manager, callers) after every record. Under sustained
-            # overload that share is too small: a million-task soak at ~8,500
-            # tasks/s dropped 58% of task records. Once the backlog passes
-            # CATCH_UP_BACKLOG the emitter takes longer turns, so every span is kept
-            # and the pool runs at the rate it can sustain with always-on tracing.
-            # (When stopping, the pool has no more work: build at the catch-up pace.)
-            if (backlog < CATCH_UP_BACKLOG and not self._stopping) or not built & CATCH_UP_MASK:
-                sleep(0)
-            if 0 <= forced <= built and not built & 31 and not self._stopping:
-                now = self._pool_activity()
-                if now != seen and backlog < CATCH_UP_BACKLOG:
-                    return  # the pool is busy again: step aside
-                seen = now
+            if self._stopping:
+                # The pool has no more work: build at the catch-up pace.
+                if not built & CATCH_UP_MASK:
+                    sleep(0)
+                continue
+            # Past CATCH_UP_BACKLOG the pool is outrunning span building: under
+            # sustained overload a turn per record was too small a share (a
+            # million-task soak at ~8,500 tasks/s dropped 58% of task records), so the
+            # emitter looks up only every CATCH_UP_MASK + 1 records. Every span is then
+            # kept and the pool runs at the rate it can sustain with always-on tracing.
+            catching_up = len(queue) >= CATCH_UP_BACKLOG
+            if catching_up and built & CATCH_UP_MASK:
+                continue
+            try:
+                now = self._state.wakes
+            except ReferenceError:
+                return
+            if now == seen:
+                # The pool's threads did not run since the last look: nobody is owed
+                # the GIL, so keep it. (A sleep(0) after every record cost ~70 us of
+                # wall time each in timer slack even on a quiet pool: 1.4 s for 20,000
+                # records, issue 13.)
+                continue
+            seen = now
+            # The manager woke: the pool is busy, and span building is background work.
+            # Step aside (the records owed are built), or hand the GIL to the pool's
+            # own threads (feeder, manager, callers) for a moment.
+            if not catching_up and 0 <= forced <= built:
+                return
+            sleep(0)
+
+    def _room(self) -> int:
+        """How many records the sink's batch queue has room for, waiting first (on this
+        thread, never the pool's) while it is near full and its exporter drains it.
+
+        The SDK's ``BatchSpanProcessor`` drops what does not fit in its queue (2,048
+        spans by default), even with an exporter fast enough to keep up: the emitter
+        builds in bursts, after stepping aside. So it waits here until the queue has
+        room for a batch again. Only an exporter that frees nothing for
+        STALLED_QUEUE_SECONDS is given up on: then the queue drops (the SDK counts
+        those), and the emitter's own backlog drops at MAX_BACKLOG (counted in
+        ``task_records_dropped``), so memory stays bounded.
+        """
+        room: tuple[int, int] | None
+        free: int
+        size: int
+        try:
+            sink = self._state.sink
+            room = sink.room() if sink is not None else None
+        except ReferenceError:
+            return _PLENTY
+        except Exception:  # a sink that cannot say: never wait on it
+            return _PLENTY
+        if room is None:
+            return _PLENTY
+        free, size = room
+        resume = min(512, size // 4) or 1  # a default export batch, or a quarter
+        if free >= resume:
+            self._queue_stalled = False
+            return free // SPANS_PER_RECORD
+        if self._queue_stalled:  # given up on until it has room again: build, let it drop
+            return max(free // SPANS_PER_RECORD, 1)
+        self.queue_waits += 1
+        deadline = monotonic() + STALLED_QUEUE_SECONDS
+        while free < resume:
+            sleep(ROOM_POLL)
+            try:
+                room = sink.room()
+            except Exception:
+                return _PLENTY
+            if room is None:
+                return _PLENTY
+            if room[0] > free:
+                deadline = monotonic() + STALLED_QUEUE_SECONDS  # it drains: keep waiting
+            elif monotonic() >= deadline:
+                self._queue_stalled = True
+                return max(room[0] // SPANS_PER_RECORD, 1)
+            free = room[0]
+        return free // SPANS_PER_RECORD
 
     def _emit_one(self, item: Any) -> bool:
         """Build one record's spans; False when the pool is gone (nothing more to do)."""

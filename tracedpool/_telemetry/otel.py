@@ -102,6 +102,12 @@ class Sink:
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
         """Spans made by task code in a worker, as the worker's collector shipped them."""
 
+    def room(self) -> tuple[int, int] | None:
+        """(free slots, size) of the fullest batch queue behind this sink: what it can
+        still take before it drops spans. None where no queue is known (the emitter then
+        never waits)."""
+        return None
+
 
 class SdkSink(Sink):
     def __init__(self, provider: Any) -> None:
@@ -249,6 +255,9 @@ class SdkSink(Sink):
             )
         for route in self._routes_for(flags):
             route(spans)
+
+    def room(self) -> tuple[int, int] | None:
+        return _sdk.span_room(self._processor)
 
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
         SC, TF = self._SpanContext, self._TraceFlags

@@ -23,7 +23,9 @@ the fallback where the SDK or API lacks it:
 - The composite's ``_lock`` and ``_span_processors``, for a worker's take-over of an
   inherited provider. Else the worker keeps the inherited processors (task code's
   spans may be lost at the worker's exit).
-- ``BatchProcessor._queue``, for the spans still queued at exit. Else unknown (None).
+- ``BatchProcessor._queue``, for the spans still queued at exit, and its free room
+  (``span_room``), which the emitter waits on rather than overflow it. Else unknown
+  (None): the emitter never waits.
 
 A fallback taken because the SDK is installed but laid out differently is said once per
 feature through the ``tracedpool`` logger (``degraded()`` lists them): a lost fast path at
@@ -199,6 +201,29 @@ def queued_spans(processor: Any) -> int | None:
         return len(queue) if queue is not None else None
     except TypeError:
         return None
+
+
+def span_room(composite: Any) -> tuple[int, int] | None:
+    """(free slots, size) of the fullest SDK ``BatchSpanProcessor`` queue among a
+    provider's processors, or None when there is none (or the SDK's layout is not the
+    one read here: private attributes, probed). The emitter waits on it rather than overflow the
+    queue, where the SDK drops spans ("Queue full") that a moment later would fit."""
+    processors = getattr(composite, "_span_processors", None)
+    if not isinstance(processors, tuple):
+        return None
+    room: tuple[int, int] | None = None
+    for processor in processors:
+        queue: Any = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
+        size = getattr(queue, "maxlen", None)
+        if not isinstance(size, int):
+            continue
+        try:
+            free = size - len(queue)
+        except TypeError:
+            continue
+        if room is None or free < room[0]:
+            room = (free, size)
+    return room
 
 
 # -- routing a task's finished spans to the processors -------------------------------------
