@@ -260,3 +260,32 @@ def test_log_level_option_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="log_level"):
         _log_level("loud")
     assert os.environ[N.ENV_LOG_LEVEL] == "loud"
+
+
+def test_dropped_records_are_a_metric(make_pool: Any, collected: _Collect) -> None:
+    """tracedpool.logs.dropped, read through the SDK's in-memory reader, is the pool's
+    log_records_dropped, per pool name; a pool that drops nothing reports zero."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    n = 5 * worker_logs.MAX_TASK_RECORDS
+    flooded = make_pool(1, meter_provider=meter_provider, name="flooded")
+    quiet = make_pool(1, meter_provider=meter_provider, name="quiet")
+    assert flooded.submit(logtasks.flood, n).result(timeout=60) == n
+    assert quiet.submit(logtasks.info_and_warning, 1).result(timeout=60) == 1
+    flooded.shutdown(wait=True)
+    quiet.shutdown(wait=True)
+    dropped = flooded.stats()["log_records_dropped"]
+    assert dropped > 0
+    data = reader.get_metrics_data()
+    points = {
+        p.attributes.get(N.ATTR_POOL_NAME): p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == N.METRIC_LOGS_DROPPED
+        for p in m.data.data_points
+    }
+    assert points == {"flooded": dropped, "quiet": 0}

@@ -25,6 +25,7 @@ from .._diagnosis.stall import StallConfig, Watcher, parent_threads, process_sta
 from .._telemetry.poolspans import StallMark
 from .._worker.wire import StatusReader
 from . import cpython as _cpython
+from .logs import LogListener
 
 
 class ViewedState(Protocol):
@@ -40,6 +41,7 @@ class ViewedState(Protocol):
     stall_break: tuple[str, str | None] | None
     stall_killed: frozenset[int]
     executor_ref: weakref.ref[Any]
+    logs: LogListener | None
     status: StatusReader
     sink: Any
     pool_trace: tuple[int, int, int, Any] | None
@@ -68,6 +70,11 @@ class PoolViews:
     @property
     def emitter(self) -> Any:
         return self._st.emitter
+
+    @property
+    def logs(self) -> LogListener | None:
+        """The pool's worker-log reader, or None when capture is off."""
+        return self._st.logs
 
     @property
     def metrics(self) -> Any:
