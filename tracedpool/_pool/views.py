@@ -208,7 +208,8 @@ class PoolViews:
         return tasks, live
 
     def stall_facts(self) -> dict[str, Any]:
-        """The pool as the stall report describes it (no stacks of workers yet)."""
+        """The pool as the stall report describes it (no stacks of workers yet; each
+        worker's last log records when the pool captures them)."""
         st = self._st
         manager = st.manager
         executor = st.executor_ref()
@@ -231,6 +232,10 @@ class PoolViews:
                 }
             )
         workers = [_process_facts(pid, "worker") for pid in self.worker_pids()]
+        logs = st.logs
+        if logs is not None:  # what each worker logged last: often why it is stuck
+            for w in workers:
+                w["recent_logs"] = logs.recent_records(w["pid"])
         parent = _process_facts(os.getpid(), "parent")
         parent["threads"] = parent_threads(self.thread_roles())
         parent["stack_method"] = "sys._current_frames (in-process)"
