@@ -304,6 +304,7 @@ def test_records_arrive_while_the_task_still_runs(
     assert not future.done()
     assert future.result(timeout=60) == "late"
 
+
 def test_a_stall_report_has_the_stuck_workers_last_records(
     make_pool: Any, tmp_path: Path, start_method: str
 ) -> None:

@@ -55,7 +55,8 @@ _POLL_ERR = select.POLLERR | select.POLLNVAL
 class LogListener:
     """Reads one pool's log pipe and re-emits each record in the parent."""
 
-    def __init__(self, conn: Any, writer: Any, pool_id: str) -> None:
+    def __init__(self, conn: Any, writer: Any, pool_id: str, level: int) -> None:
+        self.level = level  # the lowest level the workers send (the pool's log_level)
         self._conn = conn
         self._writer = writer
         self._fd = conn.fileno()

@@ -13,6 +13,7 @@ Readers: ``tracedpool._diagnosis.stall.Watcher`` and its heartbeat, and
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -75,6 +76,13 @@ class PoolViews:
     def logs(self) -> LogListener | None:
         """The pool's worker-log reader, or None when capture is off."""
         return self._st.logs
+
+    @property
+    def log_level(self) -> str | None:
+        """The lowest level workers send to the parent's logging, by name; None when
+        the pool does not capture worker logs (its heartbeat says so to the doctor)."""
+        logs = self._st.logs
+        return None if logs is None else logging.getLevelName(logs.level)
 
     @property
     def metrics(self) -> Any:
