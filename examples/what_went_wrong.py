@@ -17,7 +17,9 @@ detector's diagnosis and the path of its report. The cases:
   thread, a worker killed while sending a large result, a lock inherited across fork, a
   worker stuck before its task while the feeder waits, workers gone unnoticed, and a dead
   feeder thread. ``stall_action="break"`` fails the stuck futures with
-  ``PoolStalledError`` instead of letting them wait for ever, so nothing here hangs.
+  ``PoolStalledError`` instead of letting them wait for ever, so nothing here hangs;
+* one where the worker's log says why: the task logs what it is about to wait for, then
+  waits; the stall report carries the stuck worker's last records beside its stack.
 
 The fault injectors are the ones tracedpool's own tests use, from ``tests/faults.py``
 in this checkout (they are not installed with the package). The workers' own
@@ -40,6 +42,8 @@ page. To see the cases in Jaeger, start it (``collectors/README.md``) and run wi
 from __future__ import annotations
 
 import argparse
+import fcntl
+import logging
 import multiprocessing
 import os
 import signal
@@ -342,6 +346,36 @@ def feeder_dead(opts: Options) -> tuple[str, bool]:
     return stalled(reports, "feeder-dead", e)
 
 
+def wait_for_ledger(path: str) -> None:
+    """A task that says what it waits for, then waits: another process holds the file
+    lock (here, the parent). The stack shows *where* it waits; its log says *why*."""
+    log = logging.getLogger("examples.ledger")
+    with open(path, "a") as f:
+        log.warning("waiting for the ledger lock on %s (nightly reconcile holds it)", path)
+        fcntl.flock(f, fcntl.LOCK_EX)
+
+
+def log_says_why(opts: Options) -> tuple[str, bool]:
+    """Worker logs reach the parent (WARNING and above by default) and the stall report:
+    the stuck worker's last record names what it waits for."""
+    reports: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "ledger.lock")
+        with open(path, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # the other job, holding the lock
+            with fresh_pool(opts, on_stall=reports.append) as pool:
+                e = expect_stall(pool.submit(wait_for_ledger, path))
+    said, ok = stalled(reports, "worker-blocked", e)
+    last = [
+        r["message"]
+        for p in (reports[-1]["processes"] if reports else [])
+        for r in p.get("recent_logs") or []
+    ]
+    if not last:
+        return f"{said}; no log record in the report", False
+    return f"{said}; the worker's last log: {last[-1]!r}", ok and "ledger lock" in last[-1]
+
+
 def all_cases() -> list[Case]:
     return [
         *(fault_case(c) for c in faults.fault_table()),
@@ -385,6 +419,12 @@ def all_cases() -> list[Case]:
             "stall",
             "threading.excepthook replaced, then SystemExit while pickling",
             feeder_dead,
+        ),
+        Case(
+            "log-says-why",
+            "stall",
+            "the task logs what it waits for, then waits on a file lock",
+            log_says_why,
         ),
     ]
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 LOGGER = "logtasks"
 log = logging.getLogger(LOGGER)
@@ -74,3 +75,10 @@ def _log_unpickled() -> LogsWhenUnpickled:
 
 def identity(x: object) -> object:
     return type(x).__name__
+
+
+def warn_then_sleep(seconds: float) -> str:
+    """A task that says what it waits for, then waits (a stall, for the detector)."""
+    log.warning("waiting for the ledger lock held by job %d", 42)
+    time.sleep(seconds)
+    return "late"

@@ -19,6 +19,7 @@ import pytest
 from tracedpool._telemetry import names as N
 
 APP = Path(__file__).parent / "apps" / "plain_pool_app.py"
+LOGGING_APP = Path(__file__).parent / "apps" / "logging_pool_app.py"
 TASKS = 6
 
 
@@ -39,7 +40,7 @@ needs_command = pytest.mark.skipif(
 )
 
 
-def _run(start_method: str, **env: str) -> tuple[list[dict[str, Any]], str]:
+def _run(start_method: str, app: Path = APP, **env: str) -> tuple[list[dict[str, Any]], str]:
     """Run the app under opentelemetry-instrument; the spans the console exporters of
     every process printed, and stderr."""
     assert COMMAND is not None
@@ -54,7 +55,7 @@ def _run(start_method: str, **env: str) -> tuple[list[dict[str, Any]], str]:
     )
     full_env.update(env)
     proc = subprocess.run(
-        [COMMAND, sys.executable, str(APP), start_method, str(TASKS)],
+        [COMMAND, sys.executable, str(app), start_method, str(TASKS)],
         env=full_env,
         capture_output=True,
         text=True,
@@ -108,6 +109,29 @@ def test_opentelemetry_instrument_traces_an_unmodified_app_once(start_method: st
     assert len(inner) == TASKS
     assert sorted(worker_runs[s["parent_id"]] for s in inner) == sorted(by_task)
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"plain-app"}
+
+
+@needs_command
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_opentelemetry_instrument_captures_worker_logs(start_method: str) -> None:
+    """An unmodified app's task warnings reach its parent's handler once each, with the
+    task id and the trace of that task's spans; no worker writes one itself."""
+    spans, stderr = _run(start_method, LOGGING_APP)
+    lines = [line for line in stderr.splitlines() if line.startswith("LOG ")]
+    assert len(lines) == TASKS, stderr
+    run_traces = {
+        s["attributes"][N.ATTR_TASK_ID]: s["context"]["trace_id"].removeprefix("0x")
+        for s in spans
+        if s["name"] == N.SPAN_WORKER_RUN
+    }
+    pids = set()
+    for x in range(TASKS):
+        (line,) = [line for line in lines if line.endswith(f" working on {x}")]
+        fields = dict(f.split("=", 1) for f in line.split()[2:5])
+        assert fields["task"] in run_traces, line
+        assert fields["trace"] == run_traces[fields["task"]], line
+        pids.add(fields["pid"])
+    assert str(os.getpid()) not in pids
 
 
 @needs_command

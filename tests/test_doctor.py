@@ -527,6 +527,9 @@ def test_pid_deadlocked_worker_names_its_frame() -> None:
         assert checks["pid.diagnosis"].status == "warn" and checks["pid.diagnosis"].fix
         assert checks["pid.manager"].status == "ok"
         assert "waiting for a result" in checks["pid.manager"].finding  # a traced manager
+        logs = checks["pid.logs"]  # the traced pool's log reader thread is seen
+        assert logs.status == "ok" and logs.data["log_readers"], logs
+        assert f"pool {logs.data['log_readers'][0]}" in logs.finding
 
 
 @needs_py_spy
@@ -544,6 +547,8 @@ def test_pid_idle_pool_is_healthy_and_orphans_are_found() -> None:
             orphans = {o["pid"] for o in checks["pid.orphans"].data["orphans"]}
             assert set(dead.workers) <= orphans, checks["pid.orphans"].finding
             assert checks["pid.orphans"].status == "warn"
+            assert checks["pid.logs"].status == "skip"  # a stdlib pool captures nothing
+            assert "no pool here captures worker logs" in checks["pid.logs"].finding
             assert result.exit_code == 0
     finally:
         dead.kill()
@@ -841,3 +846,35 @@ def test_non_finite_seconds_are_refused() -> None:
     assert _positive_float("0.5") == 0.5
     out = _run("--timeout", "inf", "--only", "python")
     assert out.returncode == 2 and "finite" in out.stderr and not out.stdout
+
+
+@pytest.mark.parametrize("log_level", ["INFO", None])
+def test_logs_check_reads_the_level_from_the_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_level: str | None
+) -> None:
+    """A pool's heartbeat names its log level (or null when it captures nothing), and
+    `doctor --pid`'s logs check says it, with or without the reader thread in sight."""
+    import os
+    import threading
+
+    from tracedpool import TracedProcessPoolExecutor
+    from tracedpool._doctor.inspect import logs_check
+    from tracedpool.testing import square, wait_for
+
+    monkeypatch.setenv(N.ENV_HEARTBEAT_DIR, str(tmp_path))
+    with TracedProcessPoolExecutor(1, stall_timeout=30, log_level=log_level) as pool:
+        assert pool.submit(square, 3).result(timeout=60) == 9
+        assert wait_for(lambda: list(tmp_path.glob("*.json")))
+        beat = json.loads(next(tmp_path.glob("*.json")).read_text())
+        assert beat["log_level"] == log_level
+        threads = [{"name": t.name} for t in threading.enumerate()]
+        seen = logs_check(os.getpid(), threads, tmp_path)
+        unseen = logs_check(os.getpid(), [], tmp_path)  # the heartbeat alone
+    if log_level is None:
+        assert seen.status == unseen.status == "skip"
+        assert f"{pool.pool_id} do not capture worker logs" in seen.finding
+    else:
+        for check in (seen, unseen):
+            assert check.status == "ok", check
+            assert f"pool {pool.pool_id} from INFO" in check.finding
+        assert seen.data["log_readers"] == [pool.pool_id] and unseen.data["log_readers"] == []

@@ -113,11 +113,13 @@ def test_what_went_wrong_shows_every_fault_and_stall(tmp_path: Path) -> None:
     and the timeline page is written."""
     listed = run_example(tmp_path, "what_went_wrong.py", "--list")
     names = [line.split()[0] for line in listed.splitlines()]
-    assert len(names) >= 25 and "inherited-lock" in names
+    assert len(names) >= 25 and "inherited-lock" in names and "log-says-why" in names
     out = run_example(
         tmp_path, "what_went_wrong.py", "--report-dir", str(tmp_path / "reports"), timeout=100
     )
     assert "UNEXPECTED" not in out
+    # the worker's log says why it waits, in the stall report the case reads
+    assert "the worker's last log: 'waiting for the ledger lock on" in out
     lines = [line for line in out.splitlines() if line.split(" ", 1)[0] in names]
     assert [line.split()[0] for line in lines] == names
     assert "Timeline of this run" in out and (tmp_path / "what-went-wrong.html").exists()

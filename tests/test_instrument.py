@@ -191,3 +191,36 @@ def test_a_patch_installed_over_ours_is_left_in_place(caplog: Any) -> None:
         assert calls == [1]
     finally:
         STDLIB.__init__ = STDLIB_INIT  # type: ignore[method-assign]
+
+
+def test_instrumented_stdlib_pool_captures_worker_logs(recorder: Any, start_method: str) -> None:
+    """Under instrument(), a stdlib-built pool's task records reach the parent's logging
+    with their task id and the trace and span of the task's worker-run span."""
+    import logging
+
+    import logtasks
+
+    provider, exporter = recorder
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(logtasks.LOGGER)
+    logger.addHandler(handler)
+    try:
+        assert tracedpool.instrument(tracer_provider=provider)
+        ctx = multiprocessing.get_context(start_method)
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            assert pool.submit(logtasks.info_and_warning, 4).result(timeout=60) == 4
+            pool_id = pool.pool_id
+    finally:
+        logger.removeHandler(handler)
+    (record,) = records  # the default level, WARNING: the info record stays in the worker
+    assert record.getMessage() == "warning from task 4"
+    run = next(
+        s
+        for s in spans_by_task(exporter.get_finished_spans())[f"{pool_id}:0"]
+        if s.name == N.SPAN_WORKER_RUN
+    )
+    assert getattr(record, N.RECORD_TASK_ID) == f"{pool_id}:0"
+    assert getattr(record, N.RECORD_TRACE_ID) == f"{run.context.trace_id:032x}"
+    assert getattr(record, N.RECORD_SPAN_ID) == f"{run.context.span_id:016x}"

@@ -382,3 +382,31 @@ def test_a_line_nested_too_deeply_is_skipped_like_a_cut_line(tmp_path: Path) -> 
     proc = _run("timeline", str(only_deep), "-o", str(tmp_path / "x.html"))
     assert proc.returncode == 2, proc.stderr
     assert "line 1" in proc.stderr and "nested too deeply" in proc.stderr
+
+
+def test_a_tasks_log_records_are_marked_and_listed(make_pool: Any, tmp_path: Path) -> None:
+    """A task whose worker-run span has tracedpool.log events gets a log mark listing
+    them on hover, and they are in the Worker logs list (escaped); a task that logged
+    nothing has no mark."""
+    import logtasks
+
+    provider, exporter = recording_provider()
+    pool = make_pool(1, start="fork", tracer_provider=provider, log_level="INFO")
+    assert pool.submit(logtasks.info_and_warning, 2).result(timeout=60) == 2
+    assert pool.submit(logtasks.identity, 1).result(timeout=60) == "int"
+    pool.shutdown(wait=True)
+    trace = tmp_path / "logs.jsonl"
+    trace.write_text(otlp_json_line(exporter.get_finished_spans()) + "\n")
+    tl = build_timeline(trace)
+    logged, quiet = sorted(tl.tasks, key=lambda t: t.task_id)
+    assert [text for _t, text in logged.logs] == [
+        "INFO logtasks: info from task 2",
+        "WARNING logtasks: warning from task 2",
+    ]
+    assert quiet.logs == []
+    page = render_html(tl)
+    _no_external_assets(page)
+    assert page.count(f"{logged.task_id}: 2 log record(s)") == 1  # one mark, its tooltip
+    assert page.count("log record(s)") == 1  # the quiet task has no mark
+    assert '<details id="logs"><summary>2 record(s) from 1 task(s)</summary>' in page
+    assert "WARNING logtasks: warning from task 2</li>" in page

@@ -95,7 +95,7 @@ def test_records_are_events_on_the_worker_run_span(
             N.ATTR_CODE_LINE_NUMBER: line,
             N.ATTR_THREAD_NAME: "MainThread",
         }
-        for level, number, line in (("INFO", 9, 16), ("WARNING", 13, 17))
+        for level, number, line in (("INFO", 9, 17), ("WARNING", 13, 18))
     ]
     assert run.start_time <= events[0].timestamp <= events[1].timestamp <= run.end_time
     assert N.ATTR_LOG_RECORDS_DROPPED not in run.attributes
@@ -260,3 +260,73 @@ def test_log_level_option_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="log_level"):
         _log_level("loud")
     assert os.environ[N.ENV_LOG_LEVEL] == "loud"
+
+
+def test_dropped_records_are_a_metric(make_pool: Any, collected: _Collect) -> None:
+    """tracedpool.logs.dropped, read through the SDK's in-memory reader, is the pool's
+    log_records_dropped, per pool name; a pool that drops nothing reports zero."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    n = 5 * worker_logs.MAX_TASK_RECORDS
+    flooded = make_pool(1, meter_provider=meter_provider, name="flooded")
+    quiet = make_pool(1, meter_provider=meter_provider, name="quiet")
+    assert flooded.submit(logtasks.flood, n).result(timeout=60) == n
+    assert quiet.submit(logtasks.info_and_warning, 1).result(timeout=60) == 1
+    flooded.shutdown(wait=True)
+    quiet.shutdown(wait=True)
+    dropped = flooded.stats()["log_records_dropped"]
+    assert dropped > 0
+    data = reader.get_metrics_data()
+    points = {
+        p.attributes.get(N.ATTR_POOL_NAME): p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == N.METRIC_LOGS_DROPPED
+        for p in m.data.data_points
+    }
+    assert points == {"flooded": dropped, "quiet": 0}
+
+
+def test_records_arrive_while_the_task_still_runs(
+    make_pool: Any, collected: _Collect, start_method: str
+) -> None:
+    """An untraced pool's records are handled as they come, not at the task's end or at
+    shutdown: the reader runs from the manager thread's start."""
+    from tracedpool.testing import wait_for
+
+    pool = make_pool(1, start=start_method)
+    future = pool.submit(logtasks.warn_then_sleep, 3.0)
+    assert wait_for(lambda: collected.records, 2.5)
+    assert not future.done()
+    assert future.result(timeout=60) == "late"
+
+
+def test_a_stall_report_has_the_stuck_workers_last_records(
+    make_pool: Any, tmp_path: Path, start_method: str
+) -> None:
+    """A task that logged a warning and then hung: the stall report carries the record
+    under its worker, with the task id, and `tracedpool report`'s text shows it."""
+    from tracedpool._diagnosis.stall import render_text
+
+    reports: list[dict[str, Any]] = []
+    pool = make_pool(
+        1,
+        start=start_method,
+        stall_timeout=1.0,
+        stall_report_dir=tmp_path,
+        on_stall=reports.append,
+    )
+    assert pool.submit(logtasks.warn_then_sleep, 4.0).result(timeout=60) == "late"
+    assert len(reports) == 1
+    (worker,) = [p for p in reports[0]["processes"] if p["role"] == "worker"]
+    (record,) = worker["recent_logs"]
+    message = "waiting for the ledger lock held by job 42"
+    assert record["message"] == message and record["level"] == "WARNING"
+    assert record["logger"] == logtasks.LOGGER and record["task_id"] == f"{pool.pool_id}:0"
+    text = render_text(reports[0])
+    assert f"WARNING {logtasks.LOGGER}: {message} [task {pool.pool_id}:0]" in text
+    assert message in Path(reports[0]["report_path"]).with_suffix(".txt").read_text()

@@ -5,6 +5,8 @@ directory (0700; files 0600, written to a temporary name and renamed into place,
 reader never sees half a file). ``tracedpool doctor --probe`` reads them: a file that is
 too old means the process is frozen or its watcher cannot run (the GIL held by native
 code, a SIGSTOP); ``stalled: true`` means the stall detector has declared a stall.
+``log_level`` says whether the pool captures its workers' log records (the level name,
+or null), for ``tracedpool doctor --pid``.
 
 Cost: at most one small write per ``INTERVAL`` seconds per pool, done by the watcher
 thread on wake-ups it makes anyway while work is pending; an idle pool's watcher wakes
@@ -156,6 +158,9 @@ class Heartbeat:
             "stall_timeout": watcher.timeout,
             "stalled": stalled,
             "last_report": watcher.reports[-1] if watcher.reports else None,
+            # Whether (and from which level) workers' log records reach the parent's
+            # logging: `doctor --pid` cannot see a pool's options from outside.
+            "log_level": getattr(state, "log_level", None),
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

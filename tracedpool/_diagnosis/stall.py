@@ -12,7 +12,9 @@ A stall is declared when work is pending and none of these moved for ``stall_tim
 seconds. A task that burns CPU is slow, not stuck. One report is written per episode:
 the episode ends when progress resumes. The diagnosis comes from the stack evidence and
 the process states: the manager thread's frame, the feeder thread, and each worker's
-status, CPU and stack.
+status, CPU and stack. Each worker's last log records (``recent_logs``, when the pool
+captures worker logs) go in the report beside its stack: what a task said before it
+stopped is often why.
 """
 
 from __future__ import annotations
@@ -376,6 +378,9 @@ def render_text(report: dict[str, Any]) -> str:
         if p.get("wchan"):
             hint = wait_hint(p["wchan"])
             lines.append(f"    kernel wait: {p['wchan']}" + (f" ({hint})" if hint else ""))
+        if p.get("recent_logs"):
+            lines.append("    last log records:")
+            lines.extend(f"      {_log_line(r)}" for r in p["recent_logs"])
         for t in p.get("threads") or []:
             lines.append(f"    thread {t.get('name')} [{t.get('role')}]")
             for f in (t.get("frames") or [])[:25]:
@@ -383,6 +388,17 @@ def render_text(report: dict[str, Any]) -> str:
                 if f.get("code"):
                     lines.append(f"          {f['code']}")
     return "\n".join(lines) + "\n"
+
+
+def _log_line(record: dict[str, Any]) -> str:
+    """One of a worker's recent log records (``tracedpool._pool.logs``), on one line."""
+    try:
+        when = datetime.fromtimestamp(float(record.get("t") or 0), UTC).strftime("%H:%M:%S.%f")
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = "?"
+    message = str(record.get("message", "")).replace("\n", "\n          ")
+    task = f" [task {record['task_id']}]" if record.get("task_id") else ""
+    return f"{when[:12]} {record.get('level')} {record.get('logger')}: {message}{task}"
 
 
 # -- the watcher ----------------------------------------------------------------------------

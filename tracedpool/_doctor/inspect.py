@@ -9,6 +9,8 @@ otherwise. What it finds:
 * the parent's manager threads (frames of ``_ExecutorManagerThread.run`` /
   ``wait_result_broken_or_wakeup``) and feeder threads (``multiprocessing.queues
   .Queue._feed``), and what each is blocked on;
+* whether its pools capture their workers' log records: a ``tracedpool-logs-*`` reader
+  thread in the parent, and the level each pool's heartbeat file names (``logs_check``);
 * a diagnosis in the stall report's terms (``_diagnosis.stall.classify``), judged with
   each worker's CPU and I/O over a short sampling window, and a report in the stall
   report's schema so that ``tracedpool report`` renders it.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._diagnosis import heartbeat as _heartbeat
 from .._diagnosis.stall import (
     _user_frame,
     _where,
@@ -35,6 +38,7 @@ from .._diagnosis.stall import (
     stall_report,
     write_report,
 )
+from .._telemetry import names as N
 from .._worker import lifeline as _lifeline
 from .ptrace import is_same_user, may_inspect
 from .result import Check, DoctorError, Result
@@ -74,6 +78,8 @@ def thread_role(thread: dict[str, Any]) -> str:
         return "emitter"
     if name.startswith("tracedpool-stall"):
         return "stall-watcher"
+    if name.startswith("tracedpool-logs"):
+        return "log-reader"
     if name == "MainThread":
         return "main"
     return "other"
@@ -297,7 +303,54 @@ def inspect_pid(pid: int, sample: float = 1.0) -> Result:
             insp.orphans.append(facts)
     report = build_report(insp)
     checks = _checks(insp, report, cmdline)
+    checks.insert(-1, logs_check(pid, parent_threads))  # the diagnosis stays last
     return Result("pid", checks, time.monotonic() - t0, report)
+
+
+def logs_check(pid: int, threads: list[dict[str, Any]], directory: Path | None = None) -> Check:
+    """Whether ``pid``'s pools capture their workers' log records, from outside: a
+    ``tracedpool-logs-*`` thread (``thread_role`` "log-reader") reads a pool's log pipe;
+    a pool's heartbeat file, when its stall detector keeps one, names the level."""
+    readers = sorted(
+        str(t.get("name"))[len("tracedpool-logs-") :]
+        for t in threads
+        if (t.get("role") or thread_role(t)) == "log-reader"
+    )
+    levels: dict[str, str | None] = {}
+    directory = _heartbeat.default_dir() if directory is None else directory
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            ticks = _heartbeat.start_ticks(pid)
+            for beat in _heartbeat.read_all(directory):
+                same = beat.get("pid") == pid and beat.get("start_ticks") in (None, ticks)
+                if same and "log_level" in beat:
+                    levels[str(beat.get("pool_id"))] = beat["log_level"]
+    capturing = sorted(set(readers) | {p for p, level in levels.items() if level})
+    data = {"log_readers": readers, "heartbeat_levels": levels}
+    if capturing:
+        named = ", ".join(
+            f"pool {p}" + (f" from {levels[p]}" if levels.get(p) else " (level: no heartbeat)")
+            for p in capturing
+        )
+        return Check(
+            "pid.logs",
+            "ok",
+            f"worker log records reach the parent's logging: {named}",
+            data=data,
+        )
+    off = sorted(p for p, level in levels.items() if not level)
+    return Check(
+        "pid.logs",
+        "skip",
+        (
+            f"pool(s) {', '.join(off)} do not capture worker logs (log_level=None or "
+            f"{N.ENV_LOG_LEVEL}=off)"
+            if off
+            else "no pool here captures worker logs (no tracedpool-logs thread; a traced "
+            "pool starts it on its first submit): workers log through their own handlers"
+        ),
+        data=data,
+    )
 
 
 def _cmdline(proc: Any) -> str:

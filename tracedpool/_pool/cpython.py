@@ -278,6 +278,10 @@ class PoolObserver(Protocol):
         """The exception each pending future of a broken pool fails with, by work id."""
         ...
 
+    def on_manager_start(self) -> None:
+        """First thing on the manager thread: a fork pool's first workers exist."""
+        ...
+
     def on_manager_exit(self) -> None: ...
 
     # Caller's thread (3.14+).
@@ -761,6 +765,10 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
         observer.manager = self
 
     def run(self) -> None:
+        try:
+            self._tp_observer.on_manager_start()
+        except BaseException:
+            self._tp_observer.internal_error("manager-start")
         try:
             super().run()
         finally:

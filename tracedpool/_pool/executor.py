@@ -245,8 +245,8 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
             writer,
         )
         self._tp_state = state
-        if logs_pipe is not None:
-            state.logs = LogListener(logs_pipe[0], logs_pipe[1], state.pool_id)
+        if logs_pipe is not None and level is not None:
+            state.logs = LogListener(logs_pipe[0], logs_pipe[1], state.pool_id, level)
         state.stall_config = stall
         state.meter_provider_arg = meter_provider
         state.metrics = _metrics.metrics_for(meter_provider)

@@ -46,7 +46,7 @@ from .._worker.logs import FIELDS, HEADER, MAX_FRAME
 
 log = logging.getLogger("tracedpool")
 
-#: The last records kept per worker pid, for stall reports.
+#: The last records kept per worker pid, for stall reports (``recent_records``).
 RECENT_PER_WORKER = 5
 _READ = 65536
 _POLL_ERR = select.POLLERR | select.POLLNVAL
@@ -55,7 +55,8 @@ _POLL_ERR = select.POLLERR | select.POLLNVAL
 class LogListener:
     """Reads one pool's log pipe and re-emits each record in the parent."""
 
-    def __init__(self, conn: Any, writer: Any, pool_id: str) -> None:
+    def __init__(self, conn: Any, writer: Any, pool_id: str, level: int) -> None:
+        self.level = level  # the lowest level the workers send (the pool's log_level)
         self._conn = conn
         self._writer = writer
         self._fd = conn.fileno()
@@ -72,14 +73,26 @@ class LogListener:
         self._worker_dropped: dict[int, int] = {}
         self.recent: dict[int, deque[dict[str, Any]]] = {}
 
+    def recent_records(self, pid: int) -> list[dict[str, Any]]:
+        """A copy of the last records worker ``pid`` sent (oldest first), for a stall
+        report. Read on the watcher's thread without the reader's lock, which is held
+        while the parent's handlers run and so may be held for as long as one blocks."""
+        recent = self.recent.get(pid)
+        for _attempt in range(3):
+            try:
+                return list(recent or ())
+            except RuntimeError:
+                continue  # appended to while copied (a free-threaded build): again
+        return []
+
     @property
     def dropped(self) -> int:
         """Records dropped: by the workers (caps, a full pipe) and here (malformed)."""
         return sum(self._worker_dropped.values()) + self.malformed
 
     def start(self) -> None:
-        """Start the reader thread (once, after the first workers exist: under fork no
-        tracedpool thread may exist while workers are forked)."""
+        """Start the reader thread (once, when the manager thread starts, after a fork
+        pool's first workers exist: no tracedpool thread may exist while they are forked)."""
         with self._lock:
             if self.thread is not None or self._stopping:
                 return

@@ -253,8 +253,6 @@ class PoolState:
             self._wake = WakeRecord(t1, t1 - t0, "result-unpickle-rescued" if replaced else reason)
         if not self.manager_name:
             self.manager_name = manager.name
-            if self.logs is not None:  # first wake: every worker a fork pool starts exists
-                self.logs.start()
         return replaced
 
     def _wakeup_reason(self) -> str:
@@ -294,6 +292,14 @@ class PoolState:
         if self.logs is not None:
             self.logs.drain()  # what the workers logged before the break is handled first
         return _breakage.take_inventory(self, manager, cause, stdlib_message)
+
+    def on_manager_start(self) -> None:
+        # The stdlib forks a fork pool's first workers before it starts the manager
+        # thread: no tracedpool thread exists while they are forked. Not at the first
+        # wake: an untraced pool takes the hooked wake path only every 64th wake, and a
+        # task that logs then hangs is exactly when its records are wanted.
+        if self.logs is not None:
+            self.logs.start()
 
     def on_manager_exit(self) -> None:
         if self.watcher is not None:

@@ -13,6 +13,7 @@ Readers: ``tracedpool._diagnosis.stall.Watcher`` and its heartbeat, and
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -25,6 +26,7 @@ from .._diagnosis.stall import StallConfig, Watcher, parent_threads, process_sta
 from .._telemetry.poolspans import StallMark
 from .._worker.wire import StatusReader
 from . import cpython as _cpython
+from .logs import LogListener
 
 
 class ViewedState(Protocol):
@@ -40,6 +42,7 @@ class ViewedState(Protocol):
     stall_break: tuple[str, str | None] | None
     stall_killed: frozenset[int]
     executor_ref: weakref.ref[Any]
+    logs: LogListener | None
     status: StatusReader
     sink: Any
     pool_trace: tuple[int, int, int, Any] | None
@@ -68,6 +71,18 @@ class PoolViews:
     @property
     def emitter(self) -> Any:
         return self._st.emitter
+
+    @property
+    def logs(self) -> LogListener | None:
+        """The pool's worker-log reader, or None when capture is off."""
+        return self._st.logs
+
+    @property
+    def log_level(self) -> str | None:
+        """The lowest level workers send to the parent's logging, by name; None when
+        the pool does not capture worker logs (its heartbeat says so to the doctor)."""
+        logs = self._st.logs
+        return None if logs is None else logging.getLevelName(logs.level)
 
     @property
     def metrics(self) -> Any:
@@ -201,7 +216,8 @@ class PoolViews:
         return tasks, live
 
     def stall_facts(self) -> dict[str, Any]:
-        """The pool as the stall report describes it (no stacks of workers yet)."""
+        """The pool as the stall report describes it (no stacks of workers yet; each
+        worker's last log records when the pool captures them)."""
         st = self._st
         manager = st.manager
         executor = st.executor_ref()
@@ -224,6 +240,10 @@ class PoolViews:
                 }
             )
         workers = [_process_facts(pid, "worker") for pid in self.worker_pids()]
+        logs = st.logs
+        if logs is not None:  # what each worker logged last: often why it is stuck
+            for w in workers:
+                w["recent_logs"] = logs.recent_records(w["pid"])
         parent = _process_facts(os.getpid(), "parent")
         parent["threads"] = parent_threads(self.thread_roles())
         parent["stack_method"] = "sys._current_frames (in-process)"

@@ -12,7 +12,8 @@ Where each number comes from, so that no metric adds work to the pool's own thre
   stall-watcher thread). They are rare, and one counter ``add`` is cheap.
 * Pending and running tasks and live workers are observed by callbacks that run on the
   metric reader's collection thread, reading each live pool's state.
-* Dropped span records are the emitters' own counts, observed like the gauges.
+* Dropped span records are the emitters' own counts, and dropped worker log records the
+  log reader's (``tracedpool._pool.logs.LogListener.dropped``), observed like the gauges.
 
 With no ``MeterProvider`` (the API's proxy, or the no-op provider) nothing is created
 and a pool pays one ``is None`` check per finished traced task.
@@ -155,6 +156,7 @@ class PoolMetrics:
         # nothing is added to the path that drops. A pool's count outlives the pool here,
         # so the cumulative sum never goes down.
         self._retired_dropped: dict[str | None, int] = {}
+        self._retired_logs_dropped: dict[str | None, int] = {}
         # Re-entrant: a pool can be finalized (and _retire run) on the very thread that
         # holds this lock in _observe_dropped, when its temporary list of pools held the
         # last reference or a garbage collection runs there. A plain lock deadlocked the
@@ -165,6 +167,12 @@ class PoolMetrics:
             callbacks=[self._observe_dropped],
             unit="{record}",
             description="Span records dropped",
+        )
+        meter.create_observable_counter(
+            N.METRIC_LOGS_DROPPED,
+            callbacks=[self._observe_logs_dropped],
+            unit="{record}",
+            description="Worker log records dropped",
         )
         meter.create_observable_up_down_counter(
             N.METRIC_TASKS_PENDING,
@@ -191,14 +199,17 @@ class PoolMetrics:
     def register(self, st: Any) -> None:
         """A pool reporting here: observed by the gauges until it is collected."""
         self.pools.add(st)
-        weakref.finalize(st, self._retire, st.name, st.emitter)
+        weakref.finalize(st, self._retire, st.name, st.emitter, st.logs)
 
-    def _retire(self, name: str | None, emitter: Any) -> None:
-        dropped = emitter.dropped
-        if not dropped:
-            return  # nothing to carry over: no entry per collected pool name
-        with self._retired_lock:
-            self._retired_dropped[name] = self._retired_dropped.get(name, 0) + dropped
+    def _retire(self, name: str | None, emitter: Any, logs: Any) -> None:
+        for retired, dropped in (
+            (self._retired_dropped, emitter.dropped),
+            (self._retired_logs_dropped, logs.dropped if logs is not None else 0),
+        ):
+            if not dropped:
+                continue  # nothing to carry over: no entry per collected pool name
+            with self._retired_lock:
+                retired[name] = retired.get(name, 0) + dropped
 
     # -- emitter thread --------------------------------------------------------------------
     def record_task(self, rec: Any, st: Any) -> None:
@@ -304,6 +315,18 @@ class PoolMetrics:
             sums = dict(self._retired_dropped)
             for st in list(self.pools):
                 sums[st.name] = sums.get(st.name, 0) + st.emitter.dropped
+        return [
+            self._Observation(n, {N.ATTR_POOL_NAME: name} if name else {})
+            for name, n in sums.items()
+        ]
+
+    def _observe_logs_dropped(self, options: Any) -> Iterable[Any]:
+        with self._retired_lock:
+            sums = dict(self._retired_logs_dropped)
+            for st in list(self.pools):
+                logs = st.logs
+                if logs is not None:
+                    sums[st.name] = sums.get(st.name, 0) + logs.dropped
         return [
             self._Observation(n, {N.ATTR_POOL_NAME: name} if name else {})
             for name, n in sums.items()

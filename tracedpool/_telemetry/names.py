@@ -474,6 +474,14 @@ METRIC_SPANS_DROPPED: Final = _metric(
     "were never built because span building fell too far behind (the emitter's backlog "
     "limit), per `tracedpool.pool.name` when set.",
 )
+METRIC_LOGS_DROPPED: Final = _metric(
+    "tracedpool.logs.dropped",
+    "Observable counter",
+    "{record}",
+    "Worker log records that never reached the parent's `logging`: over a per-task or "
+    "per-worker bound, or written while the log pipe was full, or found malformed (the "
+    "`log_records_dropped` of `pool.stats()`), per `tracedpool.pool.name` when set.",
+)
 METRIC_TASKS_PENDING: Final = _metric(
     "tracedpool.tasks.pending",
     "Observable up-down counter",

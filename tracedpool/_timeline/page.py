@@ -12,7 +12,9 @@ HTML-escaped. It shows
 * one lane per worker process (what ran there: ``run`` then ``sendback`` of each task)
   and, per pool, lanes for the parent's feeder thread (``serialize``) and manager thread
   (its wakes, and stalls);
-* one row per task, its bar split into its stages, with faults and stalls marked;
+* one row per task, its bar split into its stages, with faults and stalls marked, and a
+  mark where its ``worker-run`` span has ``tracedpool.log`` events (the worker's log
+  records: listed on hover, and in a "Worker logs" list that opens on click);
 * where the time went, stage by stage, with the same stage definitions as the
   ``tracedpool.task.stage.duration`` metric.
 """
@@ -47,6 +49,11 @@ STAGE_COLOURS = {
 }
 FAULT_COLOUR = "#d7263d"
 STALL_COLOUR = "#ff8c00"
+LOG_COLOUR = "#2a9d8f"
+#: A task's records shown in its mark's tooltip; all of them are in the list.
+MAX_TIP_RECORDS = 10
+#: Records listed under "Worker logs" (a task has at most 128: the span's event limit).
+MAX_LOG_ITEMS = 2000
 
 
 class TimelineError(Exception):
@@ -79,6 +86,7 @@ class Task:
     fault: str | None = None  # "stage: target (type)" or a broken-pool reason
     stall: str | None = None  # the stall's diagnosis
     error_type: str | None = None
+    logs: list[tuple[int, str]] = field(default_factory=list)  # (t, "LEVEL logger: message")
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(stage, start, end) in task order: queue, serialize, queue (waiting for a
@@ -231,9 +239,11 @@ def build_timeline(
         if owner is None:
             continue
         owner.stages[s.name] = s
-        for name, _t, a in s.events:
+        for name, t, a in s.events:
             if name == N.EVENT_EXCEPTION and N.ATTR_FAULT_STAGE in a:
                 owner.fault = _fault_text(a)
+            elif name == N.EVENT_LOG:
+                owner.logs.append((t, _log_text(a)))
     ordered = sorted(tasks.values(), key=lambda t: (t.start, t.task_id))
 
     lanes: dict[str, Lane] = {}
@@ -315,6 +325,11 @@ def _window_ns(last_seconds: float | None) -> int | None:
             f"last_seconds (--last) must be a number of seconds >= 0, not {last_seconds!r}"
         )
     return None if math.isinf(ns) else int(ns)
+
+
+def _log_text(a: dict[str, Any]) -> str:
+    level = a.get(N.ATTR_LOG_SEVERITY_TEXT, "?")
+    return f"{level} {a.get(N.ATTR_LOG_LOGGER, '?')}: {a.get(N.ATTR_LOG_MESSAGE, '')}"
 
 
 def _fault_text(a: dict[str, Any]) -> str:
@@ -430,9 +445,39 @@ def _tasks_svg(tl: Timeline) -> str:
             rows.append(_mark(tl, y, task.end, FAULT_COLOUR, f"{task.task_id}: {task.fault}"))
         if task.stall:
             rows.append(_mark(tl, y, task.start, STALL_COLOUR, f"stall: {task.stall}"))
+        if task.logs:
+            rows.append(_mark(tl, y, task.logs[0][0], LOG_COLOUR, _logs_tip(task)))
     height = min(len(tl.tasks), MAX_TASK_ROWS) * _ROW_H
     rows += _axis(tl, height + 2)
     return _svg(rows, height + 24, "tasks")
+
+
+def _logs_tip(task: Task) -> str:
+    lines = [f"{task.task_id}: {len(task.logs)} log record(s)"]
+    lines += [f"+{_ms(t - task.start)} {text}" for t, text in task.logs[:MAX_TIP_RECORDS]]
+    if len(task.logs) > MAX_TIP_RECORDS:
+        lines.append(f"... {len(task.logs) - MAX_TIP_RECORDS} more under Worker logs")
+    return "\n".join(lines)
+
+
+def _logs_html(tl: Timeline) -> str:
+    """Every task's records, in a list that opens on click (no script: ``<details>``)."""
+    items: list[str] = []
+    tasks = [t for t in tl.tasks if t.logs]
+    for task in tasks:
+        for t, text in task.logs:
+            if len(items) < MAX_LOG_ITEMS:
+                items.append(
+                    f"<li><b>{_esc(task.task_id)}</b> +{_ms(t - task.start)} {_esc(text)}</li>"
+                )
+    if not items:
+        return "<p>No worker log records on the tasks' spans.</p>"
+    count = sum(len(t.logs) for t in tasks)
+    more = f" (the first {MAX_LOG_ITEMS} listed)" if count > MAX_LOG_ITEMS else ""
+    return (
+        f'<details id="logs"><summary>{count} record(s) from {len(tasks)} task(s){more}'
+        f"</summary><ul>{''.join(items)}</ul></details>"
+    )
 
 
 def _svg(rows: list[str], height: int, name: str) -> str:
@@ -484,6 +529,7 @@ def render_html(tl: Timeline) -> str:
     key = "".join(f'<span style="background:{c}"></span>{s}' for s, c in STAGE_COLOURS.items())
     key += f'<span style="background:{FAULT_COLOUR}"></span>fault'
     key += f'<span style="background:{STALL_COLOUR}"></span>stall'
+    key += f'<span style="background:{LOG_COLOUR}"></span>worker log'
     outcomes: dict[str, int] = {}
     for t in tl.tasks:
         outcomes[t.outcome or "?"] = outcomes.get(t.outcome or "?", 0) + 1
@@ -511,6 +557,8 @@ then for a free worker; deliver: unpickling the result and completing the future
 {_breakdown_html(tl)}
 <h2>Faults and stalls</h2>
 {_faults_html(tl)}
+<h2>Worker logs</h2>
+{_logs_html(tl)}
 <h2>Processes and threads</h2>
 <p class="meta">One lane per worker process, and per pool the parent's manager thread
 (its wakes) and feeder thread (pickling calls). Hover for details.</p>
