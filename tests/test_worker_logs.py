@@ -330,3 +330,34 @@ def test_a_stall_report_has_the_stuck_workers_last_records(
     text = render_text(reports[0])
     assert f"WARNING {logtasks.LOGGER}: {message} [task {pool.pool_id}:0]" in text
     assert message in Path(reports[0]["report_path"]).with_suffix(".txt").read_text()
+
+
+def test_a_pool_that_replaces_workers_keeps_a_bounded_record_of_them() -> None:
+    """The reader keeps the last records and drop counts of the newest WORKERS_KEPT
+    workers only (a pool with max_tasks_per_child sees new pids for ever); the drops of
+    the workers it forgets still count."""
+    import json
+    import multiprocessing
+
+    from tracedpool._pool import logs as pool_logs
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    listener = pool_logs.LogListener(reader, writer, "p", logging.DEBUG)
+    try:
+        n = pool_logs.WORKERS_KEPT + 50
+        values = dict.fromkeys(worker_logs.FIELDS, "")
+        values.update(work_id=-1, created=0.0, levelno=logging.DEBUG, levelname="DEBUG")
+        values.update(name="tests.bounded-reader", lineno=0, thread=0)
+        values.update(trace_id=0, span_id=0, trace_flags=0, stack_info=None, exc_text=None)
+        body = json.dumps([values[f] for f in worker_logs.FIELDS]).encode()
+        frames = b"".join(
+            worker_logs.HEADER.pack(len(body), 2, pid) + body for pid in range(1, n + 1)
+        )
+        assert listener._parse(frames) == b""
+        assert listener.received == n and listener.malformed == 0
+        assert len(listener.recent) == pool_logs.WORKERS_KEPT
+        assert listener.recent_records(n)[0]["logger"] == "tests.bounded-reader"
+        assert listener.recent_records(1) == []  # the oldest worker is forgotten...
+        assert listener.dropped == 2 * n  # ...its drops are not
+    finally:
+        listener.stop(timeout=5)  # closes both ends of the pipe and its wake pipe

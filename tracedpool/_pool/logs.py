@@ -48,6 +48,10 @@ log = logging.getLogger("tracedpool")
 
 #: The last records kept per worker pid, for stall reports (``recent_records``).
 RECENT_PER_WORKER = 5
+#: Workers whose last records and drop counts are kept, the newest: a pool that replaces
+#: its workers (``max_tasks_per_child``) sees new pids for ever. An older worker's drops
+#: still count, in one total.
+WORKERS_KEPT = 256
 _READ = 65536
 _POLL_ERR = select.POLLERR | select.POLLNVAL
 
@@ -71,6 +75,7 @@ class LogListener:
         self.received = 0
         self.malformed = 0
         self._worker_dropped: dict[int, int] = {}
+        self._retired_dropped = 0  # the drops of workers no longer kept
         self.recent: dict[int, deque[dict[str, Any]]] = {}
 
     def recent_records(self, pid: int) -> list[dict[str, Any]]:
@@ -88,7 +93,7 @@ class LogListener:
     @property
     def dropped(self) -> int:
         """Records dropped: by the workers (caps, a full pipe) and here (malformed)."""
-        return sum(self._worker_dropped.values()) + self.malformed
+        return sum(self._worker_dropped.values()) + self._retired_dropped + self.malformed
 
     def start(self) -> None:
         """Start the reader thread (once, when the manager thread starts, after a fork
@@ -150,7 +155,10 @@ class LogListener:
             end = pos + hsize + length
             if end > size:
                 break
-            self._worker_dropped[pid] = max(dropped, self._worker_dropped.get(pid, 0))
+            known = self._worker_dropped.get(pid)
+            if known is None and len(self._worker_dropped) >= WORKERS_KEPT:
+                self._retired_dropped += self._worker_dropped.pop(next(iter(self._worker_dropped)))
+            self._worker_dropped[pid] = max(dropped, known or 0)
             if length:
                 try:
                     fields = json.loads(buf[pos + hsize : end])
@@ -175,6 +183,8 @@ class LogListener:
         task_id = f"{self.pool_id}:{work_id}" if work_id >= 0 else None
         recent = self.recent.get(pid)
         if recent is None:
+            if len(self.recent) >= WORKERS_KEPT:
+                del self.recent[next(iter(self.recent))]  # the longest-known worker
             recent = self.recent[pid] = deque(maxlen=RECENT_PER_WORKER)
         recent.append(
             {
