@@ -74,6 +74,40 @@ def test_task_records_arrive_with_task_trace_and_span_ids(
     assert pool.stats()["log_records_dropped"] == 0
 
 
+# The SDK's own LoggingHandler is deprecated for opentelemetry-instrumentation-logging's,
+# which reads the current span the same way; the SDK's is the one installed here.
+@pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
+def test_an_opentelemetry_logging_bridge_exports_them_in_the_tasks_trace(
+    make_pool: Any, recorder: Any, start_method: str
+) -> None:
+    """With an OpenTelemetry LoggerProvider bridged to the parent's logging, a worker's
+    record is exported with the trace and span of the task's worker-run span."""
+    logs_sdk = pytest.importorskip("opentelemetry.sdk._logs")
+    logs_export = pytest.importorskip("opentelemetry.sdk._logs.export")
+    # Newer SDKs name it InMemoryLogRecordExporter; older ones InMemoryLogExporter.
+    exporter_cls = (
+        getattr(logs_export, "InMemoryLogRecordExporter", None) or logs_export.InMemoryLogExporter
+    )
+    log_exporter = exporter_cls()
+    log_provider = logs_sdk.LoggerProvider()
+    log_provider.add_log_record_processor(logs_export.SimpleLogRecordProcessor(log_exporter))
+    bridge = logs_sdk.LoggingHandler(logger_provider=log_provider)
+    logger = logging.getLogger(logtasks.LOGGER)
+    logger.addHandler(bridge)
+    try:
+        provider, exporter = recorder
+        pool = make_pool(1, start=start_method, tracer_provider=provider)
+        assert pool.submit(logtasks.info_and_warning, 3).result(timeout=60) == 3
+        pool.shutdown(wait=True)
+    finally:
+        logger.removeHandler(bridge)
+    run = _worker_run(exporter, f"{pool.pool_id}:0")
+    exported = [getattr(e, "log_record", e) for e in log_exporter.get_finished_logs()]
+    assert [(r.body, r.trace_id, r.span_id) for r in exported] == [
+        ("warning from task 3", run.context.trace_id, run.context.span_id)
+    ]
+
+
 def test_records_are_events_on_the_worker_run_span(
     make_pool: Any, recorder: Any, start_method: str
 ) -> None:
