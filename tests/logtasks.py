@@ -82,3 +82,11 @@ def warn_then_sleep(seconds: float) -> str:
     log.warning("waiting for the ledger lock held by job %d", 42)
     time.sleep(seconds)
     return "late"
+
+
+ISOLATED = "logtasks.isolated"
+
+
+def log_isolated() -> None:
+    """Logs on a logger the parent set ``propagate = False`` on, with its own handler."""
+    logging.getLogger(ISOLATED).warning("from a logger that does not propagate")

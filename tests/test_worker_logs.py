@@ -231,6 +231,27 @@ def test_a_record_between_tasks_has_no_task_id(
     assert got == {"warning from task 1": f"{pool.pool_id}:0", "unpickled between tasks": None}
 
 
+def test_a_logger_that_does_not_propagate_is_captured_once(
+    make_pool: Any, start_method: str
+) -> None:
+    """A logger the parent gave its own handler and ``propagate = False``: under fork the
+    worker inherits it; its records still reach the parent's handler, once each (they
+    used to fall to the worker's bare stderr once its inherited handler was removed)."""
+    isolated = logging.getLogger(logtasks.ISOLATED)
+    handler = _Collect()
+    isolated.addHandler(handler)
+    isolated.propagate = False
+    try:
+        pool = make_pool(1, start=start_method)
+        pool.submit(logtasks.log_isolated).result(timeout=60)
+        pool.shutdown(wait=True)
+    finally:
+        isolated.removeHandler(handler)
+        isolated.propagate = True
+    assert [r.getMessage() for r in handler.records] == ["from a logger that does not propagate"]
+    assert getattr(handler.records[0], N.RECORD_TASK_ID) == f"{pool.pool_id}:0"
+
+
 def test_arguments_are_formatted_in_the_worker(
     make_pool: Any, collected: _Collect, start_method: str
 ) -> None:

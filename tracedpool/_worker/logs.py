@@ -264,12 +264,17 @@ def install(conn: Any, level: int, state: Any, meta_slot: int, owner: int) -> Ca
     manager = logging.Logger.manager
     loggers = [logging.getLogger()]
     loggers += [lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+    root = logging.getLogger()
     for logger in loggers:
         # Removed, not closed: under fork, closing an inherited file handler would flush
         # the parent's buffered lines a second time.
+        had_handlers = bool(logger.handlers)
         for h in list(logger.handlers):
             logger.removeHandler(h)
-    root = logging.getLogger()
+        if had_handlers and logger is not root and not logger.propagate:
+            # Its records never reach root: capture them where its own handlers were
+            # (else they would fall to logging.lastResort, the worker's bare stderr).
+            logger.addHandler(handler)
     root.addHandler(handler)
     root.setLevel(level)
     state.logs_conn = conn  # keeps the descriptor open for the worker's lifetime
