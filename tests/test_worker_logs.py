@@ -18,7 +18,7 @@ import pytest
 from tracedpool._pool.executor import _log_level
 from tracedpool._telemetry import names as N
 from tracedpool._worker import logs as worker_logs
-from tracedpool.testing import spans_by_task
+from tracedpool.testing import spans_by_task, wait_for
 
 
 class _Collect(logging.Handler):
@@ -192,6 +192,15 @@ def test_a_flood_is_bounded_and_counted(
     run = _worker_run(exporter, f"{pool.pool_id}:0")
     assert run.attributes[N.ATTR_LOG_RECORDS_DROPPED] == n - len(arrived)
     assert len([e for e in run.events if e.name == N.EVENT_LOG]) == worker_logs.MAX_TASK_EVENTS
+
+
+def test_a_floods_drops_are_counted_once_its_task_ends(make_pool: Any, start_method: str) -> None:
+    """The dropped count reaches stats() when the flooding task ends, not only when its
+    worker next starts a task (which may never happen) or exits."""
+    n = 3 * worker_logs.MAX_TASK_RECORDS
+    pool = make_pool(1, start=start_method)
+    assert pool.submit(logtasks.flood, n).result(timeout=60) == n
+    assert wait_for(lambda: pool.stats()["log_records_dropped"] == n - worker_logs.MAX_TASK_RECORDS)
 
 
 def test_an_initializers_records_arrive(

@@ -528,6 +528,8 @@ class TracedResultQueue(_mpq.SimpleQueue):  # type: ignore[type-arg]
             # Between tasks nothing runs for a work item: a record logged now (a
             # finalizer, another thread's timer) must not carry the last task's id.
             WORKER.current_work_id = -1
+            if WORKER.logs_unsent:  # the task's dropped log records: say so now, not
+                WORKER.logs_flush()  # when this worker next starts a task (maybe never)
 
 
 # -- installing the hooks on an executor ---------------------------------------------------
