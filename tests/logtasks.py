@@ -90,3 +90,9 @@ ISOLATED = "logtasks.isolated"
 def log_isolated() -> None:
     """Logs on a logger the parent set ``propagate = False`` on, with its own handler."""
     logging.getLogger(ISOLATED).warning("from a logger that does not propagate")
+
+
+def init_basic_config(path: str) -> None:
+    """An initializer configuring the worker's logging the usual way: basicConfig."""
+    logging.basicConfig(level=logging.INFO, filename=path, format="%(levelname)s %(message)s")
+    log.info("initializer configured logging")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -201,6 +202,53 @@ def test_a_floods_drops_are_counted_once_its_task_ends(make_pool: Any, start_met
     pool = make_pool(1, start=start_method)
     assert pool.submit(logtasks.flood, n).result(timeout=60) == n
     assert wait_for(lambda: pool.stats()["log_records_dropped"] == n - worker_logs.MAX_TASK_RECORDS)
+
+
+def test_a_blocked_parent_handler_holds_up_records_not_shutdown(make_pool: Any) -> None:
+    """A handler of the parent's that blocks on a worker's record: shutdown(wait=True)
+    still returns (the reader's wait is bounded), and the record is handled once the
+    handler returns."""
+    release = threading.Event()
+    seen: list[str] = []
+
+    class Blocking(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            release.wait(60)
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger(logtasks.LOGGER)
+    handler = Blocking()
+    logger.addHandler(handler)
+    try:
+        pool = make_pool(1, start="spawn")
+        assert pool.submit(logtasks.info_and_warning, 5).result(timeout=60) == 5
+        t0 = time.monotonic()
+        pool.shutdown(wait=True)
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+        logger.removeHandler(handler)
+    assert took < 30, f"shutdown waited {took:.1f} s on a blocked log handler"
+    assert wait_for(lambda: seen == ["warning from task 5"])
+
+
+def test_basic_config_in_an_initializer_works_as_in_a_stdlib_worker(
+    make_pool: Any, collected: _Collect, tmp_path: Path, start_method: str
+) -> None:
+    """logging.basicConfig() in the user's initializer configures the worker as it would
+    a stdlib worker (its file gets the records), and capture goes on beside it."""
+    path = tmp_path / "worker.log"
+    pool = make_pool(
+        1, start=start_method, initializer=logtasks.init_basic_config, initargs=(str(path),)
+    )
+    assert pool.submit(logtasks.info_and_warning, 4).result(timeout=60) == 4
+    pool.shutdown(wait=True)
+    assert path.read_text().splitlines() == [
+        "INFO initializer configured logging",
+        "INFO info from task 4",
+        "WARNING warning from task 4",
+    ]
+    assert [r.getMessage() for r in collected.records] == ["warning from task 4"]
 
 
 def test_an_initializers_records_arrive(

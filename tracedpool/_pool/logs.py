@@ -22,7 +22,9 @@ found malformed here.
 
 The manager thread drains the pipe at breakage (so records a dying worker sent precede
 its futures' failure) and at its exit, after the workers are joined: by the time
-``shutdown(wait=True)`` returns, every record the workers wrote has been handled.
+``shutdown(wait=True)`` returns, every record the workers wrote has been handled. Both
+waits are bounded (1 s at breakage, 2 s at exit): a handler of the parent's that blocks
+holds up log records only, never the pool; the reader closes the pipe once it returns.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -67,7 +70,10 @@ class LogListener:
         os.set_blocking(self._fd, False)
         _grow_pipe(self._fd)
         self.pool_id = pool_id
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while frames are parsed and re-emitted
+        self._stop_lock = threading.Lock()  # never held across user code: claims stop()
+        self._stop_claimed = False
+        self._close_pending = False  # stop() could not wait: the lock's holder closes
         self._pending = b""
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
@@ -121,29 +127,41 @@ class LogListener:
             if not self.drain() or any(ev & _POLL_ERR for _fd, ev in events):
                 return  # end of file (no writer left) or the pipe is gone
 
-    def drain(self) -> bool:
-        """Handle every frame now in the pipe; False at end of file or once closed."""
-        with self._lock:
-            if self._fd < 0:
-                return False
-            chunks = [self._pending]
-            alive = True
-            while True:
-                try:
-                    data = os.read(self._fd, _READ)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    alive = False
-                    break
-                if not data:
-                    alive = False
-                    break
-                chunks.append(data)
-                if len(chunks) >= 16:
-                    break  # handle a bounded batch: a flood must not grow this list
-            self._pending = self._parse(b"".join(chunks))
-            return alive
+    def drain(self, timeout: float | None = None) -> bool:
+        """Handle every frame now in the pipe; False at end of file or once closed.
+
+        ``timeout`` bounds the wait for the reader thread, which may be inside a slow
+        handler of the parent's (None: wait as long as it takes; the reader itself)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            return True  # the reader is handling frames: they are not lost, only later
+        try:
+            return self._drain_locked()
+        finally:
+            if self._close_pending:
+                self._close_locked()
+            self._lock.release()
+
+    def _drain_locked(self) -> bool:
+        if self._fd < 0:
+            return False
+        chunks = [self._pending]
+        alive = True
+        while True:
+            try:
+                data = os.read(self._fd, _READ)
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+                break
+            if not data:
+                alive = False
+                break
+            chunks.append(data)
+            if len(chunks) >= 16:
+                break  # handle a bounded batch: a flood must not grow this list
+        self._pending = self._parse(b"".join(chunks))
+        return alive
 
     def _parse(self, buf: bytes) -> bytes:
         pos, size, hsize = 0, len(buf), HEADER.size
@@ -237,32 +255,44 @@ class LogListener:
         The manager's exit, ``shutdown()`` and the executor's finalizer may all get
         here; only the first call does anything. A later one must not touch the
         descriptors: their numbers may belong to other files by then."""
-        with self._lock:
-            if self._stopping:
+        with self._stop_lock:
+            if self._stop_claimed:
                 return
-            self._stopping = True
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass  # the thread never started and the pipe is full: nothing waits
+            self._stop_claimed = True
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")  # only this call closes it, below or deferred
+        except OSError:
+            pass  # the thread never started and the pipe is full: nothing waits
+        deadline = time.monotonic() + timeout
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        self.drain()
-        with self._lock:
-            if self._fd < 0:
-                return
-            self._fd = -1
-            for conn in (self._conn, self._writer):
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        # The reader may be stuck in a handler of the parent's (or this may be a
+        # finalizer run on the reader's own thread): never wait past the timeout. Then
+        # whoever holds the lock closes the pipe when it lets go.
+        self._close_pending = True
+        if self._lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            try:
+                self._drain_locked()
+                self._close_locked()
+            finally:
+                self._lock.release()
+
+    def _close_locked(self) -> None:
+        if self._fd < 0:
+            return
+        self._fd = -1
+        for conn in (self._conn, self._writer):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @contextlib.contextmanager

@@ -290,7 +290,9 @@ class PoolState:
         self, manager: Any, cause: Any, stdlib_message: str | None = None
     ) -> dict[int, BaseException]:
         if self.logs is not None:
-            self.logs.drain()  # what the workers logged before the break is handled first
+            # What the workers logged before the break is handled first (bounded: the
+            # reader may be inside a slow handler of the parent's).
+            self.logs.drain(timeout=1.0)
         return _breakage.take_inventory(self, manager, cause, stdlib_message)
 
     def on_manager_start(self) -> None:

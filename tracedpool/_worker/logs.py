@@ -2,9 +2,11 @@
 
 ``install()`` runs in the worker's initializer, before the user's: it removes every
 handler the worker found in place (inherited under fork, or configured by a module the
-worker imported) and puts one ``CaptureHandler`` on the root logger. Handlers that the
-user's initializer adds afterwards are kept: that is how a user keeps worker-side
-handlers.
+worker imported), and while the user's initializer runs, records that find no handler
+come to the ``CaptureHandler`` (it stands in as ``logging.lastResort``), so root has no
+handler and ``logging.basicConfig()`` there works as in a stdlib worker. ``attach()``
+then puts the handler on the root logger, beside whatever the initializer configured:
+that is how a user keeps worker-side handlers.
 
 Each record becomes one frame on the pool's log pipe, written with a single
 non-blocking ``os.write`` no larger than ``PIPE_BUF``: atomic (frames of several workers
@@ -91,6 +93,9 @@ class CaptureHandler(logging.Handler):
         self.window_records = self.window_bytes = 0
         self.dropped = 0
         self.reported = 0
+        # What a record with no handler falls to once this handler lets go of it (it is
+        # logging.lastResort itself while the user's initializer runs; see install).
+        self.fallback = logging.lastResort
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -104,8 +109,9 @@ class CaptureHandler(logging.Handler):
         if self._owner_gone():
             # Nobody reads the pipe any more (the lifeline's last line, for one): say it
             # where a worker with no handler would, on its own stderr.
-            if logging.lastResort is not None and record.levelno >= logging.lastResort.level:
-                logging.lastResort.handle(record)
+            fallback = self.fallback
+            if fallback is not None and record.levelno >= fallback.level:
+                fallback.handle(record)
             return
         state = self.state
         on_task = threading.get_ident() == self.task_thread
@@ -254,7 +260,8 @@ def encode(fields: list[Any]) -> bytes:
 
 
 def install(conn: Any, level: int, state: Any, meta_slot: int, owner: int) -> CaptureHandler | None:
-    """In a worker: replace the handlers it found with one ``CaptureHandler`` on root."""
+    """In a worker, before the user's initializer: take the handlers it inherited away
+    and catch records that find no handler; ``attach`` puts the handler on root after."""
     try:
         fd = conn.fileno()
         os.set_blocking(fd, False)
@@ -275,7 +282,10 @@ def install(conn: Any, level: int, state: Any, meta_slot: int, owner: int) -> Ca
             # Its records never reach root: capture them where its own handlers were
             # (else they would fall to logging.lastResort, the worker's bare stderr).
             logger.addHandler(handler)
-    root.addHandler(handler)
+    # Not on root yet: the user's initializer runs first, and logging.basicConfig() in it
+    # does nothing once root has a handler. Until attach(), records that find no handler
+    # come here instead of to the worker's bare stderr.
+    logging.lastResort = handler
     root.setLevel(level)
     state.logs_conn = conn  # keeps the descriptor open for the worker's lifetime
     state.logs_flush = handler.flush_drops
@@ -285,3 +295,13 @@ def install(conn: Any, level: int, state: Any, meta_slot: int, owner: int) -> Ca
     # of dropped records reaches the parent then.
     util.Finalize(None, handler.flush_drops, exitpriority=100)
     return handler
+
+
+def attach(handler: CaptureHandler) -> None:
+    """In a worker, after the user's initializer: capture from root on, beside whatever
+    handlers the initializer configured (``basicConfig``, ``dictConfig``)."""
+    if logging.lastResort is handler:
+        logging.lastResort = handler.fallback
+    root = logging.getLogger()
+    if handler not in root.handlers:
+        root.addHandler(handler)

@@ -237,9 +237,10 @@ def worker_init(
     w = WORKER
     if options and "lifeline" in options:
         _lifeline.start(options["lifeline"], _current_work_id, options.get("forkserver_child"))
+    capture = None
     if options and options.get("logs") is not None:
         logs_conn, logs_level, owner = options["logs"]
-        _logs.install(logs_conn, logs_level, w, M_LOGS, owner)
+        capture = _logs.install(logs_conn, logs_level, w, M_LOGS, owner)
     w.status_conn = status_conn  # keeps the descriptor open for the worker's lifetime
     try:
         fd = status_conn.fileno()
@@ -260,15 +261,17 @@ def worker_init(
         report_to_parent("importing tracedpool's tracing", e)
     else:
         _start_tracing(_otel.worker_init_tracing)
-    if user_init is None:
-        return
     try:
-        user_init(*user_initargs)
+        if user_init is not None:
+            user_init(*user_initargs)
     except BaseException as e:
         facts = _exc_facts(e)
         facts["initializer"] = qualname(user_init)
         _write_payload(w.status_fd, REC_INIT_FAIL, -1, facts)
         raise
+    finally:
+        if capture is not None:
+            _logs.attach(capture)
 
 
 # -- locating a call that failed to unpickle --------------------------------------------------
