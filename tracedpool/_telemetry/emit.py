@@ -155,6 +155,7 @@ class Emitter:
         self._lock = threading.Lock()
         self._warned = False
         self._warned_drop = False
+        self._warned_room = False
         self._warned_wake_drop = False
         self._queue_stalled = False  # the exporter stopped draining: no more waiting
         #: Times the emitter waited for a batch processor's queue to drain.
@@ -379,6 +380,7 @@ class Emitter:
         except ReferenceError:
             return _PLENTY
         except Exception:  # a sink that cannot say: never wait on it
+            self._room_unknown()
             return _PLENTY
         if room is None:
             return _PLENTY
@@ -396,6 +398,7 @@ class Emitter:
             try:
                 room = sink.room()
             except Exception:
+                self._room_unknown()
                 return _PLENTY
             if room is None:
                 return _PLENTY
@@ -406,6 +409,17 @@ class Emitter:
                 return max(room[0] // SPANS_PER_RECORD, 1)
             free = room[0]
         return free // SPANS_PER_RECORD
+
+    def _room_unknown(self) -> None:
+        """The span processor's queue could not be read: build without waiting for room
+        (its queue may then drop spans, which the SDK counts), and say so once."""
+        if not self._warned_room:
+            self._warned_room = True
+            log.warning(
+                "tracedpool: the span processor's queue length cannot be read; spans are "
+                "built without waiting for room in it:\n%s",
+                traceback.format_exc(),
+            )
 
     def _emit_one(self, item: Any) -> bool:
         """Build one record's spans; False when the pool is gone (nothing more to do)."""
