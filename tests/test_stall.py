@@ -190,7 +190,10 @@ def test_stats_asks_the_os_nothing(make_pool: Any, monkeypatch: Any) -> None:
     assert pool.submit(sleep_then, 1, 0.0).result(timeout=60) == 1
     monkeypatch.setattr(views, "_process_facts", refuse)
     stats = pool.stats()
-    assert stats["live_workers"] == 2 and stats["pending"] == 0
+    # Under fork every worker starts with the first task; under spawn and forkserver
+    # (3.14's default) the stdlib starts them as work needs them.
+    live = [p for p in pool._processes.values() if p.exitcode is None]  # type: ignore[attr-defined]
+    assert stats["live_workers"] == len(live) >= 1 and stats["pending"] == 0
     assert stats["span_records_dropped"] == 0
     assert stats["task_records_dropped"] == stats["wake_records_dropped"] == 0
 
