@@ -227,6 +227,68 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
     assert list((tmp_path / "reports").glob("stall-*.json")), "the stall was reported"
 
 
+_ENQUEUE_SCRIPT = """
+import os, sys, threading
+import tracedpool
+
+def report(future):
+    error = future.exception()
+    print("reason:", getattr(error, "reason", None) if error else "none", flush=True)
+    print("message:", error, flush=True)
+
+if __name__ == "__main__":  # spawn and forkserver import this module
+    pool = tracedpool.TracedProcessPoolExecutor(1)
+    # The manager thread cannot hand the task to the call queue (whose first put starts
+    # the feeder thread) until interpreter exit has begun: this thread holds the queue's
+    # lock, and a threading-exit hook, which runs before the pool's own, lets go of it.
+    lock = pool._call_queue._notempty
+    lock.acquire()
+    threading._register_atexit(lock.release)
+    pool.submit(os.getpid).add_done_callback(report)
+"""
+
+
+_THREAD_AT_EXIT_PROBE = """
+import threading
+def start():
+    try:
+        threading.Thread(target=int).start()
+        print("started")
+    except RuntimeError:
+        print("refused")
+threading._register_atexit(start)
+"""
+
+
+def test_program_ending_before_the_feeder_started_says_why(tmp_path: Path) -> None:
+    """The program ends right after submit(), before the thread that feeds the workers
+    has started. Where threads cannot start at interpreter exit (3.12; 3.13 allows them
+    again until the threads are joined), the stdlib breaks the pool (gh-109047):
+    tracedpool names that reason and the error, not a failed result read. Elsewhere
+    the thread starts and the task runs, as on the stdlib."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _THREAD_AT_EXIT_PROBE], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    assert probe in ("started", "refused")
+    script = tmp_path / "enqueue_at_exit.py"
+    script.write_text(_ENQUEUE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env.update(PYTHONPATH=str(ROOT), TRACEDPOOL_HEARTBEAT_DIR="none")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    if probe == "started":
+        assert "reason: none" in out.stdout, (out.stdout, out.stderr)
+        return
+    assert "reason: enqueue-failed" in out.stdout, (out.stdout, out.stderr)
+    assert (
+        "could not put a task on the call queue: RuntimeError: can't create new thread"
+        in out.stdout
+    ), out.stdout
+    assert "result pipe" not in out.stdout
+
+
 _OUTAGE_SCRIPT = """
 import tracedpool
 from tracedpool import TracedProcessPoolExecutor

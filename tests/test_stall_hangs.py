@@ -253,7 +253,8 @@ def test_workers_gone_unnoticed_is_no_live_workers(
 
 
 _EXIT_SCRIPT = """
-import sys
+import sys, time
+import psutil
 sys.path[:0] = [{root!r}, {tests!r}]
 from tracedpool import TracedProcessPoolExecutor
 from faults import stop_self_later
@@ -263,7 +264,15 @@ if __name__ == "__main__":  # spawn and forkserver (3.14's default) import this 
         2, stall_timeout={timeout}, stall_report_dir=sys.argv[2], stall_action=sys.argv[1]
     )
     future = pool.submit(stop_self_later, 0.2)
-    print(" ".join(str(p.pid) for p in pool._processes.values()), flush=True)
+    pids = [p.pid for p in pool._processes.values()]
+    print(" ".join(str(p) for p in pids), flush=True)
+    # Not before the task has stopped its worker: from 3.12 on, a program that ends
+    # before the feeder thread has started breaks the pool instead (test_exit.py).
+    deadline = time.monotonic() + 30
+    while all(psutil.Process(p).status() != psutil.STATUS_STOPPED for p in pids):
+        if time.monotonic() > deadline:
+            sys.exit("no worker stopped within 30 s")
+        time.sleep(0.01)
     # The script ends here: interpreter exit waits for the pool, whose worker is stopped.
 """
 

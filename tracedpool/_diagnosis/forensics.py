@@ -216,6 +216,12 @@ _HINTS = {
         "its args). Pass rescue_unpicklable_results=True to fail only that future."
     ),
     "result-read-failed": "Reading a result from the result pipe failed; see the __cause__.",
+    "enqueue-failed": (
+        "The stdlib breaks the pool when that fails (3.12+); the __cause__ is the error. "
+        '"can\'t create new thread at interpreter shutdown" (3.12) means the program '
+        "ended with tasks still queued before the thread that feeds the workers had started: "
+        "wait for the futures (or leave the `with` block) before the program ends."
+    ),
     "executor-collected": (
         "Keep a reference to the pool (or use it in a `with` block) until its futures are done."
     ),
@@ -265,6 +271,12 @@ def summary(info: BreakInfo) -> str:
         parts.append(
             f"the initializer {f.get('initializer', '')} failed in worker pid {f.get('pid')}: "
             f"{f.get('exc_type')}: {f.get('message', '')}".rstrip(": ")
+        )
+    elif info.reason == "enqueue-failed" and info.cause_text:
+        lines = info.cause_text.strip().splitlines()
+        parts.append(
+            "the manager thread could not put a task on the call queue: "
+            + (lines[-1] if lines else "see the __cause__")
         )
     elif info.fault is not None:
         f = info.fault

@@ -102,7 +102,11 @@ def forced_attrs(forced: ForcedShutdown | None, pool_id: str) -> dict[str, Any]:
 
 
 def take_inventory(
-    st: BreakageFacts, manager: Any, cause: Any, stdlib_message: str | None = None
+    st: BreakageFacts,
+    manager: Any,
+    cause: Any,
+    stdlib_message: str | None = None,
+    enqueue_failed: bool = False,
 ) -> dict[int, BaseException]:
     """The pool is broken: take the inventory (dead workers, the cause, the tasks lost and
     where each ran), keep it as ``st.break_info``, and build the exception each pending
@@ -138,6 +142,9 @@ def take_inventory(
         info.reason = stdlib_reason(stdlib_message)
         if cause is not None:
             info.cause_text = "".join(cause)
+    elif cause is not None and enqueue_failed:
+        info.reason = "enqueue-failed"
+        info.cause_text = "".join(cause)
     elif cause is not None:
         text = "".join(cause)
         info.cause_text = text

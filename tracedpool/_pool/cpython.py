@@ -33,6 +33,7 @@ import pickle
 import pickletools
 import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -273,9 +274,15 @@ class PoolObserver(Protocol):
 
     def on_result(self, task: _Task, meta: list[Any], exc: BaseException | None) -> None: ...
     def on_broken(
-        self, manager: TracedManagerThread, cause: Any, stdlib_message: str | None = None
+        self,
+        manager: TracedManagerThread,
+        cause: Any,
+        stdlib_message: str | None = None,
+        enqueue_failed: bool = False,
     ) -> dict[int, BaseException]:
-        """The exception each pending future of a broken pool fails with, by work id."""
+        """The exception each pending future of a broken pool fails with, by work id.
+        ``enqueue_failed``: ``cause`` is the error from putting a call on the call queue,
+        not from reading a result."""
         ...
 
     def on_manager_start(self) -> None:
@@ -914,9 +921,14 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
         self._tp_refuse_new_work()
         # gh-152967 (3.14.10+): the stdlib's own sentence for why the pool cannot go on.
         message = args[0] if args else kwargs.get("bpe_message")
+        # gh-109047 (3.12+): when handing a call to the call queue raises (on 3.12, at
+        # interpreter exit, the feeder thread cannot start), the stdlib breaks the pool from
+        # the except block around add_call_item_to_queue, and from no other except block;
+        # the other breaks come from a failed result read. (3.11's manager thread dies.)
+        enqueue_failed = sys.exception() is not None
         try:
             failures = self._tp_observer.on_broken(
-                self, cause, message if isinstance(message, str) else None
+                self, cause, message if isinstance(message, str) else None, enqueue_failed
             )
         except BaseException:
             self._tp_observer.internal_error("broken")

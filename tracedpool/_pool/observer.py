@@ -287,13 +287,17 @@ class PoolState:
         self.forced = ForcedShutdown(operation, signal_name, pids, pending, time_ns())
 
     def on_broken(
-        self, manager: Any, cause: Any, stdlib_message: str | None = None
+        self,
+        manager: Any,
+        cause: Any,
+        stdlib_message: str | None = None,
+        enqueue_failed: bool = False,
     ) -> dict[int, BaseException]:
         if self.logs is not None:
             # What the workers logged before the break is handled first (bounded: the
             # reader may be inside a slow handler of the parent's).
             self.logs.drain(timeout=1.0)
-        return _breakage.take_inventory(self, manager, cause, stdlib_message)
+        return _breakage.take_inventory(self, manager, cause, stdlib_message, enqueue_failed)
 
     def on_manager_start(self) -> None:
         # The stdlib forks a fork pool's first workers before it starts the manager

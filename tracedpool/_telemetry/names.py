@@ -229,7 +229,9 @@ ATTR_BROKEN_REASON: Final = _reg(
     "attribute",
     "tracedpool.broken.reason",
     "Why the pool broke: `worker-died`, `worker-unpickle-failed`, `result-unpickle-failed`, "
-    "`initializer-failed`, `result-read-failed`, `stalled` (the stall detector broke it, "
+    "`initializer-failed`, `result-read-failed`, `enqueue-failed` (the manager thread could "
+    "not put a task on the call queue, 3.12+; on 3.12, a program that ends before the "
+    "thread that feeds the workers has started), `stalled` (the stall detector broke it, "
     '`stall_action="break"`), `forced-shutdown` (`terminate_workers()` or `kill_workers()`, '
     "3.14+), the stdlib's own reasons on 3.14.10+ (`executor-collected`: the executor was "
     "garbage collected with work pending; `replacement-failed`: a replacement worker could "
