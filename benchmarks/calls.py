@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,53 +60,75 @@ def _role(thread: threading.Thread) -> str:
     return "other"
 
 
-def measure(mode: str, n: int, window: int) -> dict[str, Any]:
+def count_calls(
+    make_pool: Callable[[], Any],
+    n: int,
+    window: int,
+    *,
+    role: Callable[[threading.Thread], str] = _role,
+    set_up: Callable[[], None] | None = None,
+) -> collections.Counter[str]:
+    """Calls each parent thread (by ``role``) makes while ``n`` trivial tasks run in
+    windows of ``window``, after a warm-up window. ``set_up`` runs once profiling
+    reaches new threads, before the pool exists (a tracer provider's batch thread)."""
     counts: collections.Counter[str] = collections.Counter()
     on = False
 
     def count(frame: Any, event: str, arg: Any) -> None:
         if on and event in ("call", "c_call"):
-            counts[_role(threading.current_thread())] += 1
+            counts[role(threading.current_thread())] += 1
 
     # Before any thread starts (the SDK's batch thread included): setprofile reaches only
     # threads started after it.
     threading.setprofile(count)
-    if mode in ("sdk-1pct", "sdk-always"):
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            SpanExporter,
-            SpanExportResult,
-        )
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+    try:
+        if set_up is not None:
+            set_up()
+        sys.setprofile(count)
+        with make_pool() as pool:
+            for f in [pool.submit(noop, i) for i in range(window)]:  # warm up: workers, threads
+                f.result()
+            time.sleep(0.3)
+            on = True
+            for _ in range(n // window):
+                for f in [pool.submit(noop, i) for i in range(window)]:
+                    f.result()
+            time.sleep(0.5)  # let the emitter finish the last window's spans
+            on = False
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    return counts
 
-        class Null(SpanExporter):
-            def export(self, spans: Any) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
 
-        sampler = ALWAYS_ON if mode == "sdk-always" else ParentBased(TraceIdRatioBased(0.01))
-        provider = TracerProvider(sampler=sampler)
-        provider.add_span_processor(BatchSpanProcessor(Null()))
-        trace.set_tracer_provider(provider)
+def _install_sdk(mode: str) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    class Null(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampler = ALWAYS_ON if mode == "sdk-always" else ParentBased(TraceIdRatioBased(0.01))
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(Null()))
+    trace.set_tracer_provider(provider)
+
+
+def measure(mode: str, n: int, window: int) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
 
     from tracedpool import TracedProcessPoolExecutor
 
     cls = ProcessPoolExecutor if mode == "stdlib" else TracedProcessPoolExecutor
-    sys.setprofile(count)
-    with cls(max_workers=2) as pool:
-        for f in [pool.submit(noop, i) for i in range(window)]:  # warm up: workers, threads
-            f.result()
-        time.sleep(0.3)
-        on = True
-        for _ in range(n // window):
-            for f in [pool.submit(noop, i) for i in range(window)]:
-                f.result()
-        time.sleep(0.5)  # let the emitter finish the last window's spans
-        on = False
-    sys.setprofile(None)
-    threading.setprofile(None)  # type: ignore[arg-type]
+    counts = count_calls(
+        lambda: cls(max_workers=2),
+        n,
+        window,
+        set_up=(lambda: _install_sdk(mode)) if mode in ("sdk-1pct", "sdk-always") else None,
+    )
     per_task = {r: counts[r] / n for r in ROLES}
     return {"mode": mode, "n": n, "per_task": per_task, "total": sum(per_task.values())}
 

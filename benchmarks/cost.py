@@ -70,6 +70,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from throughput import noop, payload_len, sleep_1ms, sleep_for  # noqa: E402  (the tasks)
+
 PAYLOAD_BYTES = 1_000_000
 #: The spans every successful task has (tracedpool's names registry, docs/names.md):
 #: the task span and its five stage spans. Manager-wake spans are counted apart.
@@ -85,11 +87,8 @@ WAKE_SPAN = "tracedpool.manager-wake"
 TRACE_FILE_MAX_BYTES = "TRACEDPOOL_TRACE_FILE_MAX_BYTES"
 
 
-# --- Tasks: module-level, so they pickle by reference under every start method. ---
-
-
-def noop(x: int) -> int:
-    return x
+# --- Tasks: module-level, so they pickle by reference under every start method (noop,
+# sleep_1ms, payload_len and sleep_for are throughput.py's, imported above). ---
 
 
 def spin(loops: int) -> int:
@@ -99,19 +98,6 @@ def spin(loops: int) -> int:
     for i in range(loops):
         total += i
     return total
-
-
-def sleep_1ms(x: int) -> int:
-    time.sleep(0.001)
-    return x
-
-
-def payload_len(payload: bytes) -> int:
-    return len(payload)
-
-
-def sleep_for(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 def calibrate_spin(target_s: float = 0.001) -> int:

@@ -31,7 +31,6 @@ Two measures, side by side in one run:
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import logging.handlers
@@ -183,33 +182,18 @@ def count_calls(log_level: str, n: int, window: int) -> dict[str, Any]:
 
     from tracedpool import TracedProcessPoolExecutor
 
-    counts: collections.Counter[str] = collections.Counter()
-    on = False
-
     def role(thread: threading.Thread) -> str:
         if thread.name.startswith("tracedpool-logs"):
             return "log reader"
         return calls._role(thread)
 
-    def count(frame: Any, event: str, arg: Any) -> None:
-        if on and event in ("call", "c_call"):
-            counts[role(threading.current_thread())] += 1
-
-    threading.setprofile(count)
     kwargs: dict[str, Any] = {"log_level": None} if log_level == "none" else {}
-    sys.setprofile(count)
-    with TracedProcessPoolExecutor(max_workers=2, stall_timeout=None, **kwargs) as pool:
-        for f in [pool.submit(noop, i) for i in range(window)]:
-            f.result()
-        time.sleep(0.3)
-        on = True
-        for _ in range(n // window):
-            for f in [pool.submit(noop, i) for i in range(window)]:
-                f.result()
-        time.sleep(0.3)
-        on = False
-    sys.setprofile(None)
-    threading.setprofile(None)  # type: ignore[arg-type]
+    counts = calls.count_calls(
+        lambda: TracedProcessPoolExecutor(max_workers=2, stall_timeout=None, **kwargs),
+        n,
+        window,
+        role=role,
+    )
     roles = sorted(counts)
     return {"log_level": log_level, "per_task": {r: counts[r] / n for r in roles}}
 
