@@ -136,6 +136,74 @@ def test_json_lines_are_the_otlp_encoding_of_the_same_spans(tmp_path: Path) -> N
     assert '"status":{"message":' in joined and '"code":2}' in joined
 
 
+def test_spans_encoded_from_their_specs_are_those_the_sdk_path_writes() -> None:
+    """configure()'s file sink encodes tracedpool's spans straight from the specs: for
+    every kind of spec (remote parent with trace state, local parent, none; events,
+    links, error status with and without a message, attribute types, an id to pick),
+    the JSON is what encode_span writes for the SDK span SdkSink builds from it, and
+    the line's frame is encode_request's."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    from tracedpool._telemetry.otel import SCOPE_NAME, EventSpec, SdkSink, SpanSpec
+    from tracedpool._telemetry.otlpjson import SpecEncoder, encode_request, request_line
+    from tracedpool._version import __version__
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "specs", "n": 3}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    sink = SdkSink(provider)
+    encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
+    trace_id = 0x0AF7651916CD43DD8448EB211C80319C
+    state = TraceState([("vendor", "opaque")])
+    remote = SpanContext(trace_id, 0x00F067AA0BA902B7, True, TraceFlags(1), state)
+    attrs = {"s": "text é", "i": 7, "big": 2**62, "f": 0.5, "b": True, "t": ("a", "b")}
+    specs = [
+        SpanSpec("task", 0x11, 0, 0, 1000, 5000, attrs, [], (True, "it failed"), ()),
+        SpanSpec(
+            "stage",
+            0x12,
+            0x11,
+            3,
+            1100,
+            1200,
+            {"x": 1},
+            [EventSpec("exception", 1150, {"exception.type": "E"}), EventSpec("bare", 1160, {})],
+            (True, ""),
+            [(trace_id, 0x99, 1), (0x1234, 0x98, 0)],
+        ),
+        SpanSpec("leaf", 0, 0x11, 4, 1300, 1400, {}, (), None, ()),
+    ]
+    groups = [(remote, state, 1), (None, None, 1)]
+    ours: dict[str, dict[str, Any]] = {}
+    for parent, trace_state, flags in groups:
+        memory.clear()
+        sink.emit(trace_id, flags, trace_state, parent, specs)
+        sdk_spans = memory.get_finished_spans()
+        official = encode_request(sdk_spans)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        line = request_line(
+            encoder.frame, [encoder.encode(trace_id, flags, trace_state, parent, specs, int)]
+        )
+        request = json.loads(line)
+        frame = encode_request(sdk_spans)
+        for r in (request, frame):
+            r["resourceSpans"][0]["scopeSpans"][0]["spans"] = []
+        assert request == frame
+        ours = {
+            s["spanId"]: s for s in json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        }
+        assert len(ours) == len(official) == 3
+        for expected in official:
+            if expected["name"] == "leaf":  # its id was picked: by the SDK there, int() here
+                (got,) = [s for s in ours.values() if s["name"] == "leaf"]
+                assert got["spanId"] == "0" * 16
+                got = {**got, "spanId": expected["spanId"]}
+            else:
+                got = ours[expected["spanId"]]
+            assert got == expected, expected["name"]
+        assert (b'"traceState":"vendor=opaque"' in line) == (trace_state is not None)
+
+
 def test_read_spans_gives_back_what_was_written(tmp_path: Path) -> None:
     """read_spans over the file and its rotated predecessors returns every span of a
     traced pool, oldest first, with ids, parentage, attributes, events and status."""
@@ -526,6 +594,55 @@ def test_configure_installs_once_and_the_file_gets_the_pool_spans(tmp_path: Path
     ]
     names = {s["name"] for s in spans}
     assert {N.SPAN_TASK, N.SPAN_WORKER_RUN, "user-inner", N.SPAN_POOL} <= names
+
+
+def test_a_configured_file_gets_every_pool_span_written_directly(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the embedded default alone, a pool writes its own spans to the file itself
+    (no SDK span objects): each task's spans are all there, parented as the SDK path
+    parents them, under the caller's request span, with the fault recorded; the task
+    code's own spans still come through the SDK."""
+    from tracedpool._telemetry.otel import FileSink, resolve_sink
+
+    path = tmp_path / "t.jsonl"
+    setup = tracedpool.configure(install=False, trace_file=path)
+    assert isinstance(resolve_sink(setup.provider), FileSink)
+    trace_id, request_id = _traced_pool_run(setup.provider)
+    setup.provider.shutdown()
+    spans = list(read_spans(path))
+    by_id = {s["span_id"]: s for s in spans}
+    tasks = [s for s in spans if s["name"] == N.SPAN_TASK]
+    assert len(tasks) == 3
+    for task in tasks:
+        assert task["trace_id"] == format(trace_id, "032x")
+        assert task["parent_span_id"] == format(request_id, "016x")
+        stages = {s["name"] for s in spans if s["parent_span_id"] == task["span_id"]}
+        assert {N.SPAN_SUBMIT, N.SPAN_ENQUEUE, N.SPAN_FEEDER_SERIALIZE} <= stages
+    failed = [t for t in tasks if t["status_code"] == 2]
+    assert len(failed) == 1
+    assert "user-inner" in {s["name"] for s in spans}
+    assert by_id[next(s for s in spans if s["name"] == "user-inner")["parent_span_id"]]
+    assert any(s["attributes"].get(N.ATTR_FAULT_STAGE) == "feeder-serialize" for s in spans), (
+        "the pickling fault"
+    )
+
+
+def test_a_processor_added_after_configure_sees_the_pool_spans_too(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Adding a span processor to a configure()d provider ends the direct writing: the
+    added processor receives every pool span as an SDK span, and the file still gets
+    them (through the SDK)."""
+    path = tmp_path / "t.jsonl"
+    setup = tracedpool.configure(install=False, trace_file=path)
+    memory = InMemorySpanExporter()
+    setup.provider.add_span_processor(SimpleSpanProcessor(memory))
+    _traced_pool_run(setup.provider)
+    setup.provider.shutdown()
+    in_memory = [s for s in memory.get_finished_spans() if s.name == N.SPAN_TASK]
+    in_file = [s for s in read_spans(path) if s["name"] == N.SPAN_TASK]
+    assert len(in_memory) == len(in_file) == 3
 
 
 def test_configure_never_overrides_the_applications_provider(tmp_path: Path) -> None:

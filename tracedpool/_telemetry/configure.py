@@ -39,6 +39,7 @@ from typing import Any
 from opentelemetry import trace
 
 from . import names as N
+from .otel import own_file_pipeline
 from .sdk import global_provider_unset, queued_spans
 
 log = logging.getLogger("tracedpool")
@@ -152,6 +153,9 @@ def configure(
     for processor in processors:
         provider.add_span_processor(processor)
     _ExitShutdown(provider, processors, rule)
+    if names == [EXPORTER_NAME]:
+        # Only the embedded default: pools write their own spans to it directly.
+        own_file_pipeline(provider, exporters[0][1], batch_size or POOL_MAX_EXPORT_BATCH_SIZE)
 
     file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
     setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)

@@ -242,6 +242,7 @@ class Emitter:
         thread = self.thread
         if thread is None:
             self._drain(-1)  # never started (no traced submit reached it): nothing queued
+            self._flush_sink()
             return
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -252,12 +253,14 @@ class Emitter:
             self._drain(self._step_aside())
             if queue:
                 continue  # the pool got busy again: step aside
+            self._flush_sink()
             self._idle = True
             if queue or len(wakes) >= WAKE_BATCH:
                 self._idle = False
                 continue
             if self._stopping:
                 self._drain(-1)
+                self._flush_sink()
                 return
             # A few wakes may be left (the last ones of a burst): build them within
             # DEFER_SECONDS even if no task follows.
@@ -420,6 +423,23 @@ class Emitter:
                 "built without waiting for room in it:\n%s",
                 traceback.format_exc(),
             )
+
+    def _flush_sink(self) -> None:
+        """Everything queued is built: let the sink hand on what it holds back."""
+        try:
+            sink = self._state.sink
+            if sink is not None:
+                sink.flush()
+        except ReferenceError:
+            pass  # the pool is gone, and its sink with it
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "tracedpool: writing spans failed; the pool keeps working, further "
+                    "span errors are not logged:\n%s",
+                    traceback.format_exc(),
+                )
 
     def _emit_one(self, item: Any) -> bool:
         """Build one record's spans; False when the pool is gone (nothing more to do)."""

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import names as N
 from .names import EXPORTER_NAME
-from .otlpjson import default_trace_file, encode_line, file_settings
+from .otlpjson import default_trace_file, encode_line, file_settings, request_line
 
 log = logging.getLogger("tracedpool")
 
@@ -66,6 +66,12 @@ class JsonLinesSpanExporter(SpanExporter):
         self._warned = False
         self._closed = False
         self.dropped = 0  # spans lost to write failures, for tests and stats
+        # Spans encoded elsewhere (otel.FileSink), held to be written as one line: the
+        # exporter holds them, not the pool, so that a pool dropped at exit loses none.
+        self._held: list[str] = []
+        self._held_count = 0
+        self._held_frame: tuple[str, str] | None = None
+        self._held_lock = threading.Lock()
         # A fork while another thread exports would leave the lock held in the child for
         # ever (the SDK's batch processor restarts its thread there and exports again).
         # A weak reference: the hook must not keep a shut-down exporter alive.
@@ -81,32 +87,68 @@ class JsonLinesSpanExporter(SpanExporter):
             line = encode_line(spans)
         except Exception as e:  # a span we cannot encode must not stop the others
             return self._drop(len(spans), f"could not encode spans: {e!r}")
+        return self.write_encoded(line, len(spans))
+
+    def hold(self, chunk: str, count: int, frame: tuple[str, str], batch: int) -> None:
+        """Keep ``count`` spans that ``otlpjson.SpecEncoder`` encoded (``chunk``, in its
+        ``frame``), and write what is held as one line once it reaches ``batch`` spans;
+        ``write_held`` (and ``force_flush`` and ``shutdown``) write it sooner."""
+        with self._held_lock:
+            if self._held_frame is not None and frame != self._held_frame:
+                self._write_held_locked()  # another resource: a line of its own
+            self._held_frame = frame
+            self._held.append(chunk)
+            self._held_count += count
+            if self._held_count >= batch:
+                self._write_held_locked()
+
+    def write_held(self) -> None:
+        """Write the spans ``hold`` keeps, as one line."""
+        with self._held_lock:
+            self._write_held_locked()
+
+    def _write_held_locked(self) -> None:
+        chunks, count, frame = self._held, self._held_count, self._held_frame
+        if not chunks or frame is None:
+            return
+        self._held, self._held_count = [], 0
+        self.write_encoded(request_line(frame, chunks), count)
+
+    def write_encoded(self, line: bytes, count: int) -> SpanExportResult:
+        """Append one encoded request line holding ``count`` spans (``export`` after
+        encoding)."""
         with self._lock:
             if self._closed:
+                self.dropped += count  # after shutdown: the exit report counts these
                 return SpanExportResult.FAILURE
             if self._fd is None and time.monotonic() < self._retry_at:
                 # Waiting out an earlier failure. This must not push the retry back, or
                 # a service exporting more often than RETRY_SECONDS would never retry.
-                return self._drop(len(spans), "waiting to retry after an earlier failure")
+                return self._drop(count, "waiting to retry after an earlier failure")
             try:
                 self._write(line)
             except OSError as e:
                 self._close_fd()
                 self._retry_at = time.monotonic() + RETRY_SECONDS
-                return self._drop(len(spans), f"cannot write {self.path}: {e}")
+                return self._drop(count, f"cannot write {self.path}: {e}")
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
+        self.write_held()
         with self._lock:
             self._closed = True
             self._close_fd()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True  # every export is already an unbuffered write
+        self.write_held()
+        return True  # every export is an unbuffered write
 
     # internals
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        # What the parent held is the parent's to write.
+        self._held_lock = threading.Lock()
+        self._held, self._held_count = [], 0
 
     def _drop(self, n: int, why: str) -> SpanExportResult:
         self.dropped += n

@@ -28,6 +28,7 @@ import inspect
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -107,6 +108,10 @@ class Sink:
         still take before it drops spans. None where no queue is known (the emitter then
         never waits)."""
         return None
+
+    def flush(self) -> None:
+        """Hand on what the sink holds back; the emitter calls it whenever it has built
+        everything queued (a sink that holds nothing back does nothing)."""
 
 
 class SdkSink(Sink):
@@ -301,6 +306,59 @@ class SdkSink(Sink):
             )
 
 
+class FileSink(SdkSink):
+    """``configure()``'s embedded default, as long as its provider exports only there:
+    tracedpool's own spans are encoded straight from their specs
+    (``otlpjson.SpecEncoder``) and handed to the file exporter, which writes them in
+    batches, with no SDK span objects, batch queue or export thread in between.
+    Sampling and ids are the SDK provider's, as in ``SdkSink``. Once anything else is
+    added to the provider (another span processor), every later span goes through the
+    SDK as ``SdkSink`` sends it, so that processor sees it too."""
+
+    def __init__(self, provider: Any, exporter: Any, processors: tuple[Any, ...], batch: int):
+        super().__init__(provider)
+        from .otlpjson import SpecEncoder
+
+        encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
+        self._encode, self._frame = encoder.encode, encoder.frame
+        self._exporter = exporter
+        self._expected = processors
+        self._batch = batch
+        self.direct = True
+
+    def emit(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
+        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
+            if self.direct:
+                self.direct = False
+                self.flush()  # what was encoded first, in order
+            super().emit(trace_id, flags, state, parent, specs)
+            return
+        if not flags & 1:
+            return  # a batch processor exports only sampled spans
+        chunk = self._encode(trace_id, flags, state, parent, specs, self.new_span_id)
+        self._exporter.hold(chunk, len(specs), self._frame, self._batch)
+
+    def flush(self) -> None:
+        self._exporter.write_held()
+
+
+#: Providers that ``configure()`` set up with the embedded default alone: the provider,
+#: weakly, to (its composite's processors tuple then, the file exporter, batch size).
+_file_pipelines: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def own_file_pipeline(provider: Any, exporter: Any, batch: int) -> None:
+    """``configure()`` built ``provider`` to export only to ``exporter`` (the embedded
+    default's file): pools using it write their own spans there directly (``FileSink``)."""
+    processors = _sdk.span_processors(_sdk.span_processor(provider))
+    if processors is not None and len(processors) == 1:
+        _file_pipelines[provider] = (processors, exporter, batch)
+
+
 _LOW_64 = _sdk.LOW_64
 _DEFAULT_TRACE_STATE = trace.DEFAULT_TRACE_STATE
 
@@ -378,6 +436,9 @@ def resolve_sink(provider: Any) -> Sink | None:
         if _sdk.provider_disabled(provider):  # OTEL_SDK_DISABLED
             return None
         if hasattr(provider, "id_generator") and _sdk.span_processor(provider) is not None:
+            pipeline = _file_pipelines.get(provider)
+            if pipeline is not None:
+                return FileSink(provider, pipeline[1], pipeline[0], pipeline[2])
             return SdkSink(provider)
     return ApiSink(provider)
 

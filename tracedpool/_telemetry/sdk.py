@@ -192,6 +192,14 @@ def replace_span_processors(provider: Any, processors: tuple[Any, ...]) -> bool:
     return True
 
 
+def span_processors(composite: Any) -> tuple[Any, ...] | None:
+    """The processors of a provider's composite, as the tuple it holds (the SDK makes a
+    new one on ``add_span_processor``, so identity says whether they changed), or None
+    where the composite is not laid out as read here."""
+    processors = getattr(composite, "_span_processors", None)
+    return processors if isinstance(processors, tuple) else None
+
+
 def queued_spans(processor: Any) -> int | None:
     """Spans waiting in an SDK ``BatchSpanProcessor``'s queue, or None where the SDK's
     layout is not the one read here (a private attribute, probed)."""
