@@ -136,28 +136,23 @@ def test_json_lines_are_the_otlp_encoding_of_the_same_spans(tmp_path: Path) -> N
     assert '"status":{"message":' in joined and '"code":2}' in joined
 
 
-def test_spans_encoded_from_their_specs_are_those_the_sdk_path_writes() -> None:
-    """configure()'s file sink encodes tracedpool's spans straight from the specs: for
-    every kind of spec (remote parent with trace state, local parent, none; events,
-    links, error status with and without a message, attribute types, an id to pick),
-    the JSON is what encode_span writes for the SDK span SdkSink builds from it, and
-    the line's frame is encode_request's."""
+def _every_kind_of_spec() -> tuple[Any, Any, int, list[tuple[Any, Any]], list[Any]]:
+    """An SDK sink writing to memory, and specs of every kind: a task span with an error
+    and every attribute type, a stage span with events and links, a span whose id the
+    sink picks; under a remote parent with trace state, and under none.
+    Returns (sink, memory, trace id, [(parent, trace state)], specs)."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-    from tracedpool._telemetry.otel import SCOPE_NAME, EventSpec, SdkSink, SpanSpec
-    from tracedpool._telemetry.otlpjson import SpecEncoder, encode_request, request_line
-    from tracedpool._version import __version__
+    from tracedpool._telemetry.otel import EventSpec, SdkSink, SpanSpec
 
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "specs", "n": 3}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    sink = SdkSink(provider)
-    encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
     trace_id = 0x0AF7651916CD43DD8448EB211C80319C
     state = TraceState([("vendor", "opaque")])
     remote = SpanContext(trace_id, 0x00F067AA0BA902B7, True, TraceFlags(1), state)
-    attrs = {"s": "text é", "i": 7, "big": 2**62, "f": 0.5, "b": True, "t": ("a", "b")}
+    attrs = {"s": "text é", "i": 7, "neg": -3, "big": 2**62, "f": 0.5, "b": True, "t": ("a", "b")}
     specs = [
         SpanSpec("task", 0x11, 0, 0, 1000, 5000, attrs, [], (True, "it failed"), ()),
         SpanSpec(
@@ -174,34 +169,73 @@ def test_spans_encoded_from_their_specs_are_those_the_sdk_path_writes() -> None:
         ),
         SpanSpec("leaf", 0, 0x11, 4, 1300, 1400, {}, (), None, ()),
     ]
-    groups = [(remote, state, 1), (None, None, 1)]
-    ours: dict[str, dict[str, Any]] = {}
-    for parent, trace_state, flags in groups:
+    return SdkSink(provider), memory, trace_id, [(remote, state), (None, None)], specs
+
+
+def test_spans_encoded_from_their_specs_are_those_the_sdk_path_writes() -> None:
+    """configure()'s file sink encodes tracedpool's spans straight from the specs: for
+    every kind of spec, the JSON is what encode_span writes for the SDK span SdkSink
+    builds from it, and the line's frame is encode_request's."""
+    from tracedpool._telemetry.otel import SCOPE_NAME
+    from tracedpool._telemetry.otlpjson import SpecEncoder, encode_request, request_line
+    from tracedpool._version import __version__
+
+    sink, memory, trace_id, parents, specs = _every_kind_of_spec()
+    encoder = SpecEncoder(sink._resource, SCOPE_NAME, __version__)
+    for parent, trace_state in parents:
         memory.clear()
-        sink.emit(trace_id, flags, trace_state, parent, specs)
+        sink.emit(trace_id, 1, trace_state, parent, specs)
         sdk_spans = memory.get_finished_spans()
         official = encode_request(sdk_spans)["resourceSpans"][0]["scopeSpans"][0]["spans"]
         line = request_line(
-            encoder.frame, [encoder.encode(trace_id, flags, trace_state, parent, specs, int)]
+            encoder.frame, [encoder.encode(trace_id, 1, trace_state, parent, specs, int)]
         )
         request = json.loads(line)
+        ours = request["resourceSpans"][0]["scopeSpans"][0]["spans"]
         frame = encode_request(sdk_spans)
         for r in (request, frame):
             r["resourceSpans"][0]["scopeSpans"][0]["spans"] = []
         assert request == frame
-        ours = {
-            s["spanId"]: s for s in json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]
-        }
         assert len(ours) == len(official) == 3
-        for expected in official:
+        for got, expected in zip(ours, official, strict=True):
             if expected["name"] == "leaf":  # its id was picked: by the SDK there, int() here
-                (got,) = [s for s in ours.values() if s["name"] == "leaf"]
-                assert got["spanId"] == "0" * 16
-                got = {**got, "spanId": expected["spanId"]}
-            else:
-                got = ours[expected["spanId"]]
+                assert got.pop("spanId") == "0" * 16
+                expected.pop("spanId")
             assert got == expected, expected["name"]
         assert (b'"traceState":"vendor=opaque"' in line) == (trace_state is not None)
+
+
+def test_protobuf_encoded_from_the_specs_is_what_the_sdk_encoder_sends() -> None:
+    """configure()'s OTLP/HTTP sink encodes tracedpool's spans straight from the specs:
+    for every kind of spec, the request parses into the message the SDK's OTLP encoder
+    builds from the SDK spans SdkSink makes of them (W3C flag bits aside, as above)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from tracedpool._telemetry.otel import SCOPE_NAME
+    from tracedpool._telemetry.otlpproto import SpecProtoEncoder
+    from tracedpool._version import __version__
+
+    sink, memory, trace_id, parents, specs = _every_kind_of_spec()
+    encoder = SpecProtoEncoder(sink._resource, SCOPE_NAME, __version__)
+    for parent, trace_state in parents:
+        memory.clear()
+        sink.emit(trace_id, 1, trace_state, parent, specs)
+        official = encode_spans(memory.get_finished_spans())
+        ours = pb.ExportTraceServiceRequest()
+        ours.ParseFromString(
+            encoder.request([encoder.encode(trace_id, 1, trace_state, parent, specs, int)])
+        )
+        leaf = [s for s in ours.resource_spans[0].scope_spans[0].spans if s.name == "leaf"]
+        assert leaf[0].span_id == bytes(8)  # picked: by the SDK there, int() here
+        for message in (ours, official):
+            for s in message.resource_spans[0].scope_spans[0].spans:
+                assert s.flags & 0x100  # whether the parent is remote is known
+                s.flags &= ~0xFF
+                if s.name == "leaf":
+                    s.span_id = bytes(8)
+                for link in s.links:
+                    link.flags &= ~0xFF
+        assert ours == official
 
 
 def test_read_spans_gives_back_what_was_written(tmp_path: Path) -> None:
@@ -628,21 +662,33 @@ def test_a_configured_file_gets_every_pool_span_written_directly(
     )
 
 
+@pytest.mark.parametrize("exporter", ["file", "otlp"])
 def test_a_processor_added_after_configure_sees_the_pool_spans_too(
-    env: pytest.MonkeyPatch, tmp_path: Path
+    env: pytest.MonkeyPatch, tmp_path: Path, receiver: OtlpReceiver, exporter: str
 ) -> None:
-    """Adding a span processor to a configure()d provider ends the direct writing: the
-    added processor receives every pool span as an SDK span, and the file still gets
-    them (through the SDK)."""
+    """Adding a span processor to a configure()d provider ends the pool's own encoding:
+    the added processor receives every pool span as an SDK span, and the configured
+    exporter still gets them (through the SDK)."""
     path = tmp_path / "t.jsonl"
+    if exporter == "otlp":
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     setup = tracedpool.configure(install=False, trace_file=path)
     memory = InMemorySpanExporter()
     setup.provider.add_span_processor(SimpleSpanProcessor(memory))
     _traced_pool_run(setup.provider)
     setup.provider.shutdown()
     in_memory = [s for s in memory.get_finished_spans() if s.name == N.SPAN_TASK]
-    in_file = [s for s in read_spans(path) if s["name"] == N.SPAN_TASK]
-    assert len(in_memory) == len(in_file) == 3
+    if exporter == "file":
+        exported = [s["name"] for s in read_spans(path)]
+    else:
+        exported = [
+            s.name
+            for _, _, request in receiver.decoded()
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+        ]
+    assert len(in_memory) == exported.count(N.SPAN_TASK) == 3
 
 
 def test_configure_never_overrides_the_applications_provider(tmp_path: Path) -> None:
@@ -665,12 +711,17 @@ def test_otlp_http_delivers_what_jaeger_would_receive(
     env: pytest.MonkeyPatch, receiver: OtlpReceiver
 ) -> None:
     """The real OTLP/HTTP exporter, chosen by OTEL_EXPORTER_OTLP_ENDPOINT, sends the
-    pool's spans as protobuf: names, parentage, the fault's event, service.name."""
+    pool's spans as protobuf (encoded by the pool, sent with the exporter's own client;
+    the task code's spans encoded by the SDK): names, parentage, the fault's event,
+    service.name."""
     env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
     env.setenv("OTEL_SERVICE_NAME", "wire-test")
     env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    from tracedpool._telemetry.otel import OtlpSink, resolve_sink
+
     setup = tracedpool.configure(install=False)
     assert (setup.rule, setup.exporters) == ("OTEL_EXPORTER_OTLP_ENDPOINT", ("otlp http/protobuf",))
+    assert isinstance(resolve_sink(setup.provider), OtlpSink)  # the pool encodes its spans
     trace_id, request_id = _traced_pool_run(setup.provider)
     assert setup.provider.force_flush(30_000)
     setup.provider.shutdown()

@@ -2,7 +2,8 @@
 endpoint check sends (a single ``tracedpool.doctor.test`` span), and a decoder for the
 collector's reply, so the check needs no exporter or protobuf package. Only what that
 message needs: varints, length-delimited and fixed64 fields
-(opentelemetry/proto/trace/v1/trace.proto, opentelemetry/proto/collector/trace/v1).
+(opentelemetry/proto/trace/v1/trace.proto, opentelemetry/proto/collector/trace/v1); the
+writing primitives are ``_telemetry.otlpproto``'s, which encodes the pools' spans.
 """
 
 from __future__ import annotations
@@ -11,47 +12,32 @@ import struct
 from typing import Any
 
 from .._telemetry import names as N
+from .._telemetry.otlpproto import len_field, varint
 from .._version import __version__
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _string_kv(key: str, value: str) -> bytes:
-    any_value = _len_field(1, value.encode())  # AnyValue.string_value
-    return _len_field(1, key.encode()) + _len_field(2, any_value)
+    any_value = len_field(1, value.encode())  # AnyValue.string_value
+    return len_field(1, key.encode()) + len_field(2, any_value)
 
 
 def encode_test_span(service: str, trace_id: bytes, span_id: bytes, start: int, end: int) -> bytes:
     span = (
-        _len_field(1, trace_id)
-        + _len_field(2, span_id)
-        + _len_field(5, N.SPAN_DOCTOR_TEST.encode())
-        + _varint(6 << 3 | 0)
-        + _varint(1)  # SPAN_KIND_INTERNAL
-        + _varint(7 << 3 | 1)
+        len_field(1, trace_id)
+        + len_field(2, span_id)
+        + len_field(5, N.SPAN_DOCTOR_TEST.encode())
+        + varint(6 << 3 | 0)
+        + varint(1)  # SPAN_KIND_INTERNAL
+        + varint(7 << 3 | 1)
         + struct.pack("<Q", start)
-        + _varint(8 << 3 | 1)
+        + varint(8 << 3 | 1)
         + struct.pack("<Q", end)
     )
-    scope = _len_field(1, b"tracedpool") + _len_field(2, __version__.encode())
-    scope_spans = _len_field(1, scope) + _len_field(2, span)
-    resource = _len_field(1, _string_kv("service.name", service))
-    resource_spans = _len_field(1, resource) + _len_field(2, scope_spans)
-    return _len_field(1, resource_spans)
+    scope = len_field(1, b"tracedpool") + len_field(2, __version__.encode())
+    scope_spans = len_field(1, scope) + len_field(2, span)
+    resource = len_field(1, _string_kv("service.name", service))
+    resource_spans = len_field(1, resource) + len_field(2, scope_spans)
+    return len_field(1, resource_spans)
 
 
 def fields(buf: bytes) -> dict[int, list[Any]]:

@@ -10,5 +10,6 @@
   the typed items that queue them.
 - ``configure``: ``tracedpool.configure()``, the pipeline tracedpool can own.
 - ``jsonl`` and ``otlpjson``: the embedded default exporter and its OTLP/JSON encoding.
+- ``otlpproto``: OTLP protobuf written from span specs, for ``configure()``'s OTLP/HTTP.
 - ``metrics``: histograms, counters and gauges through the metrics API.
 """

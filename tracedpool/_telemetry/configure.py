@@ -39,8 +39,8 @@ from typing import Any
 from opentelemetry import trace
 
 from . import names as N
-from .otel import own_file_pipeline
-from .sdk import global_provider_unset, queued_spans
+from .otel import own_file_pipeline, own_otlp_pipeline
+from .sdk import global_provider_unset, otlp_http_send, queued_spans
 
 log = logging.getLogger("tracedpool")
 
@@ -146,16 +146,21 @@ def configure(
         resource=Resource.create(attributes), sampler=sampler, shutdown_on_exit=False
     )
     queue_size, batch_size = batch_sizing()
+    # One of tracedpool's own exporters alone: pools encode their own spans for it.
+    outlet = _otlp_outlet(provider, exporters[0][1]) if len(exporters) == 1 else None
     processors = [
-        BatchSpanProcessor(exporter, max_queue_size=queue_size, max_export_batch_size=batch_size)
+        BatchSpanProcessor(
+            outlet or exporter, max_queue_size=queue_size, max_export_batch_size=batch_size
+        )
         for _, exporter in exporters
     ]
     for processor in processors:
         provider.add_span_processor(processor)
     _ExitShutdown(provider, processors, rule)
     if names == [EXPORTER_NAME]:
-        # Only the embedded default: pools write their own spans to it directly.
         own_file_pipeline(provider, exporters[0][1], batch_size or POOL_MAX_EXPORT_BATCH_SIZE)
+    elif outlet is not None:
+        own_otlp_pipeline(provider, outlet.encoder)
 
     file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
     setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)
@@ -272,6 +277,21 @@ class _ExitShutdown:
             count,
             N.ENV_EXIT_EXPORT_TIMEOUT,
         )
+
+
+def _otlp_outlet(provider: Any, exporter: Any) -> Any:
+    """The SDK's OTLP/HTTP exporter wrapped so that pools can queue spans they encoded
+    themselves (``otlpproto.OtlpHttpOutlet``), or None for any other exporter."""
+    send = otlp_http_send(exporter)
+    if send is None:
+        return None
+    from .._version import __version__
+    from .otel import SCOPE_NAME
+    from .otlpproto import OtlpHttpOutlet, SpecProtoEncoder
+
+    return OtlpHttpOutlet(
+        exporter, send, SpecProtoEncoder(provider.resource, SCOPE_NAME, __version__)
+    )
 
 
 def _existing_provider() -> Any:

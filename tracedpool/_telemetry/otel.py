@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -306,24 +306,16 @@ class SdkSink(Sink):
             )
 
 
-class FileSink(SdkSink):
-    """``configure()``'s embedded default, as long as its provider exports only there:
-    tracedpool's own spans are encoded straight from their specs
-    (``otlpjson.SpecEncoder``) and handed to the file exporter, which writes them in
-    batches, with no SDK span objects, batch queue or export thread in between.
-    Sampling and ids are the SDK provider's, as in ``SdkSink``. Once anything else is
-    added to the provider (another span processor), every later span goes through the
-    SDK as ``SdkSink`` sends it, so that processor sees it too."""
+class _DirectSink(SdkSink):
+    """A pipeline ``configure()`` built, used only by tracedpool's own exporter: the
+    pool's spans are encoded straight from their specs (no SDK span objects), and
+    ``_put`` hands them on. Sampling and ids are the SDK provider's, as in ``SdkSink``.
+    Once anything else is added to the provider (another span processor), every later
+    span goes through the SDK as ``SdkSink`` sends it, so that processor sees it too."""
 
-    def __init__(self, provider: Any, exporter: Any, processors: tuple[Any, ...], batch: int):
+    def __init__(self, provider: Any, processors: tuple[Any, ...]) -> None:
         super().__init__(provider)
-        from .otlpjson import SpecEncoder
-
-        encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
-        self._encode, self._frame = encoder.encode, encoder.frame
-        self._exporter = exporter
         self._expected = processors
-        self._batch = batch
         self.direct = True
 
     def emit(
@@ -335,8 +327,31 @@ class FileSink(SdkSink):
                 self.flush()  # what was encoded first, in order
             super().emit(trace_id, flags, state, parent, specs)
             return
-        if not flags & 1:
-            return  # a batch processor exports only sampled spans
+        if flags & 1:  # a batch processor exports only sampled spans
+            self._put(trace_id, flags, state, parent, specs)
+
+    def _put(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
+        raise NotImplementedError
+
+
+class FileSink(_DirectSink):
+    """The embedded default's file alone: spans as OTLP/JSON text
+    (``otlpjson.SpecEncoder``), held by the exporter, which writes a line per batch."""
+
+    def __init__(self, provider: Any, processors: tuple[Any, ...], exporter: Any, batch: int):
+        super().__init__(provider, processors)
+        from .otlpjson import SpecEncoder
+
+        encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
+        self._encode, self._frame = encoder.encode, encoder.frame
+        self._exporter = exporter
+        self._batch = batch
+
+    def _put(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
         chunk = self._encode(trace_id, flags, state, parent, specs, self.new_span_id)
         self._exporter.hold(chunk, len(specs), self._frame, self._batch)
 
@@ -344,19 +359,50 @@ class FileSink(SdkSink):
         self._exporter.write_held()
 
 
-#: Providers that ``configure()`` set up with the embedded default alone: the provider,
-#: weakly, to (its composite's processors tuple then, the file exporter, batch size).
-_file_pipelines: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, int]] = (
-    weakref.WeakKeyDictionary()
-)
+class OtlpSink(_DirectSink):
+    """OTLP/HTTP alone: spans as protobuf bytes (``otlpproto.SpecProtoEncoder``), one
+    ``EncodedSpans`` item per task in the batch processor's queue; its exporter
+    (``otlpproto.OtlpHttpOutlet``) sends them."""
+
+    def __init__(self, provider: Any, processors: tuple[Any, ...], emit: Any, encoder: Any):
+        super().__init__(provider, processors)
+        from .otlpproto import EncodedSpans
+
+        self._queue_item, self._encode, self._Encoded = emit, encoder.encode, EncodedSpans
+
+    def _put(
+        self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
+    ) -> None:
+        data = self._encode(trace_id, flags, state, parent, specs, self.new_span_id)
+        self._queue_item(self._Encoded(data, len(specs)))
+
+
+#: Providers that ``configure()`` set up with one of tracedpool's own exporters alone:
+#: the provider, weakly, to what makes its pools' sink.
+_own_pipelines: weakref.WeakKeyDictionary[Any, Callable[[Any], Sink]] = weakref.WeakKeyDictionary()
+
+
+def _only_processors(provider: Any) -> tuple[Any, ...] | None:
+    processors = _sdk.span_processors(_sdk.span_processor(provider))
+    return processors if processors is not None and len(processors) == 1 else None
 
 
 def own_file_pipeline(provider: Any, exporter: Any, batch: int) -> None:
     """``configure()`` built ``provider`` to export only to ``exporter`` (the embedded
-    default's file): pools using it write their own spans there directly (``FileSink``)."""
-    processors = _sdk.span_processors(_sdk.span_processor(provider))
-    if processors is not None and len(processors) == 1:
-        _file_pipelines[provider] = (processors, exporter, batch)
+    default's file): pools using it write their own spans there (``FileSink``)."""
+    processors = _only_processors(provider)
+    if processors is not None:
+        _own_pipelines[provider] = lambda p: FileSink(p, processors, exporter, batch)
+
+
+def own_otlp_pipeline(provider: Any, encoder: Any) -> None:
+    """``configure()`` built ``provider`` to export only through a batch processor in
+    front of ``otlpproto.OtlpHttpOutlet``: pools using it queue their own spans there,
+    encoded by ``encoder`` (``OtlpSink``)."""
+    processors = _only_processors(provider)
+    emit = _sdk.batch_emit(processors[0]) if processors is not None else None
+    if processors is not None and emit is not None:
+        _own_pipelines[provider] = lambda p: OtlpSink(p, processors, emit, encoder)
 
 
 _LOW_64 = _sdk.LOW_64
@@ -436,10 +482,8 @@ def resolve_sink(provider: Any) -> Sink | None:
         if _sdk.provider_disabled(provider):  # OTEL_SDK_DISABLED
             return None
         if hasattr(provider, "id_generator") and _sdk.span_processor(provider) is not None:
-            pipeline = _file_pipelines.get(provider)
-            if pipeline is not None:
-                return FileSink(provider, pipeline[1], pipeline[0], pipeline[2])
-            return SdkSink(provider)
+            own = _own_pipelines.get(provider)
+            return own(provider) if own is not None else SdkSink(provider)
     return ApiSink(provider)
 
 

@@ -200,6 +200,37 @@ def span_processors(composite: Any) -> tuple[Any, ...] | None:
     return processors if isinstance(processors, tuple) else None
 
 
+def batch_emit(processor: Any) -> Callable[[Any], None] | None:
+    """An SDK ``BatchSpanProcessor``'s queueing call, which takes any item for its
+    exporter (``on_end`` takes only SDK spans), or None where it is not laid out as
+    read here."""
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    return emit if callable(emit) else None
+
+
+def otlp_http_send(exporter: Any) -> Callable[[bytes], bool] | None:
+    """Sends an encoded ``ExportTraceServiceRequest`` with the SDK's OTLP/HTTP span
+    exporter's own client (its endpoint, headers, compression, timeout and retries):
+    request bytes -> delivered?. None for another exporter, or where that one is not
+    laid out as read here (said once)."""
+    cls = _sdk_class("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter")
+    if cls is None or type(exporter) is not cls:
+        return None
+    send = getattr(getattr(exporter, "_client", None), "export", None)
+    if not callable(send):
+        _degrade(
+            "OTLPSpanExporter._client.export",
+            "configure()'s OTLP/HTTP pipeline builds SDK spans and lets the SDK encode them",
+            logging.INFO,
+        )
+        return None
+
+    def deliver(data: bytes) -> bool:
+        return bool(getattr(send(data), "success", False))
+
+    return deliver
+
+
 def queued_spans(processor: Any) -> int | None:
     """Spans waiting in an SDK ``BatchSpanProcessor``'s queue, or None where the SDK's
     layout is not the one read here (a private attribute, probed)."""
