@@ -546,6 +546,40 @@ def test_a_small_batch_queue_drops_nothing_while_its_exporter_keeps_up(
     provider.shutdown()
 
 
+def test_an_export_thread_that_missed_its_wake_up_is_woken(
+    make_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's batch processor wakes its export thread only when the wake-up flag is
+    clear, and the thread clears it after exporting: spans queued in between find it
+    still set, and the thread sleeps out the whole schedule delay with a full batch
+    queued. That state is set up here (a minute's delay, the queue filled behind the
+    flag's back): the emitter, waiting for room, wakes the thread, and every task's
+    spans arrive without a drop (without the wake it gives up after a second, and the
+    queue drops)."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = _CountingExporter()
+    provider = TracerProvider()
+    processor = BatchSpanProcessor(
+        exporter, max_queue_size=64, max_export_batch_size=16, schedule_delay_millis=60_000
+    )
+    provider.add_span_processor(processor)
+    filler = TracerProvider().get_tracer("filler")
+    batch = processor._batch_processor
+    for _ in range(60):  # as the race leaves it: a full batch queued, the thread asleep
+        span = filler.start_span("filler")
+        span.end()
+        batch._queue.appendleft(span)
+    assert not batch._worker_awaken.is_set()
+    pool = make_pool(2, tracer_provider=provider)
+    assert list(pool.map(identity, range(200))) == list(range(200))
+    pool.shutdown(wait=True)
+    provider.force_flush()
+    assert "Queue full" not in caplog.text
+    assert exporter.tasks == 200
+    provider.shutdown()
+
+
 def test_a_stuck_exporter_is_given_up_on_and_the_pool_shuts_down(
     make_pool: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

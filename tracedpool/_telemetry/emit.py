@@ -67,6 +67,8 @@ SPANS_PER_RECORD = 8
 STALLED_QUEUE_SECONDS = 1.0
 #: While waiting, how often the queue is looked at.
 ROOM_POLL = 0.002
+#: While waiting, after how long without progress the queue's exporter is woken.
+NUDGE_SECONDS = 0.05
 _PLENTY = 1 << 30
 
 
@@ -395,7 +397,8 @@ class Emitter:
         if self._queue_stalled:  # given up on until it has room again: build, let it drop
             return max(free // SPANS_PER_RECORD, 1)
         self.queue_waits += 1
-        deadline = monotonic() + STALLED_QUEUE_SECONDS
+        now = monotonic()
+        deadline, nudge_at = now + STALLED_QUEUE_SECONDS, now + NUDGE_SECONDS
         while free < resume:
             sleep(ROOM_POLL)
             try:
@@ -405,11 +408,21 @@ class Emitter:
                 return _PLENTY
             if room is None:
                 return _PLENTY
+            now = monotonic()
             if room[0] > free:
-                deadline = monotonic() + STALLED_QUEUE_SECONDS  # it drains: keep waiting
-            elif monotonic() >= deadline:
+                deadline = now + STALLED_QUEUE_SECONDS  # it drains: keep waiting
+                nudge_at = now + NUDGE_SECONDS
+            elif now >= deadline:
                 self._queue_stalled = True
                 return max(room[0] // SPANS_PER_RECORD, 1)
+            elif now >= nudge_at:
+                # Its export thread may have missed the wake-up (sdk.wake_batch_workers).
+                nudge_at = now + NUDGE_SECONDS
+                try:
+                    sink.nudge()
+                except Exception:
+                    self._room_unknown()
+                    return _PLENTY
             free = room[0]
         return free // SPANS_PER_RECORD
 

@@ -113,6 +113,9 @@ class Sink:
         """Hand on what the sink holds back; the emitter calls it whenever it has built
         everything queued (a sink that holds nothing back does nothing)."""
 
+    def nudge(self) -> None:
+        """The queue behind ``room`` is not draining: wake whatever drains it."""
+
 
 class SdkSink(Sink):
     def __init__(self, provider: Any) -> None:
@@ -263,6 +266,9 @@ class SdkSink(Sink):
 
     def room(self) -> tuple[int, int] | None:
         return _sdk.span_room(self._processor)
+
+    def nudge(self) -> None:
+        _sdk.wake_batch_workers(self._processor)
 
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
         SC, TF = self._SpanContext, self._TraceFlags

@@ -200,6 +200,20 @@ def span_processors(composite: Any) -> tuple[Any, ...] | None:
     return processors if isinstance(processors, tuple) else None
 
 
+def wake_batch_workers(composite: Any) -> None:
+    """Wake the export thread of each SDK ``BatchSpanProcessor`` behind a provider.
+
+    Its ``emit`` wakes the thread only when the wake-up flag is clear, and the thread
+    clears it after exporting; spans queued in between find it still set, so the
+    thread then sleeps out the whole schedule delay (5 s by default) with a full batch
+    queued. The emitter, waiting for room, wakes it again (a spurious wake exports
+    nothing). A private attribute, probed: where it is missing, nothing happens."""
+    for processor in span_processors(composite) or ():
+        event = getattr(getattr(processor, "_batch_processor", None), "_worker_awaken", None)
+        if event is not None and callable(getattr(event, "set", None)):
+            event.set()
+
+
 def batch_emit(processor: Any) -> Callable[[Any], None] | None:
     """An SDK ``BatchSpanProcessor``'s queueing call, which takes any item for its
     exporter (``on_end`` takes only SDK spans), or None where it is not laid out as
