@@ -165,11 +165,10 @@ def test_batch_processor_receives_every_span_in_order_through_the_bulk_path() ->
     }
 
 
-def test_full_batch_queue_drops_through_the_processors_own_path(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_full_batch_queue_drops_through_the_processors_own_path() -> None:
     """An exporter that blocks and a tiny queue: the bulk path steps aside, the
-    processor's own emit drops (and says so), and the pool is unaffected."""
+    processor's own emit drops, and the pool is unaffected. (Counted, not read from the
+    log: the SDK logs "Queue full" once per 20 s, so an earlier test may have used it.)"""
 
     class Blocked(InMemorySpanExporter):
         def __init__(self) -> None:
@@ -189,10 +188,11 @@ def test_full_batch_queue_drops_through_the_processors_own_path(
             results = [f.result(timeout=30) for f in [pool.submit(square, i) for i in range(20)]]
         assert results == [i * i for i in range(20)]
         assert len(processor._batch_processor._queue) <= 4
-        assert any("Queue full" in r.getMessage() for r in caplog.records)
     finally:
         exporter.release.set()
         provider.shutdown()
+    exported = [s for s in exporter.get_finished_spans() if s.name == N.SPAN_TASK]
+    assert len(exported) < 20, "nothing was dropped"
 
 
 def test_unsampled_recording_spans_skip_the_batch_processor() -> None:
