@@ -246,12 +246,13 @@ def otlp_http_send(exporter: Any) -> Callable[[bytes], bool] | None:
 
 
 def queued_spans(processor: Any) -> int | None:
-    """Spans waiting in an SDK ``BatchSpanProcessor``'s queue, or None where the SDK's
-    layout is not the one read here (a private attribute, probed)."""
+    """Spans waiting in an SDK ``BatchSpanProcessor``'s queue (an item that stands for
+    several, ``otlpproto.EncodedSpans``, counts as its ``count``), or None where the
+    SDK's layout is not the one read here (a private attribute, probed)."""
     batch = getattr(processor, "_batch_processor", None)
     queue = getattr(batch, "_queue", None)
     try:
-        return len(queue) if queue is not None else None
+        return sum(getattr(item, "count", 1) for item in list(queue)) if queue is not None else None
     except TypeError:
         return None
 
