@@ -446,13 +446,7 @@ class Emitter:
         except ReferenceError:
             pass  # the pool is gone, and its sink with it
         except Exception:
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "tracedpool: writing spans failed; the pool keeps working, further "
-                    "span errors are not logged:\n%s",
-                    traceback.format_exc(),
-                )
+            self._span_error("writing spans")
 
     def _emit_one(self, item: Any) -> bool:
         """Build one record's spans; False when the pool is gone (nothing more to do)."""
@@ -464,14 +458,19 @@ class Emitter:
             self._wakes.clear()
             return False
         except BaseException:
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "tracedpool: emitting spans failed; the pool keeps working, "
-                    "further span errors are not logged:\n%s",
-                    traceback.format_exc(),
-                )
+            self._span_error("emitting spans")
         return True
+
+    def _span_error(self, doing: str) -> None:
+        """Said once per pool, with the traceback of the exception being handled."""
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "tracedpool: %s failed; the pool keeps working, further span errors are "
+                "not logged:\n%s",
+                doing,
+                traceback.format_exc(),
+            )
 
 
 # -- span specs ----------------------------------------------------------------------------
