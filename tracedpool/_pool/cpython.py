@@ -47,7 +47,7 @@ from .._worker.wire import _Task
 
 time_ns = time.time_ns
 
-#: The stdlib's own words for a broken pool, which submit() raises (3.10 to 3.14).
+#: The stdlib's own words for a broken pool, which submit() raises (3.10 to 3.15).
 _STDLIB_BROKEN_ON_SUBMIT = (
     "A child process terminated abruptly, the process pool is not usable anymore"
 )
@@ -71,7 +71,7 @@ _MANAGER_METHODS = (
     "add_call_item_to_queue",
 )
 
-#: True when every internal the stage hooks rely on is present (3.10 to 3.14 and main
+#: True when every internal the stage hooks rely on is present (3.10 to 3.15
 #: as read in 2026). On an unknown layout tracedpool degrades to what the public API
 #: shows (submit, completion, worker-side timings) and warns once.
 HOOKS_AVAILABLE: bool = all(hasattr(_cfp, n) for n in _REQUIRED) and all(
@@ -170,7 +170,7 @@ def _probe_fast_wait() -> tuple[bool, bool]:
     """Whether the manager's wait can be served by a persistent poll set: (usable, clear
     under ``shutdown_lock``).
 
-    The stdlib's ``wait_result_broken_or_wakeup`` (identical in 3.10 to 3.14 but for the
+    The stdlib's ``wait_result_broken_or_wakeup`` (identical in 3.10 to 3.15 but for the
     lock) builds a new selector over the result pipe, the wakeup pipe and every worker's
     sentinel on every wake, and another one to drain the wakeup pipe: ~60 of the ~200
     Python calls the manager spends per task. ``TracedManagerThread._poll_wait`` keeps
@@ -345,7 +345,7 @@ class TracedCallQueue(_SafeQueueBase):  # type: ignore[misc]
         except BaseException as raised:
             # Failing the future runs its done-callbacks on this feeder thread; one that
             # raises a BaseException would end the feeder, and every later task of the
-            # pool would wait for ever (3.10 to 3.14). Log it and keep feeding.
+            # pool would wait for ever (3.10 to 3.15). Log it and keep feeding.
             _callback_raised(raised, "feeder")
 
     def _fail_item_without_deadlock(self, e: BaseException, obj: Any) -> None:
@@ -895,7 +895,7 @@ class TracedManagerThread(_ManagerBase):  # type: ignore[misc]
             # Completing a future runs its done-callbacks here. Future._invoke_callbacks
             # logs an Exception and goes on, but a BaseException (SystemExit,
             # KeyboardInterrupt, ... raised by a callback) ends the manager thread, and
-            # every other future of the pool waits for ever (3.10 to 3.14). Log it as
+            # every other future of the pool waits for ever (3.10 to 3.15). Log it as
             # the stdlib logs the others, and go on.
             _callback_raised(e)
 
@@ -1104,7 +1104,7 @@ class InternalsMixin(_cfp.ProcessPoolExecutor):
         if state is None or not state.hooked:
             super()._start_executor_manager_thread()
             return
-        # The stdlib's own steps (identical in 3.10 to 3.14 and main), building our
+        # The stdlib's own steps (identical in 3.10 to 3.15), building our
         # manager class instead of the stdlib's.
         if not self._safe_to_dynamically_spawn_children:
             self._launch_processes()
