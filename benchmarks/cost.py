@@ -47,7 +47,6 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -59,8 +58,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +67,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from throughput import noop, payload_len, sleep_1ms, sleep_for  # noqa: E402  (the tasks)
+from throughput import (  # noqa: E402  (the tasks, and the machine's description)
+    machine_info,
+    noop,
+    payload_len,
+    sleep_1ms,
+    sleep_for,
+)
 
 PAYLOAD_BYTES = 1_000_000
 #: The spans every successful task has (tracedpool's names registry, docs/names.md):
@@ -782,50 +785,7 @@ def table(modes: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --- Machine and command line. ---
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit and _git("status", "--porcelain", "--", "tracedpool"):
-        commit += " + uncommitted changes in tracedpool/"
-    return {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "opentelemetry_sdk": version("opentelemetry-sdk"),
-        "git_commit": commit,
-    }
+# --- Command line (the machine is described by throughput.machine_info). ---
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
