@@ -87,6 +87,7 @@ TASK_SPANS = (
     "tracedpool.sendback",
 )
 WAKE_SPAN = "tracedpool.manager-wake"
+NAMES = (*TASK_SPANS, WAKE_SPAN)
 TRACE_FILE_MAX_BYTES = "TRACEDPOOL_TRACE_FILE_MAX_BYTES"
 
 
@@ -356,6 +357,18 @@ def wrap_exports(provider: Any, counts: SpanCounts) -> bool:
 
         p._batch_processor._exporter.export = export
         wrapped = True
+        write = getattr(exporter, "write_encoded", None)
+        if write is not None:
+            # The pool writes its own spans to the file exporter (otel.FileSink), as
+            # lines it encoded: they reach the exporter here, counted by name.
+            def write_encoded(line: bytes, count: int, _write: Any = write) -> Any:
+                result = _write(line, count)
+                counts.add_names(
+                    Counter({n: line.count(b'"name":"%s"' % n.encode()) for n in NAMES})
+                )
+                return result
+
+            exporter.write_encoded = write_encoded
     return wrapped
 
 
