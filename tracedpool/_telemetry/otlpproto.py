@@ -22,10 +22,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-# OTLP SpanFlags (trace.proto): bits 0-7 are the W3C trace flags, bit 8 says whether
-# bit 9 (the parent or linked context is remote) is known.
-_FLAG_HAS_IS_REMOTE = 0x100
-_FLAG_IS_REMOTE = 0x200
+# OTLP SpanFlags, as the JSON encoding writes them.
+from .otlpjson import _FLAG_HAS_IS_REMOTE, _FLAG_IS_REMOTE
 
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
