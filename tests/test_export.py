@@ -152,7 +152,17 @@ def _every_kind_of_spec() -> tuple[Any, Any, int, list[tuple[Any, Any]], list[An
     trace_id = 0x0AF7651916CD43DD8448EB211C80319C
     state = TraceState([("vendor", "opaque")])
     remote = SpanContext(trace_id, 0x00F067AA0BA902B7, True, TraceFlags(1), state)
-    attrs = {"s": "text é", "i": 7, "neg": -3, "big": 2**62, "f": 0.5, "b": True, "t": ("a", "b")}
+    attrs = {
+        "s": "text é",
+        "i": 7,
+        "neg": -3,
+        "big": 2**62,
+        "f": 0.5,
+        "b": True,
+        "t": ("a", "b"),
+        "e": (),
+        "ti": (1, 2),
+    }
     specs = [
         SpanSpec("task", 0x11, 0, 0, 1000, 5000, attrs, [], (True, "it failed"), ()),
         SpanSpec(

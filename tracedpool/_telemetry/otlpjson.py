@@ -226,16 +226,19 @@ class SpecEncoder:
     Building SDK spans and encoding them cost about 45 us a span, with seven spans a
     trivial task. Here the JSON text is put together directly: strings escaped by the
     ``json`` module's C escaper, keys escaped once, no dict per field for the encoder to
-    walk (about 5 us a span; docs/performance.md). A task's spans share its trace id,
+    walk (about 4 us a span; docs/performance.md). A task's spans share its trace id,
     trace state and flags, which are written once per task.
     """
 
-    __slots__ = ("_keys", "frame")
+    __slots__ = ("_keys", "_names", "frame")
 
     def __init__(self, resource: Any, scope_name: str, scope_version: str | None) -> None:
         #: An attribute key -> the escaped start of its key/value pair (the keys are
         #: tracedpool's names: few, and the same for every task).
         self._keys: dict[str, str] = {}
+        #: (span name, kind) -> the span's text from its name to its start time's quote
+        #: (tracedpool's span names: few).
+        self._names: dict[tuple[str, int], str] = {}
         scope: dict[str, Any] = {"name": scope_name}
         _put(scope, "version", scope_version or "")
         rs: dict[str, Any] = {}
@@ -271,17 +274,20 @@ class SpecEncoder:
         else:
             to_parent = f',"flags":{own_flags},'
         after_id = '"' + (',"traceState":' + _escape(header) if header else "")
-        attributes = self._attributes
+        attributes, names = self._attributes, self._names
         out = []
         for name, span_id, parent_id, kind, start, end, attrs, events, status, links in specs:
             if parent_id:
                 to = f',"parentSpanId":"{parent_id:016x}","flags":{own_flags},'
             else:
                 to = to_parent
+            named = names.get((name, kind))
+            if named is None:  # OTLP's kinds are the API's + 1
+                named = f'"name":{_escape(name)},"kind":{kind + 1},"startTimeUnixNano":"'
+                names[name, kind] = named
             text = (
                 f"{head}{span_id or new_span_id():016x}{after_id}{to}"
-                f'"name":{_escape(name)},"kind":{kind + 1},'  # OTLP's kinds are the API's + 1
-                f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"'
+                f'{named}{start}","endTimeUnixNano":"{end}"'
             )
             if attrs:
                 text += f',"attributes":[{attributes(attrs)}]'
@@ -322,6 +328,10 @@ class SpecEncoder:
                 parts.append(start + '{"stringValue":' + _escape(value) + "}}")
             elif kind is int:
                 parts.append(f'{start}{{"intValue":"{value}"}}}}')
+            elif kind is tuple and all(type(v) is str for v in value):
+                # argument types, keyword names: the one array tracedpool writes per task
+                values = ",".join(['{"stringValue":' + _escape(v) + "}" for v in value])
+                parts.append(start + '{"arrayValue":{"values":[' + values + "]}}}")
             else:
                 parts.append(start + _dumps(_any_value(value)) + "}")
         return ",".join(parts)
