@@ -150,6 +150,92 @@ def test_manager_wake_spans_link_to_tasks(make_pool: Any, recorder: Any) -> None
     assert linked & task_span_ids
 
 
+def _wake(reason: str, idle_ns: int, t: int, served: list[Any]) -> Any:
+    from tracedpool._telemetry.emit import WakeRecord
+
+    w = WakeRecord(t, idle_ns, reason)
+    w.t_end = t + 10
+    w.served = list(served)
+    return w
+
+
+def _tasks(n: int) -> list[Any]:
+    from tracedpool._telemetry.emit import TaskRecord
+
+    return [TaskRecord(None, i, (1, 100 + i, 1, None, None)) for i in range(n)]
+
+
+def test_back_to_back_wakes_queued_together_make_one_run() -> None:
+    """``next_wake`` merges the queued wakes right behind the first while they make a
+    run: same busy reason, each after a wait under WAKE_RUN_GAP_NS, at most
+    WAKE_RUN_LINKS tasks; a task served twice in a run is linked once."""
+    from collections import deque
+
+    from tracedpool._telemetry.emit import WAKE_RUN_GAP_NS, WAKE_RUN_LINKS, next_wake
+
+    a, b, c, d = _tasks(4)
+    short, long = WAKE_RUN_GAP_NS - 1, WAKE_RUN_GAP_NS
+    wakes = deque(
+        [
+            _wake("result", 5 * long, 0, [a]),  # a long wait before the run is fine
+            _wake("result", short, 20, [b, a]),  # a enqueued by the first, read here
+            _wake("result", short, 40, [c]),
+            _wake("result", long, 60, [d]),  # waited too long: a new run
+            _wake("submit", 0, 80, [a]),  # another reason: a new run
+            _wake("shutdown", 0, 100, []),  # never merged
+            _wake("shutdown", 0, 120, []),
+        ]
+    )
+    run = next_wake(wakes)
+    assert (run.count, run.t_ready, run.t_end, run.idle_ns) == (3, 0, 50, 5 * long)
+    assert run.served == [a, b, c]
+    assert [w.count for w in (next_wake(wakes), next_wake(wakes))] == [1, 1]
+    assert [(w.reason, w.count) for w in (next_wake(wakes), next_wake(wakes))] == [
+        ("shutdown", 1),
+        ("shutdown", 1),
+    ]
+    assert not wakes
+
+    many = _tasks(WAKE_RUN_LINKS + 1)
+    wakes = deque(_wake("result", 0, i, [t]) for i, t in enumerate(many))
+    first, second = next_wake(wakes), next_wake(wakes)
+    assert (first.count, len(first.served)) == (WAKE_RUN_LINKS, WAKE_RUN_LINKS)
+    assert (second.count, second.served) == (1, many[-1:])
+
+
+def test_a_burst_gets_manager_wake_runs(make_pool: Any, recorder: Any, monkeypatch: Any) -> None:
+    """Wakes built after a burst come as runs: fewer spans than wakes, the count says
+    how many each covers, and every task is linked from a run that read its result."""
+    from tracedpool._telemetry import emit as _emit
+
+    monkeypatch.setattr(_emit, "DEFER_SECONDS", 60.0)  # build only once the burst is over
+    monkeypatch.setattr(_emit, "DEFER_TICK", 0.5)
+    provider, exporter = recorder
+    pool = make_pool(1, tracer_provider=provider)
+    futures = [pool.submit(square, i) for i in range(300)]
+    assert [f.result(timeout=60) for f in futures] == [i * i for i in range(300)]
+    pool.shutdown(wait=True)
+    spans = exporter.get_finished_spans()
+    task_ids = {s.context.span_id for s in spans if s.name == N.SPAN_TASK}
+    runs = [
+        s
+        for s in spans
+        if s.name == N.SPAN_MANAGER_WAKE and s.attributes[N.ATTR_WAKE_REASON] == "result"
+    ]
+    for run in runs:
+        linked = [link.context.span_id for link in run.links]
+        assert len(linked) == len(set(linked)) == run.attributes[N.ATTR_WAKE_TASKS]
+        assert 1 <= len(linked) <= _emit.WAKE_RUN_LINKS
+        assert set(linked) <= task_ids
+        assert run.attributes[N.ATTR_WAKE_COUNT] >= 1
+    # The manager reads one result per wake: the runs cover the 300 wakes exactly.
+    assert sum(r.attributes[N.ATTR_WAKE_COUNT] for r in runs) == 300
+    assert max(r.attributes[N.ATTR_WAKE_COUNT] for r in runs) > 1
+    assert len(runs) < 300
+    read = {link.context.span_id for r in runs for link in r.links}
+    assert read == task_ids
+
+
 def test_no_values_recorded_by_default(make_pool: Any, recorder: Any) -> None:
     """Spans hold types, sizes and names, never argument or result values."""
     provider, exporter = recorder

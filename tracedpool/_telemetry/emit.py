@@ -56,6 +56,14 @@ DEFER_SECONDS = 1.0
 DEFER_TICK = 0.02
 #: Manager wakes ride along with task records; this many waiting wake an idle emitter.
 WAKE_BATCH = 64
+#: Back-to-back manager wakes queued together are built as one span, a run (see
+#: ``next_wake``): each wake after the first came after a wait shorter than this ...
+WAKE_RUN_GAP_NS = 1_000_000
+#: ... for the same reason, one of these (the busy pool's own; rarer reasons, such as a
+#: worker's death or shutdown, keep a span each) ...
+WAKE_RUN_REASONS = frozenset({"result", "submit"})
+#: ... and the run links at most this many tasks (the SDK's default link limit).
+WAKE_RUN_LINKS = 128
 #: Spans a task record may add to a batch processor's queue (its task span and five
 #: stage spans, the wake spans built alongside, a margin): the emitter builds records
 #: only while the fullest queue has room for them (Emitter._room).
@@ -122,7 +130,7 @@ class TaskRecord:
 
 
 class WakeRecord:
-    __slots__ = ("idle_ns", "reason", "served", "t_end", "t_ready")
+    __slots__ = ("count", "idle_ns", "reason", "served", "t_end", "t_ready")
 
     def __init__(self, t_ready: int, idle_ns: int, reason: str) -> None:
         self.t_ready = t_ready
@@ -130,6 +138,40 @@ class WakeRecord:
         self.reason = reason
         self.t_end = 0
         self.served: list[TaskRecord] = []
+        self.count = 1  # wakes this record covers (``next_wake`` merges runs)
+
+
+def next_wake(wakes: deque[WakeRecord]) -> WakeRecord:
+    """Take the first queued wake, with the wakes queued right behind it merged in while
+    they make one run: the same busy reason (``WAKE_RUN_REASONS``), each after a wait
+    under ``WAKE_RUN_GAP_NS``, at most ``WAKE_RUN_LINKS`` tasks served in all.
+
+    A busy pool's manager wakes about once per task, and a span per wake was one of
+    seven spans per trivial task (issue 13); a run keeps the start, end, reason and
+    links, and ``count`` says how many wakes it covers. Only wakes already queued are
+    merged, so a wake is never held back waiting for the next one: a quiet pool's
+    wakes, and those built as they come, still get a span each.
+    """
+    w = wakes.popleft()
+    if w.reason not in WAKE_RUN_REASONS:
+        return w
+    served = w.served
+    while wakes:
+        after = wakes[0]
+        if (
+            after.reason != w.reason
+            or after.idle_ns >= WAKE_RUN_GAP_NS
+            or len(served) + len(after.served) > WAKE_RUN_LINKS
+        ):
+            break
+        wakes.popleft()
+        served += after.served
+        w.t_end = after.t_end
+        w.count += 1
+    if w.count > 1:
+        # A task enqueued by one wake of the run and read back by another: link it once.
+        w.served = list(dict.fromkeys(served))
+    return w
 
 
 _emitters: weakref.WeakSet[Emitter] = weakref.WeakSet()
@@ -324,7 +366,7 @@ class Emitter:
             if fits <= 0:
                 fits = self._room()
             fits -= 1
-            if wakes and not emit(wakes.popleft()):  # one span: no turn of its own
+            if wakes and not emit(next_wake(wakes)):  # one span: no turn of its own
                 return
             try:
                 item = queue.popleft()
@@ -868,6 +910,7 @@ def wake_spec(w: WakeRecord, st: Any) -> SpanSpec:
         N.ATTR_WAKE_REASON: w.reason,
         N.ATTR_WAKE_IDLE_NS: w.idle_ns,
         N.ATTR_WAKE_TASKS: len(w.served),
+        N.ATTR_WAKE_COUNT: w.count,
         N.ATTR_POOL_ID: st.pool_id,
         N.ATTR_THREAD_NAME: st.manager_name,
     }

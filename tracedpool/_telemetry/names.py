@@ -69,8 +69,9 @@ SPAN_SENDBACK: Final = _reg(
 SPAN_MANAGER_WAKE: Final = _reg(
     "span",
     "tracedpool.manager-wake",
-    "One wake-up of the pool's manager thread, in the pool's own trace, linked to the "
-    "tasks it served.",
+    "One wake-up of the pool's manager thread, or a run of back-to-back wake-ups built "
+    "together (`tracedpool.wake.count`), in the pool's own trace, linked to the tasks it "
+    "served.",
 )
 SPAN_STALL: Final = _reg(
     "span",
@@ -204,10 +205,18 @@ ATTR_WAKE_REASON: Final = _reg(
 ATTR_WAKE_IDLE_NS: Final = _reg(
     "attribute",
     "tracedpool.wake.idle_ns",
-    "How long the manager was blocked waiting before this wake, in nanoseconds.",
+    "How long the manager was blocked waiting before this wake (the first of a run), in "
+    "nanoseconds.",
 )
 ATTR_WAKE_TASKS: Final = _reg(
-    "attribute", "tracedpool.wake.tasks", "Number of tasks this wake served."
+    "attribute", "tracedpool.wake.tasks", "Number of tasks this wake (or run) served."
+)
+ATTR_WAKE_COUNT: Final = _reg(
+    "attribute",
+    "tracedpool.wake.count",
+    "Wake-ups the span covers: 1, or a run of back-to-back wake-ups queued together for "
+    "span building (the same reason, `result` or `submit`; each after a wait under 1 ms; "
+    "at most 128 tasks served).",
 )
 ATTR_FAULT_STAGE: Final = _reg(
     "attribute",

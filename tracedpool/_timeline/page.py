@@ -278,8 +278,10 @@ def build_timeline(
         pool = s.attrs.get(N.ATTR_POOL_ID)
         if s.name == N.SPAN_MANAGER_WAKE and pool is not None:
             reason = s.attrs.get(N.ATTR_WAKE_REASON, "")
+            count = s.attrs.get(N.ATTR_WAKE_COUNT, 1)
+            label = f"wake: {reason}" if count == 1 else f"{count} wakes: {reason}"
             lane(f"{pool}/manager", f"pool {pool} manager thread").bars.append(
-                Bar("wake", s.start, s.end, f"wake: {reason}")
+                Bar("wake", s.start, s.end, label)
             )
         elif s.name == N.SPAN_STALL:
             kind = str(s.attrs.get(N.ATTR_STALL_KIND, "stall"))
