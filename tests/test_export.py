@@ -665,11 +665,102 @@ def test_a_configured_file_gets_every_pool_span_written_directly(
         assert {N.SPAN_SUBMIT, N.SPAN_ENQUEUE, N.SPAN_FEEDER_SERIALIZE} <= stages
     failed = [t for t in tasks if t["status_code"] == 2]
     assert len(failed) == 1
-    assert "user-inner" in {s["name"] for s in spans}
+    assert [s["name"] for s in spans].count("user-inner") == 1  # once, though plain
     assert by_id[next(s for s in spans if s["name"] == "user-inner")["parent_span_id"]]
     assert any(s["attributes"].get(N.ATTR_FAULT_STAGE) == "feeder-serialize" for s in spans), (
         "the pickling fault"
     )
+
+
+@pytest.mark.parametrize("exporter", ["file", "otlp"])
+def test_a_plain_task_is_written_as_its_specs_would_be(
+    env: pytest.MonkeyPatch, tmp_path: Path, receiver: OtlpReceiver, exporter: str
+) -> None:
+    """configure()'s sinks write a task that ran to a result straight from its record
+    (``plaintask``): for every shape such a task takes, the OTLP/JSON text or protobuf
+    is exactly what encoding its specs gives; a record of any other shape (a failure,
+    recorded values, worker logs) is left to the specs."""
+    import itertools
+
+    from logtasks import info_and_warning
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from tracedpool._telemetry import emit, plaintask
+    from tracedpool._telemetry.otel import FileSink, OtlpSink
+
+    sink_class, direct = (
+        (FileSink, plaintask.task_json) if exporter == "file" else (OtlpSink, plaintask.task_proto)
+    )
+    if exporter == "otlp":
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    compared: list[str] = []
+    refused: list[str] = []
+    mismatched: list[tuple[Any, Any]] = []
+    writes = sink_class.emit_task
+
+    def compare(self: Any, rec: Any, st: Any) -> bool:
+        ids = itertools.count(0x1000)
+        encoded = direct(rec, st, lambda: next(ids))
+        if encoded is None:
+            refused.append(rec.fname)
+        else:
+            compared.append(rec.fname)
+            ids = itertools.count(0x1000)
+            self.leaf_span_id = lambda: next(ids)
+            try:
+                specs = emit.task_specs(rec, st)
+            finally:
+                del self.leaf_span_id
+            parts = (rec.trace_id, rec.flags, rec.trace_state, rec.parent, specs, None)
+            if self._encode(*parts) != encoded:
+                mismatched.append((self._encode(*parts), encoded))
+        return bool(writes(self, rec, st))
+
+    env.setattr(sink_class, "emit_task", compare)
+    setup = tracedpool.configure(install=False, trace_file=tmp_path / "t.jsonl")
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0x00F067AA0BA902B7,
+        True,
+        TraceFlags(1),
+        TraceState([("vendor", "opaque")]),
+    )
+    tracer = setup.provider.get_tracer("tests")
+    with TracedProcessPoolExecutor(2, tracer_provider=setup.provider, name="named") as pool:
+        assert pool.submit(identity, 1, key="v").result(timeout=60) == ((1,), {"key": "v"})
+        assert list(pool.map(identity, range(4), chunksize=2)) == [0, 1, 2, 3]
+        with trace.use_span(NonRecordingSpan(remote)):
+            assert pool.submit(identity, "remote").result(timeout=60) == "remote"
+        with tracer.start_as_current_span("request"):
+            assert pool.submit(traced_work, 3).result(timeout=60) == 6
+        with pytest.raises(ValueError):
+            pool.submit(identity, 1, ErrorAtPickle()).result(timeout=60)
+        assert pool.submit(info_and_warning, 2).result(timeout=60) == 2
+    with TracedProcessPoolExecutor(1, tracer_provider=setup.provider, record_values=True) as pool:
+        assert pool.submit(traced_work, 1).result(timeout=60) == 2
+    setup.provider.shutdown()
+    assert not mismatched
+    plain = ["identity"] * 4 + ["traced_work"]  # one submit, two map chunks, one remote
+    assert sorted(name.rsplit(".", 1)[-1] for name in compared) == sorted(plain)
+    assert sorted(name.rsplit(".", 1)[-1] for name in refused) == [
+        "identity",  # its argument failed to pickle
+        "info_and_warning",  # logged a warning in the worker
+        "traced_work",  # with record_values
+    ]
+    if exporter == "file":
+        names = [s["name"] for s in read_spans(tmp_path / "t.jsonl")]
+    else:
+        names = [
+            s.name
+            for _, _, request in receiver.decoded()
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+        ]
+    assert names.count(N.SPAN_TASK) == 8
+    # The task code's spans (this test's comparison emits them more than once).
+    assert "user-inner" in names
 
 
 @pytest.mark.parametrize("exporter", ["file", "otlp"])

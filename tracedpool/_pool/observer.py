@@ -363,6 +363,8 @@ class PoolState:
                 except Exception:
                     self.internal_error("metrics", item)
             try:
+                if sink.emit_task(item, self):
+                    return
                 specs = task_specs(item, self)
             finally:
                 # The exception's traceback can reach the feeder's frame, its call item and

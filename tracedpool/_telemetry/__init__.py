@@ -11,5 +11,7 @@
 - ``configure``: ``tracedpool.configure()``, the pipeline tracedpool can own.
 - ``jsonl`` and ``otlpjson``: the embedded default exporter and its OTLP/JSON encoding.
 - ``otlpproto``: OTLP protobuf written from span specs, for ``configure()``'s OTLP/HTTP.
+- ``plaintask``: the common task (a result, nothing unusual) written straight from its
+  record in both of those encodings, without specs.
 - ``metrics``: histograms, counters and gauges through the metrics API.
 """

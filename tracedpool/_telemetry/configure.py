@@ -40,6 +40,7 @@ from opentelemetry import trace
 
 from . import names as N
 from .otel import own_file_pipeline, own_otlp_pipeline
+from .plaintask import task_json, task_proto
 from .sdk import global_provider_unset, otlp_http_send, queued_spans
 
 log = logging.getLogger("tracedpool")
@@ -158,9 +159,11 @@ def configure(
         provider.add_span_processor(processor)
     _ExitShutdown(provider, processors, rule)
     if names == [EXPORTER_NAME]:
-        own_file_pipeline(provider, exporters[0][1], batch_size or POOL_MAX_EXPORT_BATCH_SIZE)
+        own_file_pipeline(
+            provider, exporters[0][1], batch_size or POOL_MAX_EXPORT_BATCH_SIZE, task_json
+        )
     elif outlet is not None:
-        own_otlp_pipeline(provider, outlet.encoder)
+        own_otlp_pipeline(provider, outlet.encoder, task_proto)
 
     file = next((e.path for n, e in exporters if n == EXPORTER_NAME), None)
     setup = TracingSetup(provider, install, rule, tuple(n for n, _ in exporters), file)

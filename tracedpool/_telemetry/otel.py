@@ -70,6 +70,10 @@ class SpanSpec(NamedTuple):
     links: Sequence[tuple[int, int, int]]  # (trace_id, span_id, flags)
 
 
+#: The spans of a task that ran to a result (``plaintask``): its task span and 5 stages.
+PLAIN_TASK_SPANS = 6
+
+
 class Sink:
     """Where a pool's finished spans go; chosen once per provider."""
 
@@ -102,6 +106,11 @@ class Sink:
 
     def emit_foreign(self, spans: Sequence[tuple[Any, ...]]) -> None:
         """Spans made by task code in a worker, as the worker's collector shipped them."""
+
+    def emit_task(self, rec: Any, st: Any) -> bool:
+        """Emit a finished task's spans straight from its record, if this sink can for
+        this record; False: the caller builds its specs and calls ``emit``."""
+        return False
 
     def room(self) -> tuple[int, int] | None:
         """(free slots, size) of the fullest batch queue behind this sink: what it can
@@ -346,14 +355,33 @@ class FileSink(_DirectSink):
     """The embedded default's file alone: spans as OTLP/JSON text
     (``otlpjson.SpecEncoder``), held by the exporter, which writes a line per batch."""
 
-    def __init__(self, provider: Any, processors: tuple[Any, ...], exporter: Any, batch: int):
+    def __init__(
+        self,
+        provider: Any,
+        processors: tuple[Any, ...],
+        exporter: Any,
+        batch: int,
+        task_text: Callable[[Any, Any, Any], str | None],
+    ):
         super().__init__(provider, processors)
         from .otlpjson import SpecEncoder
 
         encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
         self._encode, self._frame = encoder.encode, encoder.frame
+        self._task_text = task_text  # plaintask.task_json (which imports this module)
         self._exporter = exporter
         self._batch = batch
+
+    def emit_task(self, rec: Any, st: Any) -> bool:
+        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
+            return False
+        if not rec.flags & 1:
+            return True  # not sampled: a batch processor exports none of its spans
+        text = self._task_text(rec, st, self.leaf_span_id)
+        if text is None:
+            return False
+        self._exporter.hold(text, PLAIN_TASK_SPANS, self._frame, self._batch)
+        return True
 
     def _put(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
@@ -370,11 +398,30 @@ class OtlpSink(_DirectSink):
     ``EncodedSpans`` item per task in the batch processor's queue; its exporter
     (``otlpproto.OtlpHttpOutlet``) sends them."""
 
-    def __init__(self, provider: Any, processors: tuple[Any, ...], emit: Any, encoder: Any):
+    def __init__(
+        self,
+        provider: Any,
+        processors: tuple[Any, ...],
+        emit: Any,
+        encoder: Any,
+        task_bytes: Callable[[Any, Any, Any], bytes | None],
+    ):
         super().__init__(provider, processors)
         from .otlpproto import EncodedSpans
 
         self._queue_item, self._encode, self._Encoded = emit, encoder.encode, EncodedSpans
+        self._task_bytes = task_bytes  # plaintask.task_proto (which imports this module)
+
+    def emit_task(self, rec: Any, st: Any) -> bool:
+        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
+            return False
+        if not rec.flags & 1:
+            return True  # not sampled: a batch processor exports none of its spans
+        data = self._task_bytes(rec, st, self.leaf_span_id)
+        if data is None:
+            return False
+        self._queue_item(self._Encoded(data, PLAIN_TASK_SPANS))
+        return True
 
     def _put(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
@@ -393,22 +440,28 @@ def _only_processors(provider: Any) -> tuple[Any, ...] | None:
     return processors if processors is not None and len(processors) == 1 else None
 
 
-def own_file_pipeline(provider: Any, exporter: Any, batch: int) -> None:
+def own_file_pipeline(
+    provider: Any, exporter: Any, batch: int, task_text: Callable[[Any, Any, Any], str | None]
+) -> None:
     """``configure()`` built ``provider`` to export only to ``exporter`` (the embedded
-    default's file): pools using it write their own spans there (``FileSink``)."""
+    default's file): pools using it write their own spans there (``FileSink``), a plain
+    task's straight from its record with ``task_text`` (``plaintask.task_json``)."""
     processors = _only_processors(provider)
     if processors is not None:
-        _own_pipelines[provider] = lambda p: FileSink(p, processors, exporter, batch)
+        _own_pipelines[provider] = lambda p: FileSink(p, processors, exporter, batch, task_text)
 
 
-def own_otlp_pipeline(provider: Any, encoder: Any) -> None:
+def own_otlp_pipeline(
+    provider: Any, encoder: Any, task_bytes: Callable[[Any, Any, Any], bytes | None]
+) -> None:
     """``configure()`` built ``provider`` to export only through a batch processor in
     front of ``otlpproto.OtlpHttpOutlet``: pools using it queue their own spans there,
-    encoded by ``encoder`` (``OtlpSink``)."""
+    encoded by ``encoder`` (``OtlpSink``), a plain task's straight from its record with
+    ``task_bytes`` (``plaintask.task_proto``)."""
     processors = _only_processors(provider)
     emit = _sdk.batch_emit(processors[0]) if processors is not None else None
     if processors is not None and emit is not None:
-        _own_pipelines[provider] = lambda p: OtlpSink(p, processors, emit, encoder)
+        _own_pipelines[provider] = lambda p: OtlpSink(p, processors, emit, encoder, task_bytes)
 
 
 _LOW_64 = _sdk.LOW_64
