@@ -324,36 +324,63 @@ class SdkSink(Sink):
 class _DirectSink(SdkSink):
     """A pipeline ``configure()`` built, used only by tracedpool's own exporter: the
     pool's spans are encoded straight from their specs (no SDK span objects), and
-    ``_put`` hands them on. Sampling and ids are the SDK provider's, as in ``SdkSink``.
-    Once anything else is added to the provider (another span processor), every later
-    span goes through the SDK as ``SdkSink`` sends it, so that processor sees it too."""
+    ``_put`` hands them on; a plain task's straight from its record (``encode_task``,
+    one of ``plaintask``'s), and ``_put_task`` hands them on. Sampling and ids are the
+    SDK provider's, as in ``SdkSink``. Once anything else is added to the provider
+    (another span processor), every later span goes through the SDK as ``SdkSink``
+    sends it, so that processor sees it too."""
 
-    def __init__(self, provider: Any, processors: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        provider: Any,
+        processors: tuple[Any, ...],
+        encode_task: Callable[[Any, Any, Any], Any],
+    ) -> None:
         super().__init__(provider)
         self._expected = processors
+        self._encode_task = encode_task  # plaintask cannot be imported here (a cycle)
         self.direct = True
+
+    def _still_direct(self) -> bool:
+        if self.direct and _sdk.span_processors(self._processor) is self._expected:
+            return True
+        if self.direct:
+            self.direct = False
+            self.flush()  # what was encoded first, in order
+        return False
 
     def emit(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
     ) -> None:
-        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
-            if self.direct:
-                self.direct = False
-                self.flush()  # what was encoded first, in order
+        if not self._still_direct():
             super().emit(trace_id, flags, state, parent, specs)
-            return
-        if flags & 1:  # a batch processor exports only sampled spans
+        elif flags & 1:  # a batch processor exports only sampled spans
             self._put(trace_id, flags, state, parent, specs)
+
+    def emit_task(self, rec: Any, st: Any) -> bool:
+        if not self._still_direct():
+            return False
+        if not rec.flags & 1:
+            return True  # not sampled: a batch processor exports none of its spans
+        encoded = self._encode_task(rec, st, self.leaf_span_id)
+        if encoded is None:
+            return False
+        self._put_task(encoded)
+        return True
 
     def _put(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
     ) -> None:
         raise NotImplementedError
 
+    def _put_task(self, encoded: Any) -> None:
+        raise NotImplementedError
+
 
 class FileSink(_DirectSink):
     """The embedded default's file alone: spans as OTLP/JSON text
-    (``otlpjson.SpecEncoder``), held by the exporter, which writes a line per batch."""
+    (``otlpjson.SpecEncoder``, ``plaintask.task_json``), held by the exporter, which
+    writes a line per batch."""
 
     def __init__(
         self,
@@ -361,27 +388,15 @@ class FileSink(_DirectSink):
         processors: tuple[Any, ...],
         exporter: Any,
         batch: int,
-        task_text: Callable[[Any, Any, Any], str | None],
+        task_json: Callable[[Any, Any, Any], str | None],
     ):
-        super().__init__(provider, processors)
+        super().__init__(provider, processors, task_json)
         from .otlpjson import SpecEncoder
 
         encoder = SpecEncoder(provider.resource, SCOPE_NAME, __version__)
         self._encode, self._frame = encoder.encode, encoder.frame
-        self._task_text = task_text  # plaintask.task_json (which imports this module)
         self._exporter = exporter
         self._batch = batch
-
-    def emit_task(self, rec: Any, st: Any) -> bool:
-        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
-            return False
-        if not rec.flags & 1:
-            return True  # not sampled: a batch processor exports none of its spans
-        text = self._task_text(rec, st, self.leaf_span_id)
-        if text is None:
-            return False
-        self._exporter.hold(text, PLAIN_TASK_SPANS, self._frame, self._batch)
-        return True
 
     def _put(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
@@ -389,14 +404,17 @@ class FileSink(_DirectSink):
         chunk = self._encode(trace_id, flags, state, parent, specs, self.new_span_id)
         self._exporter.hold(chunk, len(specs), self._frame, self._batch)
 
+    def _put_task(self, encoded: str) -> None:
+        self._exporter.hold(encoded, PLAIN_TASK_SPANS, self._frame, self._batch)
+
     def flush(self) -> None:
         self._exporter.write_held()
 
 
 class OtlpSink(_DirectSink):
-    """OTLP/HTTP alone: spans as protobuf bytes (``otlpproto.SpecProtoEncoder``), one
-    ``EncodedSpans`` item per task in the batch processor's queue; its exporter
-    (``otlpproto.OtlpHttpOutlet``) sends them."""
+    """OTLP/HTTP alone: spans as protobuf bytes (``otlpproto.SpecProtoEncoder``,
+    ``plaintask.task_proto``), one ``EncodedSpans`` item per task in the batch
+    processor's queue; its exporter (``otlpproto.OtlpHttpOutlet``) sends them."""
 
     def __init__(
         self,
@@ -404,30 +422,21 @@ class OtlpSink(_DirectSink):
         processors: tuple[Any, ...],
         emit: Any,
         encoder: Any,
-        task_bytes: Callable[[Any, Any, Any], bytes | None],
+        task_proto: Callable[[Any, Any, Any], bytes | None],
     ):
-        super().__init__(provider, processors)
+        super().__init__(provider, processors, task_proto)
         from .otlpproto import EncodedSpans
 
         self._queue_item, self._encode, self._Encoded = emit, encoder.encode, EncodedSpans
-        self._task_bytes = task_bytes  # plaintask.task_proto (which imports this module)
-
-    def emit_task(self, rec: Any, st: Any) -> bool:
-        if not self.direct or _sdk.span_processors(self._processor) is not self._expected:
-            return False
-        if not rec.flags & 1:
-            return True  # not sampled: a batch processor exports none of its spans
-        data = self._task_bytes(rec, st, self.leaf_span_id)
-        if data is None:
-            return False
-        self._queue_item(self._Encoded(data, PLAIN_TASK_SPANS))
-        return True
 
     def _put(
         self, trace_id: int, flags: int, state: Any, parent: Any, specs: list[SpanSpec]
     ) -> None:
         data = self._encode(trace_id, flags, state, parent, specs, self.new_span_id)
         self._queue_item(self._Encoded(data, len(specs)))
+
+    def _put_task(self, encoded: bytes) -> None:
+        self._queue_item(self._Encoded(encoded, PLAIN_TASK_SPANS))
 
 
 #: Providers that ``configure()`` set up with one of tracedpool's own exporters alone:
