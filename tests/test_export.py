@@ -672,6 +672,19 @@ def test_a_configured_file_gets_every_pool_span_written_directly(
     )
 
 
+def _exported_names(exporter: str, path: Path, receiver: OtlpReceiver) -> list[str]:
+    """The names of the spans that reached the file, or the OTLP receiver."""
+    if exporter == "file":
+        return [s["name"] for s in read_spans(path)]
+    return [
+        s.name
+        for _, _, request in receiver.decoded()
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+
+
 @pytest.mark.parametrize("exporter", ["file", "otlp"])
 def test_a_plain_task_is_written_as_its_specs_would_be(
     env: pytest.MonkeyPatch, tmp_path: Path, receiver: OtlpReceiver, exporter: str
@@ -748,16 +761,7 @@ def test_a_plain_task_is_written_as_its_specs_would_be(
         "info_and_warning",  # logged a warning in the worker
         "traced_work",  # with record_values
     ]
-    if exporter == "file":
-        names = [s["name"] for s in read_spans(tmp_path / "t.jsonl")]
-    else:
-        names = [
-            s.name
-            for _, _, request in receiver.decoded()
-            for rs in request.resource_spans
-            for ss in rs.scope_spans
-            for s in ss.spans
-        ]
+    names = _exported_names(exporter, tmp_path / "t.jsonl", receiver)
     assert names.count(N.SPAN_TASK) == 8
     # The task code's spans (this test's comparison emits them more than once).
     assert "user-inner" in names
@@ -779,16 +783,7 @@ def test_a_processor_added_after_configure_sees_the_pool_spans_too(
     _traced_pool_run(setup.provider)
     setup.provider.shutdown()
     in_memory = [s for s in memory.get_finished_spans() if s.name == N.SPAN_TASK]
-    if exporter == "file":
-        exported = [s["name"] for s in read_spans(path)]
-    else:
-        exported = [
-            s.name
-            for _, _, request in receiver.decoded()
-            for rs in request.resource_spans
-            for ss in rs.scope_spans
-            for s in ss.spans
-        ]
+    exported = _exported_names(exporter, path, receiver)
     assert len(in_memory) == exported.count(N.SPAN_TASK) == 3
 
 

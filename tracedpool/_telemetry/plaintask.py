@@ -27,6 +27,15 @@ from .otlpproto import _SMALL, len_field, varint
 
 # The API's span kinds (OTLP's are one more).
 _INTERNAL, _PRODUCER, _CONSUMER = 0, 3, 4
+#: A plain task's spans, (name, kind), in the order both encodings write them.
+_SPANS = (
+    (N.SPAN_TASK, _INTERNAL),
+    (N.SPAN_SUBMIT, _PRODUCER),
+    (N.SPAN_ENQUEUE, _INTERNAL),
+    (N.SPAN_FEEDER_SERIALIZE, _INTERNAL),
+    (N.SPAN_WORKER_RUN, _CONSUMER),
+    (N.SPAN_SENDBACK, _PRODUCER),
+)
 
 
 def _plain_meta(rec: Any, st: Any) -> Any:
@@ -51,6 +60,19 @@ def _plain_meta(rec: Any, st: Any) -> Any:
     if meta[M_SPANS]:
         st.sink.emit_foreign(meta[M_SPANS])
     return meta
+
+
+def _plain_task(rec: Any, st: Any) -> tuple[Any, str, int, int] | None:
+    """For a plain task: its result meta, its trace state as a header, its stage spans'
+    flags and its task span's (which also say whether its parent is remote); for any
+    other record, None."""
+    meta = _plain_meta(rec, st)
+    if meta is None:
+        return None
+    state, parent = rec.trace_state, rec.parent
+    own = (rec.flags & 0xFF) | _FLAG_HAS_IS_REMOTE
+    task = own | _FLAG_IS_REMOTE if parent is not None and parent.is_remote else own
+    return meta, state.to_header() if state else "", own, task
 
 
 def _enqueue_start(rec: Any) -> int:
@@ -93,12 +115,9 @@ _J_ARG_TYPES = _array_key(N.ATTR_ARG_TYPES)
 _J_KWARG_NAMES = _array_key(N.ATTR_KWARG_NAMES)
 _J_OUTCOME = _str_key(N.ATTR_TASK_OUTCOME) + '"result"}}'
 _J_FEEDER = _J_THREAD + '"QueueFeederThread"}}'
-_J_N_TASK = _named(N.SPAN_TASK, _INTERNAL)
-_J_N_SUBMIT = _named(N.SPAN_SUBMIT, _PRODUCER)
-_J_N_ENQUEUE = _named(N.SPAN_ENQUEUE, _INTERNAL)
-_J_N_SERIALIZE = _named(N.SPAN_FEEDER_SERIALIZE, _INTERNAL)
-_J_N_RUN = _named(N.SPAN_WORKER_RUN, _CONSUMER)
-_J_N_SENDBACK = _named(N.SPAN_SENDBACK, _PRODUCER)
+_J_N_TASK, _J_N_SUBMIT, _J_N_ENQUEUE, _J_N_SERIALIZE, _J_N_RUN, _J_N_SENDBACK = (
+    _named(name, kind) for name, kind in _SPANS
+)
 
 
 def _j_strings(values: Any) -> str:
@@ -109,17 +128,13 @@ def task_json(rec: Any, st: Any, leaf_id: Any) -> str | None:
     """A plain task's spans as ``otlpjson.SpecEncoder.encode`` writes its specs, or
     None. ``rec`` is an ``emit.TaskRecord``, ``st`` its pool's state, ``leaf_id`` picks
     the stage spans' ids."""
-    meta = _plain_meta(rec, st)
-    if meta is None:
+    plain = _plain_task(rec, st)
+    if plain is None:
         return None
-    state, parent = rec.trace_state, rec.parent
-    header = state.to_header() if state else ""
-    own = (rec.flags & 0xFF) | _FLAG_HAS_IS_REMOTE
-    if parent is not None:
-        remote = own | _FLAG_IS_REMOTE if parent.is_remote else own
-        to_parent = f',"parentSpanId":"{parent.span_id:016x}","flags":{remote},'
-    else:
-        to_parent = f',"flags":{own},'
+    meta, header, own, task_flags = plain
+    parent = rec.parent
+    to_parent = f',"parentSpanId":"{parent.span_id:016x}"' if parent is not None else ""
+    to_parent += f',"flags":{task_flags},'
     head = f'{{"traceId":"{rec.trace_id:032x}","spanId":"'
     after = '"' + (',"traceState":' + _escape(header) if header else "")
     span_id = f"{rec.span_id:016x}"
@@ -210,12 +225,9 @@ _P_ARG_TYPES = _p_key(N.ATTR_ARG_TYPES)
 _P_KWARG_NAMES = _p_key(N.ATTR_KWARG_NAMES)
 _P_OUTCOME = _p_attr(_p_key(N.ATTR_TASK_OUTCOME), _p_str("result"))
 _P_FEEDER = _p_attr(_P_THREAD, _p_str("QueueFeederThread"))
-_P_N_TASK = _p_named(N.SPAN_TASK, _INTERNAL)
-_P_N_SUBMIT = _p_named(N.SPAN_SUBMIT, _PRODUCER)
-_P_N_ENQUEUE = _p_named(N.SPAN_ENQUEUE, _INTERNAL)
-_P_N_SERIALIZE = _p_named(N.SPAN_FEEDER_SERIALIZE, _INTERNAL)
-_P_N_RUN = _p_named(N.SPAN_WORKER_RUN, _CONSUMER)
-_P_N_SENDBACK = _p_named(N.SPAN_SENDBACK, _PRODUCER)
+_P_N_TASK, _P_N_SUBMIT, _P_N_ENQUEUE, _P_N_SERIALIZE, _P_N_RUN, _P_N_SENDBACK = (
+    _p_named(name, kind) for name, kind in _SPANS
+)
 _P_STATUS_UNSET = b"\x7a\x00"
 
 
@@ -240,21 +252,18 @@ def _p_close(body: bytes) -> bytes:
 def task_proto(rec: Any, st: Any, leaf_id: Any) -> bytes | None:
     """A plain task's spans as ``otlpproto.SpecProtoEncoder.encode`` writes its specs,
     or None. Arguments as ``task_json`` takes them."""
-    meta = _plain_meta(rec, st)
-    if meta is None:
+    plain = _plain_task(rec, st)
+    if plain is None:
         return None
-    state, parent = rec.trace_state, rec.parent
-    header = state.to_header() if state else ""
-    own = (rec.flags & 0xFF) | _FLAG_HAS_IS_REMOTE
+    meta, header, own, task_flags = plain
+    parent = rec.parent
     own_tail = b"\x85\x01" + own.to_bytes(4, "little")  # Span.flags, fixed32 field 16
+    parent_tail = b"\x85\x01" + task_flags.to_bytes(4, "little")
     head = b"\x0a\x10" + rec.trace_id.to_bytes(16, "big") + b"\x12\x08"
     after = len_field(3, header.encode("utf-8", "replace")) if header else b""
+    to_parent = after
     if parent is not None:
-        remote = own | _FLAG_IS_REMOTE if parent.is_remote else own
-        to_parent = after + b"\x22\x08" + parent.span_id.to_bytes(8, "big")
-        parent_tail = b"\x85\x01" + remote.to_bytes(4, "little")
-    else:
-        to_parent, parent_tail = after, own_tail
+        to_parent += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
     to_task = after + b"\x22\x08" + rec.span_id.to_bytes(8, "big")
     end_task = _P_STATUS_UNSET + own_tail
     tid = _p_attr(_P_TASK_ID, _p_str(f"{st.pool_id}:{rec.work_id}"))
