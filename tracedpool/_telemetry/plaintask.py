@@ -23,7 +23,7 @@ from typing import Any
 from .._worker.wire import M_LOGS, M_PID, M_RECV, M_RUN0, M_RUN1, M_SEND0, M_SPANS
 from . import names as N
 from .otlpjson import _FLAG_HAS_IS_REMOTE, _FLAG_IS_REMOTE
-from .otlpproto import _SMALL, len_field, varint
+from .otlpproto import len_field, varint
 
 # The API's span kinds (OTLP's are one more).
 _INTERNAL, _PRODUCER, _CONSUMER = 0, 3, 4
@@ -177,10 +177,6 @@ def task_json(rec: Any, st: Any, leaf_id: Any) -> str | None:
 
 
 # -- OTLP protobuf ------------------------------------------------------------------------------
-def _length(n: int) -> bytes:
-    return _SMALL[n] if n < 0x80 else varint(n)
-
-
 def _p_key(key: str) -> bytes:
     """A ``Span.attributes`` entry's start: its ``KeyValue.key`` and the value's tag."""
     return len_field(1, key.encode("utf-8")) + b"\x12"
@@ -188,13 +184,13 @@ def _p_key(key: str) -> bytes:
 
 def _p_attr(key: bytes, value: bytes) -> bytes:
     """A ``Span.attributes`` field (9) from a key's start and an ``AnyValue``."""
-    pair = key + _length(len(value)) + value
-    return b"\x4a" + _length(len(pair)) + pair
+    pair = key + varint(len(value)) + value
+    return b"\x4a" + varint(len(pair)) + pair
 
 
 def _p_str(text: str) -> bytes:
     data = text.encode("utf-8", "replace")
-    return b"\x0a" + _length(len(data)) + data
+    return b"\x0a" + varint(len(data)) + data
 
 
 def _p_int(n: int) -> bytes:
@@ -203,12 +199,12 @@ def _p_int(n: int) -> bytes:
 
 def _p_strings(values: Any) -> bytes:
     """An ``AnyValue`` holding an array of strings."""
-    items = b"".join([b"\x0a" + _length(len(v)) + v for v in map(_p_str, values)])
-    return b"\x2a" + _length(len(items)) + items
+    items = b"".join([b"\x0a" + varint(len(v)) + v for v in map(_p_str, values)])
+    return b"\x2a" + varint(len(items)) + items
 
 
 def _p_named(name: str, kind: int) -> bytes:
-    return len_field(5, name.encode("utf-8")) + b"\x30" + _SMALL[kind + 1] + b"\x39"
+    return len_field(5, name.encode("utf-8")) + b"\x30" + varint(kind + 1) + b"\x39"
 
 
 _P_TASK_ID = _p_key(N.ATTR_TASK_ID)
