@@ -91,3 +91,27 @@ def test_a_hang_between_tests_is_recorded_and_the_run_goes_on(tmp_path: Path) ->
     # A re-run on the plain stdlib covers the fixture's whole module.
     assert stdlib_suite.context_ids(["fixture (test.pkg.mod)"], ids) == ids[:2]
     assert stdlib_suite.tally(run) == (3, 1, 0)
+
+
+def test_a_hang_in_a_fixture_teardown_is_named_with_every_thread(tmp_path: Path) -> None:
+    """A real pytest run that hangs in a fixture's teardown, ended by pytest-timeout's
+    thread method: the report names the test (no test frame is on any stack then) and
+    where each of the other threads was."""
+    (tmp_path / "test_stuck.py").write_text(
+        "import threading, pytest\n"
+        "@pytest.fixture\n"
+        "def stuck():\n"
+        "    yield\n"
+        "    threading.Event().wait()\n"
+        "def test_teardown_hangs(stuck):\n"
+        "    pass\n",
+        encoding="utf-8",
+    )
+    log, progress = tmp_path / "run.log", tmp_path / "progress"
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest += ["-p", "tools.progress_plugin", "-o", "timeout=2", "-o", "timeout_method=thread"]
+    code = other_pythons.run_logged([*pytest, str(tmp_path)], log, progress)
+    assert code == 1
+    found = other_pythons.hung_test(log, progress)
+    assert found.startswith("a timeout in test_stuck.py::test_teardown_hangs; threads at: ")
+    assert "MainThread: wait (threading.py:" in found

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sid_root  # a sibling module, not an installed package
+import progress_plugin  # sibling modules, not an installed package
+import sid_root
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "build" / "other-pythons"
@@ -175,26 +176,30 @@ def run_suite(target: Target, pytest_args: list[str]) -> Outcome:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     junit = OUT_DIR / f"{target.minor}.xml"
     junit.unlink(missing_ok=True)
+    progress = OUT_DIR / f"{target.minor}.progress"
+    progress.unlink(missing_ok=True)
     cmd = [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    cmd += pytest_args
+    cmd += ["-p", "tools.progress_plugin", *pytest_args]
     where = "" if target.root is None else f" (in {target.root.path})"
     print(f"[other-pythons] {target.minor}{where}: {' '.join(cmd[1:])}", flush=True)
     log = OUT_DIR / f"{target.minor}.log"
-    code = run_logged(target.command(cmd), log)
+    code = run_logged(target.command(cmd), log, progress)
     outcome = Outcome(target.minor, code, time.monotonic() - t0)
     read_junit(junit, outcome)
     if outcome.note.startswith("no JUnit XML"):
         # pytest-timeout's thread method ends the whole run on a hang (by design: the
         # stacks are dumped and nothing later can be trusted); name the test it hung in.
-        outcome.note = f"pytest ended early, no results file: {hung_test(log)} (log: {log})"
+        found = hung_test(log, progress)
+        outcome.note = f"pytest ended early, no results file: {found} (log: {log})"
     outcome.note = f"default start method {default_start_method(target, py)}" + (
         f"; {outcome.note}" if outcome.note else ""
     )
     return outcome
 
 
-def run_logged(cmd: list[str], log: Path) -> int:
-    """Run *cmd*, its output both shown and kept in *log*; its exit status (-1: timeout)."""
+def run_logged(cmd: list[str], log: Path, progress: Path) -> int:
+    """Run *cmd*, its output both shown and kept in *log*, the test it is running named in
+    *progress* (tools/progress_plugin.py); its exit status (-1: timeout)."""
     deadline = time.monotonic() + SUITE_TIMEOUT
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.Popen(
@@ -205,7 +210,7 @@ def run_logged(cmd: list[str], log: Path) -> int:
             stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
-            env=clean_env(),
+            env={**clean_env(), progress_plugin.VARIABLE: str(progress)},
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -219,12 +224,26 @@ def run_logged(cmd: list[str], log: Path) -> int:
     return -1 if time.monotonic() > deadline else code
 
 
-def hung_test(log: Path) -> str:
-    """The test a pytest-timeout dump hung in: the last test function in its stacks."""
+def hung_test(log: Path, progress: Path) -> str:
+    """What a pytest-timeout dump says: the test that hung (from *progress*: the dump does
+    not name it, and a hang in a fixture's teardown has no test frame on any stack), then
+    each thread's innermost frame, so that the tail of a CI log shows where each was."""
     text = log.read_text(encoding="utf-8", errors="replace")
-    dump = text[: text.rfind("+ Timeout +")] if "+ Timeout +" in text else text
-    frames = re.findall(r'File "[^"]*/(tests/[^"]+\.py)", line \d+, in (test_\w+)', dump)
-    return f"a timeout in {frames[-1][0]}::{frames[-1][1]}" if frames else "cause not found"
+    start = text.find("+ Timeout +")
+    if start < 0:
+        return "cause not found"
+    try:
+        test = progress.read_text(encoding="utf-8").strip() or "an unnamed test"
+    except OSError:
+        test = "an unnamed test"
+    stacks = re.split(r"\n~+ Stack of (.+?) \(\d+\) ~+\n", text[start:])
+    frames = []
+    for name, stack in zip(stacks[1::2], stacks[2::2], strict=True):
+        calls = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', stack)
+        if calls:
+            path, line, func = calls[-1]
+            frames.append(f"{name}: {func} ({Path(path).name}:{line})")
+    return f"a timeout in {test}; threads at: " + "; ".join(frames)
 
 
 def report(outcome: Outcome) -> None:
