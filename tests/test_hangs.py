@@ -99,3 +99,55 @@ def test_worker_killed_while_pool_busy_reports_and_shuts_down(make_pool: Any) ->
     t0 = time.monotonic()
     pool.shutdown(wait=True)
     assert time.monotonic() - t0 < 10
+
+
+def _wakeup_locks() -> bool:
+    import concurrent.futures.process as cfp
+
+    wakeup = cfp._ThreadWakeup()
+    try:
+        return hasattr(wakeup, "_lock")
+    finally:
+        wakeup.close()
+
+
+@pytest.mark.skipif(
+    not _wakeup_locks(), reason="this CPython's pool wake-up has no lock (before gh-125451)"
+)
+def test_a_worker_forked_while_another_pool_is_locked_still_exits(make_pool: Any) -> None:
+    """A worker forked while another of the parent's pools held its wake-up lock (a
+    submit to it, or its teardown, in another thread) inherits the lock held. At exit the
+    stdlib's worker wakes every pool it inherited, so it waits on that lock forever and
+    the shutdown that joins it never returns (seen in CI: a stdlib pool tearing down
+    while the next test's pool forked). tracedpool's workers forget the owner's pools."""
+    import multiprocessing
+
+    other = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("fork")
+    )
+    assert other.submit(square, 2).result(timeout=30) == 4  # its wake-up is registered
+    lock = other._executor_manager_thread_wakeup._lock  # type: ignore[attr-defined]
+    stdlib = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("fork")
+    )
+    with lock:  # held in the parent while both pools fork their workers
+        pool = make_pool(1, start="fork")
+        assert pool.submit(square, 3).result(timeout=30) == 9
+        assert stdlib.submit(square, 3).result(timeout=30) == 9
+    std_workers = list(stdlib._processes.values())  # type: ignore[attr-defined]
+    workers = list(pool._processes.values())  # type: ignore[attr-defined]
+    try:
+        stdlib.shutdown(wait=False)
+        pool.shutdown(wait=False)
+        for p in workers:
+            p.join(timeout=30)
+            assert p.exitcode == 0, "tracedpool's worker did not exit"
+        # The control: the stdlib's worker, forked the same way, is still waiting on its
+        # copy of the lock; a hang has no end, so any wait long past the other's exit shows it.
+        std_workers[0].join(timeout=2)
+        assert std_workers[0].exitcode is None
+    finally:
+        for p in std_workers + workers:
+            if p.is_alive():
+                p.kill()
+        other.shutdown(wait=True)

@@ -45,10 +45,17 @@ def _stdlib(workers: int = 1) -> ProcessPoolExecutor:
 
 
 def _end(pool: ProcessPoolExecutor) -> None:
-    """Shut a (possibly wedged) pool down without waiting on it: kill its workers."""
+    """Shut a (possibly wedged) pool down without waiting on its workers: kill them, then
+    wait for its manager thread. A pool forked while that thread still tears down would
+    copy its wake-up lock held, and a stdlib worker then never exits
+    (test_hangs.py::test_a_worker_forked_while_another_pool_is_locked_still_exits)."""
+    manager = pool._executor_manager_thread  # type: ignore[attr-defined]
     for p in list((pool._processes or {}).values()):  # type: ignore[attr-defined]
         p.kill()
     pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(timeout=30)
+        assert not manager.is_alive(), "the stdlib pool's manager outlived its killed workers"
 
 
 def _outcome(future: concurrent.futures.Future[Any], timeout: float) -> tuple[str, Any]:
