@@ -135,19 +135,26 @@ def test_a_worker_forked_while_another_pool_is_locked_still_exits(make_pool: Any
         assert pool.submit(square, 3).result(timeout=30) == 9
         assert stdlib.submit(square, 3).result(timeout=30) == 9
     std_workers = list(stdlib._processes.values())  # type: ignore[attr-defined]
+    std_manager = stdlib._executor_manager_thread  # type: ignore[attr-defined]
     workers = list(pool._processes.values())  # type: ignore[attr-defined]
+    # Each pool's manager joins (and reaps) its workers; a second joiner here would race
+    # it for the exit status, so the shutdowns are what is waited on.
+    closing = threading.Thread(target=pool.shutdown, name="shutdown")
     try:
         stdlib.shutdown(wait=False)
-        pool.shutdown(wait=False)
-        for p in workers:
-            p.join(timeout=30)
-            assert p.exitcode == 0, "tracedpool's worker did not exit"
-        # The control: the stdlib's worker, forked the same way, is still waiting on its
-        # copy of the lock; a hang has no end, so any wait long past the other's exit shows it.
-        std_workers[0].join(timeout=2)
-        assert std_workers[0].exitcode is None
+        closing.start()
+        closing.join(timeout=30)
+        assert not closing.is_alive(), "tracedpool's shutdown is still waiting on its worker"
+        assert [p.exitcode for p in workers] == [0]
+        # The control: the stdlib's worker, forked the same way, waits on its copy of the
+        # lock, and its manager on it; a hang has no end, so 2 s past the other shows it.
+        std_manager.join(timeout=2)
+        assert std_manager.is_alive() and std_workers[0].is_alive()
     finally:
         for p in std_workers + workers:
             if p.is_alive():
                 p.kill()
+        if closing.ident is not None:
+            closing.join(timeout=30)
+        std_manager.join(timeout=30)
         other.shutdown(wait=True)

@@ -657,6 +657,24 @@ def task_name(fn: Any) -> str:
     return _wire.qualname(user if user is not None else fn)
 
 
+# -- the owner's pools, in a forked worker ---------------------------------------------------
+def forget_owner_pools() -> None:
+    """In a new worker: empty its copy of the stdlib's registry of live pools
+    (``_threads_wakeups``).
+
+    A forked worker inherits the owner's registry, and at its exit ``_python_exit`` (run
+    by ``threading._shutdown``, which ends every worker) wakes each pool listed there: a
+    write into the owner's pipe under the wake-up's lock (3.12.8+, 3.13.1+, 3.14+:
+    gh-125451). If another of the owner's threads held that lock at the fork (a submit
+    to another pool, or its teardown), the worker's copy of it is never released: the
+    worker never exits, and the shutdown that joins it waits for ever. A worker has no
+    pool of the owner's to wake; pools its own tasks create register later, and are
+    kept. A spawned worker's registry is empty already."""
+    registry = getattr(_cfp, "_threads_wakeups", None)
+    if registry is not None:
+        registry.clear()
+
+
 # -- the fork server's alive pipe, in a worker ------------------------------------------------
 def release_forkserver_alive_fd() -> None:
     """In a worker the fork server started: close its copy of the fork server's "alive"

@@ -218,6 +218,7 @@ class TracedProcessPoolExecutor(_cpython.InternalsMixin):
                 "dump_handler": stall.timeout is not None,
                 "lifeline": StartedBy(),
                 "forkserver_child": _cpython.release_forkserver_alive_fd,
+                "forget_pools": _cpython.forget_owner_pools,
                 "logs": (logs_pipe[1], level, os.getpid()) if logs_pipe is not None else None,
             }
             super().__init__(

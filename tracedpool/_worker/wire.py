@@ -30,7 +30,6 @@ import logging
 import os
 import pickletools
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -225,23 +224,6 @@ def _current_work_id() -> int:
     return WORKER.current_work_id
 
 
-def _forget_the_owners_pools() -> None:
-    """Empty this worker's copy of the stdlib's registry of live pools
-    (``concurrent.futures.process._threads_wakeups``).
-
-    A forked worker inherits the owner's registry, and at its exit the stdlib's
-    ``_python_exit`` (run by ``threading._shutdown``, which ends every worker) wakes each
-    pool listed there: a write into the owner's pipe under the wake-up's lock (3.12.8+,
-    3.13.1+, 3.14). If another of the owner's threads held that lock at the fork (another
-    pool being submitted to, or tearing down), the worker's copy of it is never
-    released: the worker never exits, and the shutdown that joins it waits forever. A
-    worker has no pool of the owner's to wake; pools its own tasks create are registered
-    later, and are kept."""
-    registry = getattr(sys.modules.get("concurrent.futures.process"), "_threads_wakeups", None)
-    if registry is not None:
-        registry.clear()
-
-
 def worker_init(
     status_conn: Any,
     user_init: Any,
@@ -252,9 +234,11 @@ def worker_init(
     a user initializer that hangs is covered too), log capture (so that the rest of
     start-up, the user's initializer included, is captured), the status pipe, the
     stack-dump handler the stall detector falls back on, then the user's initializer.
-    Before all of these, it forgets the owner's pools (``_forget_the_owners_pools``)."""
+    Before all of these, a forked worker forgets the owner's pools (``forget_pools``:
+    ``tracedpool._pool.cpython.forget_owner_pools``)."""
     w = WORKER
-    _forget_the_owners_pools()
+    if options and options.get("forget_pools") is not None:
+        options["forget_pools"]()
     if options and "lifeline" in options:
         _lifeline.start(options["lifeline"], _current_work_id, options.get("forkserver_child"))
     capture = None
