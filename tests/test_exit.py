@@ -345,3 +345,36 @@ def test_configured_program_exits_within_the_bound_when_the_collector_is_down(
     # A bound against the SDK's 31 s of retries, not a speed claim: 1 s of export bound,
     # the pool's work and interpreter start-up on a loaded 2-core box.
     assert elapsed < 20, (elapsed, out.stderr[-2000:])
+
+
+def test_the_exit_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/exit.py, one short run: the program exits normally and the run records
+    the time past the pool's shutdown and the warning tracedpool gave."""
+    out = tmp_path / "exit.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "exit.py"),
+            "--setups",
+            "configure",
+            "--kinds",
+            "refused",
+            "--repeat",
+            "1",
+            "--n",
+            "100",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| configure | refused |" in proc.stdout
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["returncode"] == 0 and run["after_shutdown_s"] is not None
+    assert N.ENV_EXIT_EXPORT_TIMEOUT in run["said"]
