@@ -5,6 +5,7 @@ reports, so a wrong count there would hide a failure."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def test_a_hang_in_a_fixture_teardown_is_named_with_every_thread(tmp_path: Path)
         encoding="utf-8",
     )
     log, progress = tmp_path / "run.log", tmp_path / "progress"
+    # Its own root: the node id must not depend on what lies above the temporary directory.
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest += [f"--rootdir={tmp_path}", "-c", os.devnull]
     pytest += ["-p", "tools.progress_plugin", "-o", "timeout=2", "-o", "timeout_method=thread"]
     code = other_pythons.run_logged([*pytest, str(tmp_path)], log, progress)
     assert code == 1
