@@ -29,6 +29,12 @@ START_METHODS = [
 ]
 
 
+def _env_without_telemetry() -> dict[str, str]:
+    """This environment without any OTEL_ or TRACEDPOOL_ variable, for a child program
+    whose telemetry each test sets itself."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+
+
 class ExitRun:
     """One run of tests/apps/exit_app.py; remembers every process it started."""
 
@@ -37,7 +43,7 @@ class ExitRun:
         self.facts_file = tmp_path / "facts.json"
         self.trace_file = tmp_path / "traces" / "traces.jsonl"
         self.report_dir = tmp_path / "reports"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+        env = _env_without_telemetry()
         env.update(
             PYTHONPATH=os.pathsep.join(
                 (str(ROOT), str(ROOT / "tests"))
@@ -210,7 +216,7 @@ def test_slow_task_without_cpu_is_waited_for_at_exit(tmp_path: Path) -> None:
         "    )\n"
         "    time.sleep(0.2)  # then exit without shutdown(), the task still sleeping\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env = _env_without_telemetry()
     env.update(
         PYTHONPATH=os.pathsep.join((str(ROOT), str(ROOT / "tests"))),
         TRACEDPOOL_HEARTBEAT_DIR="none",
@@ -272,7 +278,7 @@ def test_program_ending_before_the_feeder_started_says_why(tmp_path: Path) -> No
     assert probe in ("started", "refused")
     script = tmp_path / "enqueue_at_exit.py"
     script.write_text(_ENQUEUE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env = _env_without_telemetry()
     env.update(PYTHONPATH=str(ROOT), TRACEDPOOL_HEARTBEAT_DIR="none")
     out = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
@@ -323,7 +329,7 @@ def test_configured_program_exits_within_the_bound_when_the_collector_is_down(
     says once how many spans it could not send and which variable sets the bound."""
     script = tmp_path / "outage.py"
     script.write_text(_OUTAGE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env = _env_without_telemetry()
     with _collector(kind) as endpoint:
         env.update(
             PYTHONPATH=str(ROOT),
@@ -351,7 +357,7 @@ def test_the_exit_benchmark_runs(tmp_path: Path) -> None:
     """benchmarks/exit.py, one short run: the program exits normally and the run records
     the time past the pool's shutdown and the warning tracedpool gave."""
     out = tmp_path / "exit.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEDPOOL_"))}
+    env = _env_without_telemetry()
     proc = subprocess.run(
         [
             sys.executable,
